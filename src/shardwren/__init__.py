@@ -1,0 +1,49 @@
+"""shardwren: PyWren-style parallel map and block-parallel matrix computations.
+
+>>> import shardwren
+>>> ex = shardwren.default_executor()
+>>> fs = ex.map(lambda x: x * x, range(10))
+>>> shardwren.get_all_results(fs)
+[0, 1, 4, 9, 16, 25, 36, 49, 64, 81]
+"""
+
+from __future__ import annotations
+
+from .errors import (
+    BlockNotFoundError,
+    DTypeMismatchError,
+    KeyNotFoundError,
+    ShapeMismatchError,
+    ShardwrenError,
+    WorkerCrashedError,
+)
+from .executor import Executor, default_executor
+from .futures import (
+    ALL_COMPLETED,
+    ALWAYS,
+    ANY_COMPLETED,
+    Future,
+    as_completed,
+    get_all_results,
+    wait,
+)
+from .storage import Store, open_store
+
+__version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    # Heavier parts load on first use, so `import shardwren` stays fast in workers.
+    if name == "ShardedMatrix":
+        from .matrix import ShardedMatrix
+
+        return ShardedMatrix
+    raise AttributeError(f"module 'shardwren' has no attribute {name!r}")
+
+
+__all__ = [
+    "ALL_COMPLETED", "ALWAYS", "ANY_COMPLETED", "BlockNotFoundError", "DTypeMismatchError",
+    "Executor", "Future", "KeyNotFoundError", "ShapeMismatchError", "ShardedMatrix",
+    "ShardwrenError", "Store", "WorkerCrashedError", "__version__", "as_completed",
+    "default_executor", "get_all_results", "open_store", "wait",
+]

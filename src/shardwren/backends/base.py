@@ -1,0 +1,137 @@
+"""What every backend implements, and the task runner every worker uses.
+
+Following cubed's runtime design, a backend only ever sees "a function and its
+inputs": an opaque pickled function with an id, and a list of (future, pickled
+arguments) pairs. Planning, retries of whole algorithms and data layout live
+above it, in the executor and the linear-algebra layer.
+"""
+
+from __future__ import annotations
+
+import abc
+import importlib
+import os
+import socket
+import time
+from typing import TYPE_CHECKING, Any, Sequence
+
+from .. import serialize
+from ..errors import BackendNotInstalledError, UnknownBackendError
+
+if TYPE_CHECKING:
+    from ..futures import Future
+    from ..storage import Store
+
+
+class Backend(abc.ABC):
+    """A place where tasks run."""
+
+    #: Registry name, e.g. ``"local"``.
+    name: str = ""
+
+    @property
+    @abc.abstractmethod
+    def parallelism(self) -> int:
+        """How many tasks can run at once."""
+
+    @abc.abstractmethod
+    def submit(self, fn_id: str, fn_bytes: bytes,
+               tasks: Sequence[tuple[Future, bytes]]) -> None:
+        """Start running ``fn(*loads(args))`` for each task; complete each future.
+
+        ``fn_bytes`` is the same for every call with the same ``fn_id`` and is
+        deserialised at most once per worker.
+        """
+
+    @abc.abstractmethod
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the workers. With ``wait``, unfinished tasks finish first."""
+
+    def check_store(self, store: Store) -> None:
+        """Raise if the workers cannot reach ``store`` (default: they can)."""
+
+
+# name -> (module, class, pip extra or None). Imported only when asked for, so a
+# missing optional dependency costs nothing until it is needed (fsspec's registry).
+_REGISTRY: dict[str, tuple[str, str, str | None]] = {
+    "local": ("shardwren.backends.local", "LocalBackend", None),
+    "dask": ("shardwren.backends.dask", "DaskBackend", "dask"),
+}
+
+
+def available_backends() -> str:
+    """A one-line description of every backend and how to install it."""
+    return ", ".join(
+        f"{name!r}" + (f" (pip install 'shardwren[{extra}]')" if extra else " (built in)")
+        for name, (_, _, extra) in _REGISTRY.items()
+    )
+
+
+def backend_class(name: str) -> type[Backend]:
+    """Look a backend class up by name, importing it on first use."""
+    try:
+        module, cls, extra = _REGISTRY[name]
+    except KeyError:
+        raise UnknownBackendError(
+            f"unknown backend {name!r}; available backends: {available_backends()}"
+        ) from None
+    try:
+        return getattr(importlib.import_module(module), cls)
+    except ImportError as exc:
+        raise BackendNotInstalledError(
+            f"backend {name!r} needs packages that are not installed ({exc}); "
+            f"install them with: pip install 'shardwren[{extra}]'"
+        ) from exc
+
+
+# --- worker side -----------------------------------------------------------------
+
+_HOST = socket.gethostname()
+
+
+def _reset_peak_rss() -> None:
+    # Writing 5 to clear_refs resets the kernel's high-water mark (VmHWM), which
+    # gives a per-task peak in a long-lived worker. Linux only; elsewhere the
+    # process-lifetime peak is reported.
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+    except OSError:
+        pass
+
+
+def _peak_rss() -> int:
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def run_task(fn: Any, payload: bytes) -> tuple[bool, bytes, dict[str, Any]]:
+    """Run ``fn(*args)`` on a worker; return ``(ok, pickled value or error, stats)``.
+
+    Never raises: every failure, including an unpicklable result, comes back as
+    a pickled exception with its traceback.
+    """
+    _reset_peak_rss()
+    started = time.time()
+    try:
+        if isinstance(fn, BaseException):  # the function itself failed to load here
+            raise fn
+        args = serialize.loads(payload)
+        value = fn(*args)
+        ok, data = True, serialize.dumps_value(value, what="result")
+    except BaseException as exc:  # noqa: BLE001 - everything goes back to the caller
+        if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(fn, BaseException):
+            exc = RuntimeError(f"task raised {type(exc).__name__}({exc})")
+        ok, data = False, serialize.dumps_exception(exc)
+    finished = time.time()
+    stats = {"started": started, "finished": finished, "pid": os.getpid(), "host": _HOST,
+             "peak_rss": _peak_rss()}
+    return ok, data, stats

@@ -1,0 +1,173 @@
+"""One error hierarchy for shardwren.
+
+Every class subclasses :class:`ShardwrenError` *and* the builtin exception that
+callers already catch, so ``except FileNotFoundError`` keeps working for a
+missing key and ``except ValueError`` for a shape mismatch.
+"""
+
+from __future__ import annotations
+
+import signal
+
+
+class ShardwrenError(Exception):
+    """Base class of every error raised by shardwren itself."""
+
+
+# --- configuration -----------------------------------------------------------
+
+
+class ConfigError(ShardwrenError, ValueError):
+    """A setting has a value shardwren cannot use."""
+
+
+class UnknownBackendError(ConfigError):
+    """The backend name is not one shardwren knows."""
+
+
+class BackendNotInstalledError(ShardwrenError, ImportError):
+    """A known backend or store needs an optional dependency that is missing."""
+
+
+class UnknownSchemeError(ConfigError):
+    """A store URL names a protocol neither shardwren nor fsspec knows."""
+
+
+class StoreNotSharedError(ConfigError):
+    """The store cannot be reached by the workers of a cluster backend."""
+
+
+class SchedulerUnreachableError(ShardwrenError, ConnectionError):
+    """The cluster scheduler did not answer in time."""
+
+
+# --- serialisation -------------------------------------------------------------
+
+
+class SerializationError(ShardwrenError, TypeError):
+    """Something that must cross a process boundary cannot be pickled."""
+
+
+class UnpicklableFunctionError(SerializationError):
+    """The mapped function (or something it captures) cannot be pickled."""
+
+
+class UnpicklableArgumentError(SerializationError):
+    """A task argument cannot be pickled."""
+
+
+class UnpicklableResultError(SerializationError):
+    """A task's return value cannot be pickled by the worker."""
+
+
+class NotIterableError(ShardwrenError, TypeError):
+    """``map`` was given something that is not iterable."""
+
+
+# --- storage -------------------------------------------------------------------
+
+
+class KeyNotFoundError(ShardwrenError, FileNotFoundError):
+    """A key is not present in the store."""
+
+
+class BlockNotFoundError(KeyNotFoundError):
+    """A block of a ShardedMatrix was never written."""
+
+
+class ShapeMismatchError(ShardwrenError, ValueError):
+    """An array does not have the shape the operation requires."""
+
+
+class DTypeMismatchError(ShardwrenError, TypeError):
+    """An array's dtype cannot be used (or safely cast) where it is given."""
+
+
+class CorruptBlockError(ShardwrenError, ValueError):
+    """Stored bytes fail their checksum."""
+
+
+class MatrixExistsError(ShardwrenError, FileExistsError):
+    """A matrix exists with another layout and ``overwrite=False`` was given."""
+
+
+class DatasetNotFoundError(ShardwrenError, FileNotFoundError):
+    """A dataset's files could not be found or downloaded."""
+
+
+# --- execution -----------------------------------------------------------------
+
+
+class ExecutorShutdownError(ShardwrenError, RuntimeError):
+    """Work was submitted to, or left pending in, an executor that shut down."""
+
+
+class WorkerCrashedError(ShardwrenError, RuntimeError):
+    """The worker process running a task died before returning its result.
+
+    Attributes
+    ----------
+    exitcode : int or None
+        The worker's exit status; negative values are signal numbers.
+    signal_name : str or None
+        The signal's name (``"SIGKILL"``) when the worker was killed by one.
+    """
+
+    def __init__(self, message: str, exitcode: int | None = None):
+        super().__init__(message)
+        self.exitcode = exitcode
+        self.signal_name = signal_name(exitcode)
+
+
+class TaskTimeoutError(ShardwrenError, TimeoutError):
+    """A task ran past its time limit."""
+
+
+class TaskMemoryError(ShardwrenError, MemoryError):
+    """A task exceeded its memory limit."""
+
+
+class RemoteError(ShardwrenError, RuntimeError):
+    """A task raised an exception whose own type could not be sent back.
+
+    The original type name, message and traceback are kept in the message.
+    """
+
+
+class RemoteTraceback(Exception):
+    """Carries a worker-side traceback; attached as ``__cause__`` of re-raised errors.
+
+    Modelled on ``concurrent.futures.process._RemoteTraceback``.
+    """
+
+    def __init__(self, tb: str):
+        super().__init__(tb)
+        self.tb = tb
+
+    def __str__(self) -> str:
+        return self.tb
+
+
+def signal_name(exitcode: int | None) -> str | None:
+    """Name the signal behind a negative exit code (``-9`` -> ``"SIGKILL"``)."""
+    if exitcode is None or exitcode >= 0:
+        return None
+    try:
+        return signal.Signals(-exitcode).name
+    except ValueError:
+        return f"signal {-exitcode}"
+
+
+def describe_exit(exitcode: int | None) -> str:
+    """Human description of a process exit status, for error messages."""
+    name = signal_name(exitcode)
+    if name is not None:
+        hint = {
+            "SIGKILL": " (killed from outside, or by the kernel's OOM killer)",
+            "SIGSEGV": " (a segmentation fault in native code)",
+            "SIGABRT": " (aborted, often by a failed assertion in native code)",
+        }.get(name, "")
+        return f"signal {name}{hint}"
+    if exitcode is None:
+        return "an unknown exit status"
+    return f"exit code {exitcode}"

@@ -1,0 +1,203 @@
+"""The PyWren-compatible executor: ``map``, ``call_async``, ``map_reduce``."""
+
+from __future__ import annotations
+
+import itertools
+import os
+import threading
+import uuid
+from typing import Any, Callable, Iterable, Sequence
+
+from . import config, serialize
+from .backends.base import Backend, backend_class
+from .errors import NotIterableError
+from .futures import ALL_COMPLETED, Future, get_all_results, wait
+from .storage import Store, open_store
+
+_job_counter = itertools.count()
+
+
+def _new_job_id() -> str:
+    return f"{os.getpid():x}-{uuid.uuid4().hex[:6]}-{next(_job_counter)}"
+
+
+class Executor:
+    """Runs Python functions on a backend and returns futures.
+
+    Create one with :func:`default_executor`. Use it as a context manager, or
+    call :meth:`shutdown`, to stop its workers.
+
+    Attributes
+    ----------
+    backend : Backend
+    store : Store
+        Default store for data written by jobs (e.g. ShardedMatrix).
+    """
+
+    def __init__(self, backend: Backend, store: Store, settings: dict[str, Any]):
+        self.backend = backend
+        self.store = store
+        self.settings = settings
+        backend.check_store(store)
+
+    def __repr__(self) -> str:
+        return f"<shardwren.Executor backend={self.backend.name} workers={self.parallelism} store={self.store.url}>"
+
+    @property
+    def parallelism(self) -> int:
+        """How many tasks run at once."""
+        return self.backend.parallelism
+
+    # -- submission -----------------------------------------------------------------
+    def map(self, fn: Callable[..., Any], iterdata: Iterable[Any],
+            extra_args: Sequence[Any] | None = None, starmap: bool = False) -> list[Future]:
+        """Run ``fn(item, *extra_args)`` for every item, in parallel.
+
+        Parameters
+        ----------
+        fn : callable
+            Any function, lambda or closure (shipped with cloudpickle, once per map).
+        iterdata : iterable
+            One task per item.
+        extra_args : sequence, optional
+            Extra positional arguments appended to every call.
+        starmap : bool
+            Unpack each item as positional arguments: ``fn(*item, *extra_args)``.
+
+        Returns
+        -------
+        list of Future
+            In the order of ``iterdata``.
+        """
+        try:
+            items = list(iterdata)
+        except TypeError:
+            raise NotIterableError(
+                f"map() needs an iterable of task inputs, got {type(iterdata).__name__}; "
+                "for a single call use call_async(fn, data)"
+            ) from None
+        fn_bytes = serialize.dumps_function(fn)
+        extra = tuple(extra_args or ())
+        job_id = _new_job_id()
+        tasks = []
+        for i, item in enumerate(items):
+            args = (tuple(item) if starmap else (item,)) + extra
+            payload = serialize.dumps_value(args, what=f"argument of task {i}")
+            tasks.append((Future(job_id, i), payload))
+        if tasks:
+            self.backend.submit(job_id, fn_bytes, tasks)
+        return [f for f, _ in tasks]
+
+    def starmap(self, fn: Callable[..., Any], iterdata: Iterable[Sequence[Any]],
+                extra_args: Sequence[Any] | None = None) -> list[Future]:
+        """Like :meth:`map`, unpacking each item: ``fn(*item, *extra_args)``."""
+        return self.map(fn, iterdata, extra_args=extra_args, starmap=True)
+
+    def call_async(self, fn: Callable[..., Any], data: Any,
+                   extra_args: Sequence[Any] | None = None) -> Future:
+        """Run ``fn(data, *extra_args)`` as one task."""
+        return self.map(fn, [data], extra_args=extra_args)[0]
+
+    def map_reduce(self, map_fn: Callable[..., Any], iterdata: Iterable[Any],
+                   reduce_fn: Callable[[list[Any]], Any],
+                   extra_args: Sequence[Any] | None = None) -> Future:
+        """Map, then run ``reduce_fn(list_of_results)`` as one more task.
+
+        Returns the reduce task's future. If a map task fails, it fails with
+        that task's exception.
+        """
+        serialize.dumps_function(reduce_fn)  # fail now, not when the maps finish
+        fs = self.map(map_fn, iterdata, extra_args=extra_args)
+        out = Future(fs[0].job_id if fs else _new_job_id(), len(fs))
+        out.set_running_or_notify_cancel()
+        remaining = [len(fs)]
+        lock = threading.Lock()
+
+        def start_reduce() -> None:
+            try:
+                results = [f.result() for f in fs]
+                inner = self.call_async(reduce_fn, results)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller's future
+                out._fail(exc)
+                return
+            inner.add_done_callback(lambda f: _copy_outcome(f, out))
+
+        def one_done(_: Future) -> None:
+            with lock:
+                remaining[0] -= 1
+                last = remaining[0] == 0
+            if last:
+                # Never block the backend's thread that delivered the callback.
+                threading.Thread(target=start_reduce, daemon=True).start()
+
+        if not fs:
+            start_reduce()
+        for f in fs:
+            f.add_done_callback(one_done)
+        return out
+
+    # -- waiting (PyWren's executor methods) ----------------------------------------
+    def wait(self, fs: Sequence[Future], return_when: Any = ALL_COMPLETED,
+             timeout: float | None = None) -> tuple[list[Future], list[Future]]:
+        """Same as :func:`shardwren.wait`, with this executor's progress setting."""
+        return wait(fs, return_when, timeout, progress=self.settings.get("progress"))
+
+    def get_all_results(self, fs: Sequence[Future]) -> list[Any]:
+        """Same as :func:`shardwren.get_all_results`."""
+        return get_all_results(fs, progress=self.settings.get("progress"))
+
+    # -- lifetime ------------------------------------------------------------------
+    def shutdown(self, wait: bool = True) -> None:
+        """Stop the workers; with ``wait``, let submitted tasks finish first."""
+        self.backend.shutdown(wait=wait)
+
+    def __enter__(self) -> Executor:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown(wait=exc[0] is None)
+
+
+def _copy_outcome(src: Future, dst: Future) -> None:
+    exc = src.exception()
+    if exc is not None:
+        dst._fail(exc, src.stats)
+    else:
+        dst._payload = None
+        dst._decoded = src.result()
+        dst.stats.update(src.stats)
+        dst.set_result(None)
+
+
+def default_executor(backend: str | None = None, store: Store | str | None = None,
+                     workers: int | None = None, **options: Any) -> Executor:
+    """Create an executor from arguments, ``SHARDWREN_*`` variables and the config file.
+
+    Parameters
+    ----------
+    backend : {"local", "dask"}, optional
+        Where tasks run (default: setting ``backend``, else ``"local"``).
+    store : str or Store, optional
+        Default store URL for data the job writes.
+    workers : int, optional
+        Local backend: worker processes (default: CPU cores).
+    **options
+        Other settings (see :mod:`shardwren.config`), plus backend-specific
+        arguments such as ``address=`` or ``client=`` for Dask.
+
+    Returns
+    -------
+    Executor
+    """
+    backend_opts = {k: options.pop(k) for k in ("address", "client") if k in options}
+    settings = config.load(backend=backend, workers=workers,
+                           store=store if isinstance(store, str) else None, **options)
+    cls = backend_class(settings["backend"])
+    impl = cls(workers=settings["workers"], blas_threads=settings["blas_threads"],
+               settings=settings, **backend_opts)
+    the_store = store if isinstance(store, Store) else open_store(settings["store"])
+    try:
+        return Executor(impl, the_store, settings)
+    except BaseException:
+        impl.shutdown(wait=False)
+        raise

@@ -1,0 +1,139 @@
+"""Serialisation of functions, arguments, results and exceptions.
+
+Functions go through cloudpickle (closures, lambdas, functions defined in
+``__main__``). Plain data goes through the standard pickle first, which is
+several times faster, and falls back to cloudpickle for anything it rejects.
+Errors name the object that could not be pickled and what to do about it.
+"""
+
+from __future__ import annotations
+
+import pickle
+import traceback
+from typing import Any, Callable
+
+import cloudpickle
+
+from .errors import (
+    RemoteError,
+    RemoteTraceback,
+    UnpicklableArgumentError,
+    UnpicklableFunctionError,
+    UnpicklableResultError,
+)
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def _describe(obj: Any) -> str:
+    text = repr(obj)
+    if len(text) > 80:
+        text = text[:77] + "..."
+    return f"{text} (of type {type(obj).__module__}.{type(obj).__qualname__})"
+
+
+def _culprit(obj: Any) -> str | None:
+    """Find the smallest captured piece of ``obj`` that fails to pickle."""
+    parts: list[tuple[str, Any]] = []
+    code = getattr(obj, "__code__", None)
+    if code is not None:
+        closure = getattr(obj, "__closure__", None) or ()
+        parts += [(f"captured variable {name!r}", cell.cell_contents)
+                  for name, cell in zip(code.co_freevars, closure)
+                  if _cell_filled(cell)]
+        gl = getattr(obj, "__globals__", {})
+        parts += [(f"global {name!r}", gl[name]) for name in code.co_names if name in gl]
+        parts += [(f"default of {name!r}", v) for name, v in
+                  zip(code.co_varnames[::-1], (getattr(obj, "__defaults__", None) or ())[::-1])]
+    elif isinstance(obj, (list, tuple)):
+        parts += [(f"item {i}", v) for i, v in enumerate(obj)]
+    elif isinstance(obj, dict):
+        parts += [(f"key {k!r}", v) for k, v in obj.items()]
+    for label, value in parts:
+        try:
+            cloudpickle.dumps(value, protocol=PROTOCOL)
+        except Exception:
+            inner = _culprit(value)
+            return f"{label}, {_describe(value)}" + (f"; inside it, {inner}" if inner else "")
+    return None
+
+
+def _cell_filled(cell: Any) -> bool:
+    try:
+        cell.cell_contents
+    except ValueError:
+        return False
+    return True
+
+
+def dumps_function(fn: Callable[..., Any]) -> bytes:
+    """Pickle a function for shipping to workers.
+
+    Raises
+    ------
+    UnpicklableFunctionError
+        Naming the captured object that cannot be pickled.
+    """
+    if not callable(fn):
+        raise UnpicklableFunctionError(f"expected a callable, got {_describe(fn)}")
+    try:
+        return cloudpickle.dumps(fn, protocol=PROTOCOL)
+    except Exception as exc:
+        name = getattr(fn, "__qualname__", None) or _describe(fn)
+        culprit = _culprit(fn)
+        where = f": the culprit is its {culprit}" if culprit else ""
+        raise UnpicklableFunctionError(
+            f"function {name} cannot be sent to workers ({type(exc).__name__}: {exc}){where}. "
+            "Create such objects (locks, open files, clients, connections) inside the function, "
+            "or pass something picklable (a path, a URL) instead."
+        ) from exc
+
+
+def dumps_value(obj: Any, what: str = "argument") -> bytes:
+    """Pickle data (arguments or results); stdlib pickle first, cloudpickle as fallback."""
+    try:
+        return pickle.dumps(obj, protocol=PROTOCOL)
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps(obj, protocol=PROTOCOL)
+    except Exception as exc:
+        culprit = _culprit(obj)
+        where = f"; the culprit is {culprit}" if culprit else ""
+        cls = UnpicklableResultError if what == "result" else UnpicklableArgumentError
+        raise cls(
+            f"{what} {_describe(obj)} cannot be pickled ({type(exc).__name__}: {exc}){where}. "
+            f"Return or pass plain data (numbers, strings, numpy arrays, picklable objects)."
+        ) from exc
+
+
+def loads(data: bytes) -> Any:
+    """Inverse of :func:`dumps_function` and :func:`dumps_value`."""
+    return pickle.loads(data)
+
+
+def dumps_exception(exc: BaseException) -> bytes:
+    """Pickle a task's exception with its traceback text, keeping its type when possible."""
+    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        payload = pickle.dumps((exc, tb), protocol=PROTOCOL)
+        pickle.loads(payload)  # types that pickle but do not unpickle are common
+        return payload
+    except Exception:
+        pass
+    try:
+        return cloudpickle.dumps((exc, tb), protocol=PROTOCOL)
+    except Exception:
+        stand_in = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+        return pickle.dumps((stand_in, tb), protocol=PROTOCOL)
+
+
+def loads_exception(data: bytes) -> BaseException:
+    """Rebuild a task's exception with the remote traceback attached as ``__cause__``."""
+    try:
+        exc, tb = pickle.loads(data)
+    except Exception as err:  # the exception's class may not exist in the driver
+        return RemoteError(f"a task failed and its exception could not be rebuilt here: {err}")
+    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    return exc
+
