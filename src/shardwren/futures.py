@@ -109,7 +109,7 @@ def _show_progress(n: int, progress: bool | None) -> bool:
 def _progress_bar(total: int, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, unit="task", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, desc=desc, unit="task", leave=True, dynamic_ncols=True)
 
 
 def _norm_return_when(return_when: Any) -> int:

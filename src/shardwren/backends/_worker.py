@@ -65,6 +65,51 @@ def _load_fn(fns: OrderedDict, fn_id: str, fn_bytes: bytes | None):
     return fns[fn_id]
 
 
+class _Outbox:
+    """Results waiting to be sent; batched, but never held back for long.
+
+    The main thread flushes at the end of each batch; a timer thread flushes
+    results that have waited ``FLUSH_SECONDS`` while a later task in the same
+    batch is still running (a quick task's result must not wait for a slow one).
+    """
+
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.items: list = []
+        self.cond = threading.Condition()
+        threading.Thread(target=self._timer, daemon=True).start()
+
+    def add(self, item: tuple) -> None:
+        with self.cond:
+            self.items.append(item)
+            if len(self.items) == 1:
+                self.cond.notify()
+            elif len(self.items) >= FLUSH_COUNT:
+                self._send()
+
+    def flush(self) -> None:
+        with self.cond:
+            self._send()
+
+    def _send(self) -> None:
+        if self.items:
+            self.conn.send_bytes(pickle.dumps(("done", self.items), protocol=pickle.HIGHEST_PROTOCOL))
+            self.items = []
+
+    def _timer(self) -> None:
+        with self.cond:
+            while True:
+                while not self.items:
+                    self.cond.wait()
+                first = self.items[0]
+                self.cond.wait(FLUSH_SECONDS)
+                if self.items and self.items[0] is first:
+                    try:
+                        self._send()
+                    except OSError:
+                        return
+
+
 def serve(conn: Connection, slot: mmap.mmap) -> None:
     """Receive task batches and run them until told to exit or the driver goes."""
     from .base import run_task
@@ -72,32 +117,22 @@ def serve(conn: Connection, slot: mmap.mmap) -> None:
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_reader, args=(conn, inbox), daemon=True).start()
     fns: OrderedDict = OrderedDict()
-    out: list = []
-    first_buffered = 0.0
-
-    def flush() -> None:
-        conn.send_bytes(pickle.dumps(("done", out), protocol=pickle.HIGHEST_PROTOCOL))
-        out.clear()
-
+    outbox = _Outbox(conn)
     while True:
         msg = inbox.get()
         if msg is None:
             return
         kind, body = pickle.loads(msg)
         if kind == "exit":
+            outbox.flush()
             return
         for seq, fn_id, fn_bytes, payload in body:
             fn = _load_fn(fns, fn_id, fn_bytes)
             struct.pack_into("q", slot, 0, seq)
             ok, data, stats = run_task(fn, payload)
             struct.pack_into("q", slot, 0, 0)
-            if not out:
-                first_buffered = time.monotonic()
-            out.append((seq, ok, data, stats))
-            if len(out) >= FLUSH_COUNT or time.monotonic() - first_buffered > FLUSH_SECONDS:
-                flush()
-        if out:  # end of the driver's batch: it sized the batch for low latency
-            flush()
+            outbox.add((seq, ok, data, stats))
+        outbox.flush()  # end of the driver's batch
 
 
 def main(argv: list[str]) -> None:

@@ -71,6 +71,9 @@ class _Worker:
         env = dict(os.environ)
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(blas_threads)  # before numpy loads; threadpoolctl re-checks
+        # Functions pickled by reference (defined in the user's modules) must be
+        # importable in the worker exactly as in the driver.
+        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "shardwren.backends._worker",
              str(child.fileno()), str(slot_fd), str(blas_threads)],
@@ -184,8 +187,11 @@ class LocalBackend(Backend):
                 return
             if w.inflight and (w.inflight[-1].isolate or len(w.inflight) >= cap):
                 continue
+            # A fair share of the queue, so that one worker never takes it all.
+            share = -(-len(self._pending) // len(self._workers))
+            limit = min(cap, len(w.inflight) + share)
             batch: list[_Task] = []
-            while self._pending and len(w.inflight) + len(batch) < cap:
+            while self._pending and len(w.inflight) + len(batch) < limit:
                 t = self._pending[0]
                 if t.isolate and (w.inflight or batch):
                     break

@@ -1,0 +1,70 @@
+"""Shared fixtures: real moto S3 server on 127.0.0.1, stores, executors."""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+
+import pytest
+
+import shardwren
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint():
+    """A moto S3 server over real HTTP on loopback; yields its endpoint URL."""
+    moto_server = pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=free_port(), verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    # The standard AWS variables, exactly as a user would set them for any S3 service;
+    # workers inherit them.
+    saved = {k: os.environ.get(k) for k in
+             ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+    os.environ.update(AWS_ENDPOINT_URL=endpoint, AWS_ACCESS_KEY_ID="testing",
+                      AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1")
+    yield endpoint
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+    server.stop()
+
+
+@pytest.fixture
+def s3_url(s3_endpoint):
+    """A fresh bucket on the moto server, as an s3:// store URL."""
+    import boto3
+
+    bucket = f"sw-{uuid.uuid4().hex[:10]}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    return f"s3://{bucket}/prefix"
+
+
+@pytest.fixture(params=["file", "memory", "s3"])
+def store(request, tmp_path):
+    """The same tests against every kind of store."""
+    if request.param == "file":
+        return shardwren.open_store(f"file://{tmp_path}/store")
+    if request.param == "memory":
+        return shardwren.open_store(f"memory://t-{uuid.uuid4().hex[:8]}")
+    return shardwren.open_store(request.getfixturevalue("s3_url"))
+
+
+@pytest.fixture(scope="session")
+def executor(tmp_path_factory):
+    """One local executor shared by the tests that only need a working one."""
+    store = f"file://{tmp_path_factory.mktemp('exec-store')}"
+    ex = shardwren.default_executor(backend="local", store=store, workers=2, progress=False)
+    yield ex
+    ex.shutdown()

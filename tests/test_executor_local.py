@@ -1,0 +1,126 @@
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+import shardwren
+from shardwren.errors import ExecutorShutdownError, UnknownBackendError, WorkerCrashedError
+
+from executor_conformance import ExecutorConformance
+
+
+class TestLocalConformance(ExecutorConformance):
+    @pytest.fixture
+    def ex(self, executor):
+        return executor
+
+
+def _sleep_then(x):
+    time.sleep(0.3)
+    return x
+
+
+def _suicide(how):
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "exit":
+        os._exit(3)
+    elif how == "segfault":
+        import ctypes
+
+        ctypes.string_at(0)
+    time.sleep(0.2)
+    return how
+
+
+@pytest.mark.parametrize("how,label", [("sigkill", "SIGKILL"), ("exit", "exit code 3"),
+                                       ("segfault", "SIGSEGV")])
+def test_dying_worker_fails_only_its_task(tmp_path, how, label):
+    with shardwren.default_executor(workers=2, store=f"file://{tmp_path}") as ex:
+        pids_before = set(ex.backend.worker_pids())
+        fs = ex.map(_suicide, ["ok", "ok", how, "ok", "ok", "ok"])
+        done, not_done = shardwren.wait(fs, timeout=120)
+        assert not not_done, "a future hung after a worker died"
+        with pytest.raises(WorkerCrashedError, match=label) as info:
+            fs[2].result()
+        assert "task 2" in str(info.value)
+        assert [fs[i].result() for i in (0, 1, 3, 4, 5)] == ["ok"] * 5
+        assert len(ex.backend.worker_pids()) == 2
+        assert set(ex.backend.worker_pids()) != pids_before
+        # the replacement works
+        assert ex.call_async(lambda x: x + 1, 1).result(timeout=60) == 2
+
+
+def test_worker_killed_from_outside_mid_task(tmp_path):
+    with shardwren.default_executor(workers=2, store=f"file://{tmp_path}") as ex:
+        fs = ex.map(lambda s: time.sleep(s) or s, [2.0, 2.0, 0.1, 0.1])
+        time.sleep(0.8)
+        victim = fs[0].stats.get("pid") or ex.backend.worker_pids()[0]
+        os.kill(victim, signal.SIGKILL)
+        shardwren.wait(fs, timeout=120)
+        crashed = [f for f in fs if isinstance(f.exception(), WorkerCrashedError)]
+        assert len(crashed) == 1 and "SIGKILL" in str(crashed[0].exception())
+        assert all(f.result() for f in fs if f not in crashed)
+
+
+def test_shutdown_leaves_no_orphans(tmp_path):
+    ex = shardwren.default_executor(workers=2, store=f"file://{tmp_path}")
+    ex.map(lambda x: x, range(10))[0].result()
+    pids = ex.backend.worker_pids()
+    ex.shutdown()
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def test_shutdown_without_wait_fails_pending(tmp_path):
+    ex = shardwren.default_executor(workers=1, store=f"file://{tmp_path}")
+    fs = ex.map(lambda s: time.sleep(s), [5.0] + [0.0] * 5)
+    time.sleep(0.3)
+    ex.shutdown(wait=False)
+    shardwren.wait(fs, timeout=30)
+    assert all(isinstance(f.exception(), ExecutorShutdownError) for f in fs[1:])
+    with pytest.raises(ExecutorShutdownError):
+        ex.map(lambda x: x, [1])
+
+
+def test_orphans_die_with_driver(tmp_path):
+    """Workers of a driver killed with SIGKILL exit on their own."""
+    import subprocess
+    import sys
+
+    code = ("import shardwren, time, sys; ex = shardwren.default_executor(workers=2);"
+            "ex.call_async(lambda x: x, 1).result(); print(*ex.backend.worker_pids(), flush=True);"
+            "time.sleep(60)")
+    env = dict(os.environ, SHARDWREN_STORE=str(tmp_path))
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, env=env, text=True)
+    pids = [int(x) for x in p.stdout.readline().split()]
+    p.kill()
+    p.wait()
+    deadline = time.time() + 10
+    while time.time() < deadline and any(_alive(pid) for pid in pids):
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in pids)
+
+
+def _alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split()[2] != "Z"
+
+
+def test_unknown_backend_lists_choices():
+    with pytest.raises(UnknownBackendError, match="'local'.*'dask'.*shardwren\\[dask\\]"):
+        shardwren.default_executor(backend="lambda")
+
+
+def test_progress_bar_when_forced(executor, capsys):
+    fs = executor.map(lambda x: x, range(30))
+    shardwren.wait(fs, progress=True)
+    assert "30/30" in capsys.readouterr().err
