@@ -1,0 +1,98 @@
+"""Helpers shared by the block algorithms: inputs, executors, scratch matrices."""
+
+from __future__ import annotations
+
+import contextlib
+import uuid
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..errors import DTypeMismatchError, ShapeMismatchError, StoreNotSharedError
+from ..executor import Executor, default_executor
+from ..matrix import ShardedMatrix
+
+DEFAULT_BLOCK = 4000
+
+
+@contextlib.contextmanager
+def executor_for(executor: Executor | None) -> Iterator[Executor]:
+    """Use ``executor``, or a default one for the duration of the call."""
+    if executor is not None:
+        yield executor
+        return
+    with default_executor() as ex:
+        yield ex
+
+
+def check_numeric(X: Any, name: str) -> None:
+    dtype = X.dtype if X.dtype is not None else None
+    if dtype is not None and np.dtype(dtype).kind not in "biuf":
+        raise DTypeMismatchError(f"{name} must be numeric (int or float), got dtype {dtype}")
+
+
+class Inputs:
+    """Turns numpy arrays into ShardedMatrices in the executor's store, and cleans up.
+
+    Matrices the caller passed in are used as they are; arrays are sharded under
+    a scratch key that is deleted when the ``with`` block ends.
+    """
+
+    def __init__(self, executor: Executor, block_rows: int | None = None):
+        self.executor = executor
+        self.block_rows = block_rows
+        self._scratch: list[ShardedMatrix] = []
+
+    def __enter__(self) -> Inputs:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for m in self._scratch:
+            m.delete()
+
+    def matrix(self, X: Any, name: str) -> ShardedMatrix:
+        if isinstance(X, ShardedMatrix):
+            check_numeric(X, name)
+            require_shared(X.store, self.executor)
+            return X
+        X = np.asarray(X)
+        if X.ndim != 2:
+            raise ShapeMismatchError(f"{name} must be a 2-D matrix (samples x features), got shape {X.shape}")
+        check_numeric(X, name)
+        if X.dtype.kind != "f":
+            X = X.astype(np.float32)
+        require_shared(self.executor.store, self.executor)
+        rows = self.block_rows or DEFAULT_BLOCK
+        m = ShardedMatrix.from_numpy(X, f"tmp/{name}-{uuid.uuid4().hex[:12]}",
+                                     (max(1, rows), max(1, X.shape[1])),
+                                     store=self.executor.store)
+        self._scratch.append(m)
+        return m
+
+    def scratch(self, shape: tuple[int, int], shard_sizes: tuple[int, int], name: str,
+                dtype: Any = None) -> ShardedMatrix:
+        m = ShardedMatrix(f"tmp/{name}-{uuid.uuid4().hex[:12]}", shape=shape,
+                          shard_sizes=shard_sizes, dtype=dtype, store=self.executor.store)
+        self._scratch.append(m)
+        return m
+
+
+def require_shared(store: Any, executor: Executor) -> None:
+    """Refuse a store the executor's workers cannot read."""
+    if store.scheme == "memory":
+        raise StoreNotSharedError(
+            f"store {store.url} lives in this process's memory, so {executor.backend.name} "
+            "workers cannot read it; use a file:// store (the default) or s3://...")
+    executor.backend.check_store(store)
+
+
+def check_features(A: ShardedMatrix, B: ShardedMatrix, what: str = "the two matrices") -> None:
+    if A.shape[1] != B.shape[1]:
+        raise ShapeMismatchError(
+            f"{what} have different numbers of features (columns): {A.shape[1]} and {B.shape[1]}")
+    for m in (A, B):
+        if m.shard_sizes[1] < m.shape[1]:
+            raise ShapeMismatchError(
+                f"matrix {m.key!r} is split across columns (blocks of {m.shard_sizes}); "
+                "distance and k-NN functions need whole rows in each block: "
+                f"re-shard it with shard_sizes=({m.shard_sizes[0]}, {m.shape[1]})")

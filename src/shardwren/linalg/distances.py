@@ -1,0 +1,108 @@
+"""The tutorial's two maps, as library functions: a blockwise distance matrix and argmin."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import ShapeMismatchError
+from ..executor import Executor
+from ..futures import get_all_results
+from ..matrix import ShardedMatrix
+from ._common import Inputs, check_features, executor_for, require_shared
+
+
+def _sq_norms(X: np.ndarray) -> np.ndarray:
+    return np.einsum("ij,ij->i", X, X)
+
+
+def _distance_block(A: ShardedMatrix, B: ShardedMatrix, D: ShardedMatrix, i: int, j: int) -> int:
+    a, b = A.get_block(i, 0), B.get_block(j, 0)
+    dtype = np.result_type(a.dtype, b.dtype, np.float32)
+    a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
+    block = _sq_norms(a)[:, None] - 2 * (a @ b.T) + _sq_norms(b)[None, :]
+    np.maximum(block, 0, out=block)  # rounding can make tiny distances negative
+    D.put_block(i, j, block)
+    return block.nbytes
+
+
+def pairwise_sq_euclidean(A: Any, B: Any, out: ShardedMatrix | None = None,
+                          executor: Executor | None = None, key: str | None = None,
+                          block_size: int | None = None, progress: bool | None = None
+                          ) -> ShardedMatrix:
+    """Squared Euclidean distances between the rows of A and B, written blockwise.
+
+    One task per output block, like the tutorial's first map: task ``(i, j)`` reads
+    row block ``i`` of A and ``j`` of B and writes ``D[i, j]``.
+
+    Parameters
+    ----------
+    A, B : ShardedMatrix or array, shapes (m, d) and (n, d)
+        Arrays are sharded into the executor's store for you.
+    out : ShardedMatrix, optional
+        Where to write D (shape (m, n), blocks (A's row block, B's row block)).
+        Default: a new matrix named ``key`` (or ``"D"``) in the executor's store.
+    executor : Executor, optional
+    block_size : int, optional
+        Row block size used when sharding array inputs.
+
+    Returns
+    -------
+    ShardedMatrix
+        The (m, n) distance matrix.
+    """
+    with executor_for(executor) as ex, Inputs(ex, block_size) as inputs:
+        A_m, B_m = inputs.matrix(A, "A"), inputs.matrix(B, "B")
+        check_features(A_m, B_m)
+        shape = (A_m.shape[0], B_m.shape[0])
+        blocks = (A_m.shard_sizes[0], B_m.shard_sizes[0])
+        if out is None:
+            out = ShardedMatrix(key or "D", shape=shape, shard_sizes=blocks, store=ex.store)
+        elif out.shape != shape or tuple(out.shard_sizes) != blocks:
+            raise ShapeMismatchError(
+                f"out has shape {out.shape} and blocks {out.shard_sizes}; the distance matrix "
+                f"needs shape {shape} and blocks {blocks}")
+        require_shared(out.store, ex)
+        # One pickled closure per map: the handles inside it are small (never data).
+        fs = ex.starmap(lambda i, j: _distance_block(A_m, B_m, out, i, j), out.block_idxs)
+        get_all_results(fs, progress=progress)
+        return out
+
+
+def _argmin_block(D: ShardedMatrix, i: int, j: int, axis: int):
+    block = D.get_block(i, j)
+    idx = np.argmin(block, axis=axis)
+    mins = np.take_along_axis(block, np.expand_dims(idx, axis), axis).squeeze(axis)
+    along, other = (i, j) if axis == 0 else (j, i)
+    return other, along, along * D.shard_sizes[axis] + idx, mins
+
+
+def argmin(D: ShardedMatrix, axis: int = 0, executor: Executor | None = None,
+           progress: bool | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Blockwise argmin and min of a sharded matrix along ``axis``, then a merge.
+
+    Like the tutorial's second map: one task per block computes the block's
+    argmin/min; the driver merges them (ties go to the smaller index).
+
+    Returns
+    -------
+    (indices, minima) : arrays of length ``D.shape[1 - axis]``
+    """
+    if axis not in (0, 1):
+        raise ValueError(f"axis must be 0 or 1, got {axis}")
+    with executor_for(executor) as ex:
+        require_shared(D.store, ex)
+        fs = ex.starmap(lambda i, j: _argmin_block(D, i, j, axis), sorted(D.block_idxs))
+        results = get_all_results(fs, progress=progress)
+    n = D.shape[1 - axis]
+    best_idx = np.zeros(n, dtype=np.int64)
+    best = np.full(n, np.inf)
+    step = D.shard_sizes[1 - axis]
+    # Visit blocks in order along `axis`, so a strict < keeps the first (smallest) index.
+    for other, _, idx, mins in sorted(results, key=lambda r: (r[0], r[1])):
+        sl = slice(other * step, other * step + len(idx))
+        better = mins < best[sl]
+        best[sl] = np.where(better, mins, best[sl])
+        best_idx[sl] = np.where(better, idx, best_idx[sl])
+    return best_idx, best.astype(D.dtype or np.float64)
