@@ -4,6 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
+# Development checkouts sit beside ../shared, which holds MNIST.
+ifeq ($(SHARDWREN_DATA_DIR),)
+ifneq ($(wildcard ../shared/datasets/mnist),)
+export SHARDWREN_DATA_DIR := $(abspath ../shared/datasets)
+endif
+endif
+
 .PHONY: install demo test bench faults clean
 
 $(STAMP): pyproject.toml

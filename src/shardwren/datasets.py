@@ -8,7 +8,7 @@ Search order for ``<name>`` (``mnist`` or ``fashion-mnist``):
 3. ``~/.cache/shardwren/<name>``;
 4. ``/usr/share/datasets/<name>`` (Debian's ``dataset-fashion-mnist`` package);
 5. a download from the canonical public mirrors into the cache, verified by the
-   MD5 of the decompressed bytes.
+   MD5 of the decompressed bytes (not when ``SHARDWREN_OFFLINE`` is set).
 """
 
 from __future__ import annotations
@@ -98,7 +98,7 @@ def _download(name: str, dest: Path) -> list[str]:
         for mirror in MIRRORS[name]:
             url = f"{mirror}{stem}.gz"
             try:
-                with urllib.request.urlopen(url, timeout=30) as resp, \
+                with urllib.request.urlopen(url, timeout=15) as resp, \
                         tempfile.NamedTemporaryFile(dir=dest, delete=False) as tmp:
                     shutil.copyfileobj(resp, tmp)
                 got = hashlib.md5(gzip.decompress(Path(tmp.name).read_bytes())).hexdigest()
@@ -130,6 +130,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, download: bool = 
     searched = candidate_dirs(name, data_dir)
     folder = next((d for d in searched if all(_find(d, s) for s in FILES)), None)
     errors: list[str] = []
+    if os.environ.get("SHARDWREN_OFFLINE"):
+        download = False
     if folder is None and download:
         errors = _download(name, cache_dir(name))
         folder = cache_dir(name) if not errors else None

@@ -260,7 +260,8 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
         dist, ind = _assemble(results, Q, k)
         timings.update(shard=t1 - t0, columns=t2 - t1, tiles=t3 - t2,
                        merge=time.perf_counter() - t3, tasks=len(fs) + T.grid[0],
-                       constant_columns=int(cols.const_idx.size))
+                       constant_columns=int(cols.const_idx.size),
+                       peak_rss=max(f.stats.get("peak_rss", 0) for f in fs))
     return dist, ind
 
 

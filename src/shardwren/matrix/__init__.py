@@ -248,6 +248,7 @@ class ShardedMatrix:
     @property
     def dtype(self) -> np.dtype | None:
         """The element type (``None`` until the first block is written, if none was given)."""
+        self._refresh_dtype()  # another process may have written the first block
         return self._dtype
 
     @property

@@ -1,0 +1,56 @@
+from __future__ import annotations
+
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from shardwren import cli, datasets
+from shardwren.errors import DatasetNotFoundError
+
+
+@pytest.fixture
+def runner(tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARDWREN_STORE", str(tmp_path / "store"))
+    monkeypatch.setenv("SHARDWREN_WORKERS", "2")
+    return CliRunner()
+
+
+def test_help_explains(runner):
+    out = runner.invoke(cli.main, ["--help"])
+    assert out.exit_code == 0 and "knn" in out.output and "demo" in out.output
+    out = runner.invoke(cli.main, ["knn", "--help"])
+    for opt in ("--dataset", "--k", "--block-size", "--workers", "--backend", "--store",
+                "--materialize-distances", "--train-vs-train", "--data-dir"):
+        assert opt in out.output
+
+
+def test_missing_dataset_error_lists_places(runner, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARDWREN_OFFLINE", "1")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("SHARDWREN_DATA_DIR", raising=False)
+    with pytest.raises(DatasetNotFoundError) as info:
+        datasets.load("mnist", data_dir=tmp_path / "nowhere")
+    msg = str(info.value)
+    assert str(tmp_path / "nowhere") in msg and ".cache/shardwren/mnist" in msg
+    assert "/usr/share/datasets/mnist" in msg and "SHARDWREN_DATA_DIR" in msg
+
+
+def test_demo_falls_back_to_digits(runner, monkeypatch):
+    def unavailable(name, data_dir=None, download=True):
+        raise DatasetNotFoundError(f"{name} not found (test)")
+
+    monkeypatch.setattr(datasets, "load", unavailable)
+    out = runner.invoke(cli.main, ["demo"])
+    assert out.exit_code == 0, out.output
+    assert "scikit-learn's 8x8 digits" in out.output
+    assert "1. 100 tasks" in out.output and "the same accuracy" in out.output
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("SHARDWREN_DATA_DIR", "/x"), "mnist")),
+                    reason="MNIST not available: set SHARDWREN_DATA_DIR")
+def test_knn_command_on_mnist(runner):
+    out = runner.invoke(cli.main, ["knn", "--dataset", "mnist", "--k", "1"])
+    assert out.exit_code == 0, out.output
+    assert "accuracy 0.9691 on 10000 points" in out.output
+    assert "tiles" in out.output and "tasks" in out.output
