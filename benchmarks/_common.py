@@ -27,15 +27,22 @@ def median_time(fn: Callable[[], Any], repeat: int = 5, warmup: int = 1) -> floa
     return statistics.median(times)
 
 
-def in_subprocess(module: str, func: str, *args: Any) -> Any:
+def in_subprocess(module: str, func: str, *args: Any, env: dict[str, Any] | None = None) -> Any:
     """Run ``module.func(*args)`` in a fresh Python process; return its JSON result.
 
     Each peer is measured in its own process so that none inherits another's
-    threads, BLAS state or memory.
+    threads, BLAS state or memory. ``env`` sets (or, with None, unsets) variables.
     """
+    child_env = dict(os.environ)
+    for key, value in (env or {}).items():
+        if value is None:
+            child_env.pop(key, None)
+        else:
+            child_env[key] = str(value)
     code = (f"import json, sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); "
             f"import {module} as m; print('@@' + json.dumps(m.{func}(*{args!r})))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
+                         env=child_env)
     if out.returncode != 0:
         raise RuntimeError(f"{module}.{func} failed:\n{out.stderr[-3000:]}")
     line = [ln for ln in out.stdout.splitlines() if ln.startswith("@@")][-1]
@@ -51,13 +58,14 @@ def report(name: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None =
     """Print a table and write ``results/<name>.json``.
 
     Each row: ``metric``, ``ours``, ``unit``, and optionally ``peer``, ``peer_value``,
-    ``ratio`` (ours relative to the peer, >1 means we are better) and ``target``.
+    ``ratio`` (how many times better ours is: peer time / our time, or our rate /
+    peer rate; > 1 means shardwren wins) and ``target``.
     """
     RESULTS.mkdir(exist_ok=True)
     doc = {"benchmark": name, "machine": machine(), "rows": rows, **(extra or {})}
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2))
     print(f"\n== {name} ({doc['machine']['cores']} cores, {doc['machine']['when']})")
-    header = f"{'metric':44} {'ours':>12} {'peer':>28} {'peer value':>12} {'ratio':>7}  target"
+    header = f"{'metric':44} {'ours':>12} {'peer':>28} {'peer value':>12} {'better':>7}  target"
     print(header)
     print("-" * len(header))
     for r in rows:
