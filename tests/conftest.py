@@ -68,3 +68,55 @@ def executor(tmp_path_factory):
     ex = shardwren.default_executor(backend="local", store=store, workers=2, progress=False)
     yield ex
     ex.shutdown()
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(s3_endpoint, tmp_path_factory):
+    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1.
+
+    Workers see the tests folder on their PYTHONPATH (as a cluster would have
+    the user's code installed) and the moto S3 endpoint in their environment.
+    """
+    pytest.importorskip("distributed")
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from distributed import Client
+
+    port = free_port()
+    address = f"tcp://127.0.0.1:{port}"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
+    logs = tmp_path_factory.mktemp("dask-logs")
+    bindir = Path(sys.executable).parent
+    dask = str(bindir / "dask") if (bindir / "dask").exists() else "dask"
+    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                               "--no-dashboard"], env=env,
+                              stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
+    for i in range(2):
+        procs.append(subprocess.Popen(
+            [dask, "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
+             "--no-dashboard", "--memory-limit", "4GB", "--name", f"w{i}"],
+            env=env, stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT))
+    try:
+        deadline = time.time() + 90
+        while True:
+            try:
+                with Client(address, timeout=5) as c:
+                    c.wait_for_workers(2, timeout=60)
+                break
+            except (OSError, TimeoutError):
+                if time.time() > deadline:
+                    raise
+                time.sleep(0.5)
+        yield address
+    finally:
+        for p in reversed(procs):
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()

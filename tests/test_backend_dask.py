@@ -1,0 +1,123 @@
+"""The Dask backend against a real scheduler and worker processes on loopback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import numpy as np
+import pytest
+
+import shardwren
+from shardwren.errors import SchedulerUnreachableError, StoreNotSharedError
+from shardwren.linalg import knn
+from shardwren.matrix import ShardedMatrix
+
+from conftest import free_port
+from executor_conformance import ExecutorConformance
+
+pytest.importorskip("distributed")
+
+
+@pytest.fixture(scope="module")
+def dask_ex(dask_cluster, tmp_path_factory):
+    store = f"file://{tmp_path_factory.mktemp('dask-store')}"
+    ex = shardwren.default_executor(backend="dask", address=dask_cluster, store=store,
+                                    progress=False)
+    yield ex
+    ex.shutdown()
+
+
+class TestDaskConformance(ExecutorConformance):
+    @pytest.fixture
+    def ex(self, dask_ex):
+        return dask_ex
+
+    def test_stats_name_the_dask_worker(self, ex):
+        f = ex.call_async(lambda x: x, 1)
+        f.result()
+        assert f.stats["worker"].startswith("tcp://127.0.0.1:")
+
+
+def test_configured_by_environment(dask_cluster, tmp_path, monkeypatch):
+    monkeypatch.setenv("SHARDWREN_BACKEND", "dask")
+    monkeypatch.setenv("SHARDWREN_DASK_ADDRESS", dask_cluster)
+    with shardwren.default_executor(store=f"file://{tmp_path}") as ex:
+        assert ex.backend.name == "dask" and ex.parallelism == 2
+        assert ex.call_async(lambda x: x * 2, 21).result() == 42
+
+
+def test_existing_client(dask_cluster, tmp_path):
+    from distributed import Client
+
+    with Client(dask_cluster, set_as_default=False) as client:
+        with shardwren.default_executor(backend="dask", client=client, store=f"file://{tmp_path}") as ex:
+            assert ex.map(lambda x: x + 1, [1, 2])[1].result() == 3
+        assert client.status == "running"  # not ours to close
+
+
+def test_unreachable_scheduler_fails_fast():
+    t = time.time()
+    with pytest.raises(SchedulerUnreachableError, match="dask scheduler"):
+        shardwren.default_executor(backend="dask", address=f"tcp://127.0.0.1:{free_port()}",
+                                   connect_timeout=2)
+    assert time.time() - t < 30
+
+
+def test_memory_store_refused(dask_cluster):
+    with pytest.raises(StoreNotSharedError, match="s3://"):
+        shardwren.default_executor(backend="dask", address=dask_cluster, store="memory://x")
+
+
+def test_local_store_refused_for_remote_workers(dask_ex, monkeypatch):
+    monkeypatch.setattr(type(dask_ex.backend), "worker_hosts", lambda self: {"10.9.8.7"})
+    with pytest.raises(StoreNotSharedError, match="10.9.8.7.*shared_filesystem"):
+        dask_ex.backend.check_store(shardwren.open_store(dask_ex.store.url))
+    dask_ex.backend.shared_filesystem = True
+    try:
+        dask_ex.backend.check_store(shardwren.open_store(dask_ex.store.url))
+    finally:
+        dask_ex.backend.shared_filesystem = False
+
+
+def test_sharded_matrix_on_s3_from_dask_workers(dask_cluster, s3_url):
+    with shardwren.default_executor(backend="dask", address=dask_cluster, store=s3_url) as ex:
+        X = np.random.default_rng(0).standard_normal((300, 20)).astype(np.float32)
+        m = ShardedMatrix("x", shape=X.shape, shard_sizes=[70, 20], store=s3_url)
+        m.shard_matrix(X, executor=ex)  # blocks written by the Dask workers
+        np.testing.assert_array_equal(m.numpy(), X)
+        sums = shardwren.get_all_results(ex.map(lambda i: float(m.get_block(i, 0).sum()), range(m.grid[0])))
+        np.testing.assert_allclose(sum(sums), X.sum(), rtol=1e-4)
+
+
+def _subset():
+    path = os.path.join(os.environ.get("SHARDWREN_DATA_DIR", "/nonexistent"), "mnist")
+    if os.path.isdir(path):
+        from shardwren.datasets import load_mnist
+
+        X, _, Xt, _ = load_mnist(download=False)
+        return X[:6000], Xt[:1000]
+    rng = np.random.default_rng(1)
+    return rng.random((6000, 784), dtype=np.float32), rng.random((1000, 784), dtype=np.float32)
+
+
+def test_knn_identical_to_local_backend(dask_ex, executor):
+    train, query = _subset()
+    d1, i1 = knn(train, query, 3, executor=dask_ex, block_size=1500)
+    d2, i2 = knn(train, query, 3, executor=executor, block_size=1500)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)
+
+
+def test_worker_killed_mid_map_is_survived(dask_cluster, dask_ex):
+    from distributed import Client
+
+    with Client(dask_cluster, set_as_default=False) as c:
+        pids = c.run(os.getpid)
+    fs = dask_ex.map(lambda x: time.sleep(0.3) or x * x, range(20))
+    time.sleep(1.0)
+    os.kill(next(iter(pids.values())), signal.SIGKILL)
+    assert shardwren.get_all_results(fs) == [x * x for x in range(20)]
+    with Client(dask_cluster, set_as_default=False) as c:
+        c.wait_for_workers(2, timeout=60)  # the nanny restarted it
