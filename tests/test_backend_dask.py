@@ -121,3 +121,10 @@ def test_worker_killed_mid_map_is_survived(dask_cluster, dask_ex):
     assert shardwren.get_all_results(fs) == [x * x for x in range(20)]
     with Client(dask_cluster, set_as_default=False) as c:
         c.wait_for_workers(2, timeout=60)  # the nanny restarted it
+
+
+def test_tune_workers_applies_to_every_worker(dask_ex):
+    from shardwren.backends.dask import tune_workers
+
+    result = tune_workers(dask_ex.backend.client)
+    assert len(result) == 2 and all(result.values())

@@ -72,6 +72,36 @@ def _dask_task(fn_bytes: bytes, fn_id: str, payload: bytes, blas_threads: int):
     return ok, data, stats
 
 
+def _tune_malloc(mmap_threshold: int, trim_threshold: int) -> bool:
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1 (glibc's mallopt)
+    return bool(libc.mallopt(-3, mmap_threshold)) and bool(libc.mallopt(-1, trim_threshold))
+
+
+def tune_workers(client: Any, mmap_threshold: int = 256 << 20,
+                 trim_threshold: int = 512 << 20) -> dict[str, bool]:
+    """Let Dask workers reuse large numeric buffers instead of re-faulting them.
+
+    Dask's nanny starts workers with ``MALLOC_TRIM_THRESHOLD_=65536``, which makes
+    glibc hand every multi-megabyte array back to the kernel when freed and
+    page-fault it in again on the next task. For block-matrix work that costs
+    10-20% of task time (measured in ``benchmarks/bench_dask.py``). This raises
+    glibc's mmap and trim thresholds in every current worker, at the price of
+    memory being returned to the OS later. It is opt-in: workers are yours.
+
+    Returns
+    -------
+    dict
+        Worker address -> whether the settings took effect (glibc only).
+    """
+    return client.run(_tune_malloc, mmap_threshold, trim_threshold)
+
+
 # --- driver side -------------------------------------------------------------------------
 
 

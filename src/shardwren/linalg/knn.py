@@ -96,7 +96,7 @@ def tree_merge(parts: list[Partial], k: int) -> Partial:
 # Prepared blocks, per worker process: a tile's neighbours in the task order often
 # reuse a block. Small and bounded, so memory per worker stays a few block pairs.
 _CACHE: OrderedDict = OrderedDict()
-_CACHE_ENTRIES = 4
+_CACHE_ENTRIES = 5
 
 
 def _cached(key: tuple, make):
@@ -108,6 +108,19 @@ def _cached(key: tuple, make):
     while len(_CACHE) > _CACHE_ENTRIES:
         _CACHE.popitem(last=False)
     return value
+
+
+def _gemm_nt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b.T`` into a reused per-worker buffer.
+
+    A fresh 64 MB result per tile costs page faults and zeroing on every task
+    (badly so under allocators tuned to return memory eagerly, as Dask's workers
+    are); reusing the buffer keeps the tile's cost the GEMM's. The caller must be
+    done with the previous result before the next call with the same shape.
+    """
+    shape = (a.shape[0], b.shape[0])
+    buf = _cached(("scratch", shape), lambda: np.empty(shape, dtype=np.float32))
+    return np.matmul(a, b.T, out=buf)
 
 
 def _finite_block(M: ShardedMatrix, i: int, what: str) -> np.ndarray:
@@ -154,7 +167,7 @@ def _query_side(Q: ShardedMatrix, i: int, cols: Columns) -> tuple[np.ndarray, np
 def _query_tile(Q: ShardedMatrix, T: ShardedMatrix, i: int, j: int, k: int, cols: Columns):
     q_aug, q_rest = _query_side(Q, i, cols)
     t_aug = _train_side(T, j, cols)
-    S = q_aug @ t_aug.T  # |t|^2 - 2 q.t, straight out of the GEMM
+    S = _gemm_nt(q_aug, t_aug)  # |t|^2 - 2 q.t, straight out of the GEMM
     vals, idx = topk_rows(S, k, offset=j * T.shard_sizes[0])
     vals += q_rest[:, None]
     np.maximum(vals, 0, out=vals)
@@ -164,7 +177,7 @@ def _query_tile(Q: ShardedMatrix, T: ShardedMatrix, i: int, j: int, k: int, cols
 def _pair_tile(T: ShardedMatrix, i: int, j: int, k: int, cols: Columns, exclude_self: bool):
     """Block pair (i, j), i <= j, of train-vs-train: partials for both blocks' rows."""
     a_aug, a_rest = _query_side(T, i, cols)
-    D = a_aug @ _train_side(T, j, cols).T
+    D = _gemm_nt(a_aug, _train_side(T, j, cols))
     D += a_rest[:, None]  # now the full squared distances
     np.maximum(D, 0, out=D)
     b = T.shard_sizes[0]
