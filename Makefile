@@ -11,7 +11,7 @@ export SHARDWREN_DATA_DIR := $(abspath ../shared/datasets)
 endif
 endif
 
-.PHONY: install demo test bench faults clean
+.PHONY: install demo test bench docs-images clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,11 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# The README's timeline picture: a real MNIST k-NN job.
+docs-images: $(STAMP)
+	mkdir -p docs
+	$(BIN)/shardwren knn --dataset mnist --plot docs/timeline-mnist-knn.png
 
 clean:
 	rm -rf $(VENV) .pytest_cache benchmarks/results

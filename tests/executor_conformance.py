@@ -178,3 +178,16 @@ class ExecutorConformance:
         counts = ex.call_async(blas_threads, 0).result()
         cores = os.cpu_count() or 1
         assert counts and all(c * ex.parallelism <= max(cores, ex.parallelism) for c in counts)
+
+    def test_records_and_logs_per_task(self, ex):
+        def talk(i):
+            print(f"hello from {i}")
+            return i
+
+        fs = ex.map(talk, range(4))
+        shardwren.wait(fs)
+        for i, f in enumerate(fs):
+            s = f.stats
+            assert s["submitted"] <= s["started"] <= s["finished"] and s["attempt"] == 1
+            assert s["outcome"] == "ok" and s["bytes_read"] == 0 and s["host"]
+            assert f.logs().strip() == f"hello from {i}"

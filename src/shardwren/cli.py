@@ -112,8 +112,10 @@ def run_knn(ex: shardwren.Executor, data: tuple, k: int, block_size: int,
                    "(with --materialize-distances: the tutorial's training accuracy).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder holding the dataset's IDX files (or its parent).")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Write a timeline PNG of the job's main map (one bar per task).")
 @_executor_options
-def knn(dataset, k, block_size, materialize_distances, train_vs_train, data_dir,
+def knn(dataset, k, block_size, materialize_distances, train_vs_train, data_dir, plot_path,
         workers, backend, store) -> None:
     """Exact k-nearest-neighbour classification of MNIST or Fashion-MNIST.
 
@@ -126,6 +128,13 @@ def knn(dataset, k, block_size, materialize_distances, train_vs_train, data_dir,
     with shardwren.default_executor(backend=backend, store=store, workers=workers) as ex:
         click.echo(f"executor: {ex.backend.name}, {ex.parallelism} workers, store {ex.store.url}")
         run_knn(ex, data, k, block_size, materialize_distances, train_vs_train, None)
+        if plot_path:
+            job_id, name, recs = max(ex.history, key=lambda h: len(h[2]))
+            from . import plot
+
+            plot.timeline(recs, plot_path, title=f"{dataset} {k}-NN: {len(recs)} tasks "
+                                                 f"on {ex.parallelism} workers ({job_id})")
+            click.echo(f"timeline of job {job_id} ({len(recs)} tasks) written to {plot_path}")
 
 
 def _tutorial_section_1(ex: shardwren.Executor) -> None:
@@ -187,6 +196,47 @@ def demo(data_dir, workers, backend, store) -> None:
     same = "the same accuracy" if slow["accuracy"] == fast["accuracy"] else "DIFFERENT accuracies"
     click.echo(f"fused k-NN: {slow['total'] / fast['total']:.1f}x faster than the tutorial's "
                f"algorithm, {same}, and no distance matrix written.")
+
+
+@main.group(invoke_without_command=True)
+@click.option("--store", default=None, help="Store whose jobs to list (default: the default store).")
+@click.pass_context
+def jobs(ctx, store) -> None:
+    """List the jobs recorded in a store, with status and task counts."""
+    from .jobs import list_jobs
+    from .storage import open_store
+
+    ctx.obj = open_store(store)
+    if ctx.invoked_subcommand is not None:
+        return
+    found = list_jobs(ctx.obj)
+    if not found:
+        click.echo(f"no jobs recorded in {ctx.obj.url}")
+        return
+    click.echo(f"{'job':28} {'created':19} {'status':7} {'tasks':>6} {'failed':>6} {'wall s':>8}  function")
+    for j in found:
+        when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(j["created"]))
+        click.echo(f"{j['job_id']:28} {when:19} {j['status']:7} {j['tasks']:>6} {j['failed']:>6} "
+                   f"{j['wall_s']:>8.3f}  {j['function']}")
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write a timeline PNG.")
+@click.pass_obj
+def jobs_show(store, job_id, plot_path) -> None:
+    """Summarise one recorded job (JOB_ID may be a unique prefix)."""
+    from .jobs import format_summary, load_job, summarize
+
+    meta, recs = load_job(store, job_id)
+    click.echo(f"job {meta['job_id']}: {meta['function']} ({meta['status']})")
+    click.echo(format_summary(summarize(recs)))
+    if plot_path:
+        from . import plot
+
+        plot.timeline(recs, plot_path, title=f"job {meta['job_id']}: {meta['function']}")
+        click.echo(f"timeline written to {plot_path}")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+from collections import deque
 import threading
 import uuid
 from typing import Any, Callable, Iterable, Sequence
@@ -12,6 +13,7 @@ from . import config, serialize
 from .backends.base import Backend, backend_class
 from .errors import NotIterableError
 from .futures import ALL_COMPLETED, Future, get_all_results, wait
+from .jobs import JobLog, as_table, format_summary, records, summarize
 from .storage import Store, open_store
 
 _job_counter = itertools.count()
@@ -39,6 +41,9 @@ class Executor:
         self.store = store
         self.settings = settings
         backend.check_store(store)
+        self._joblog = JobLog(store)
+        #: The last maps run: (job id, function name, task records), newest last.
+        self.history: deque[tuple[str, str, list[dict[str, Any]]]] = deque(maxlen=100)
 
     def __repr__(self) -> str:
         return f"<shardwren.Executor backend={self.backend.name} workers={self.parallelism} store={self.store.url}>"
@@ -84,9 +89,13 @@ class Executor:
             args = (tuple(item) if starmap else (item,)) + extra
             payload = serialize.dumps_value(args, what=f"argument of task {i}")
             tasks.append((Future(job_id, i), payload))
+        fs = [f for f, _ in tasks]
         if tasks:
             self.backend.submit(job_id, fn_bytes, tasks)
-        return [f for f, _ in tasks]
+            name = getattr(fn, "__qualname__", type(fn).__name__)
+            self.history.append((job_id, name, [f.stats for f in fs]))
+            self._joblog.track(job_id, name, fs)
+        return fs
 
     def starmap(self, fn: Callable[..., Any], iterdata: Iterable[Sequence[Any]],
                 extra_args: Sequence[Any] | None = None) -> list[Future]:
@@ -146,10 +155,24 @@ class Executor:
         """Same as :func:`shardwren.get_all_results`."""
         return get_all_results(fs, progress=self.settings.get("progress"))
 
+    # -- observability -------------------------------------------------------------
+    def job_stats(self, fs: Sequence[Future]):
+        """One record per task (see :attr:`Future.stats`): a pandas DataFrame when
+        pandas is installed, else a list of dicts."""
+        return as_table(records(fs))
+
+    def summary(self, fs: Sequence[Future], file: Any = None) -> dict[str, Any]:
+        """Print (and return) a job's figures: tasks, failures by label, retries, wall
+        and task time, parallel efficiency, bytes moved, slowest tasks."""
+        figures = summarize(records(fs), self.parallelism)
+        print(format_summary(figures), file=file)
+        return figures
+
     # -- lifetime ------------------------------------------------------------------
     def shutdown(self, wait: bool = True) -> None:
         """Stop the workers; with ``wait``, let submitted tasks finish first."""
         self.backend.shutdown(wait=wait)
+        self._joblog.close()
 
     def __enter__(self) -> Executor:
         return self

@@ -38,9 +38,11 @@ class Future(cf.Future):
     index : int
         Position of the task in its map.
     stats : dict
-        Timing and resource figures: ``submitted``, ``started``, ``finished``,
-        ``fetched`` (epoch seconds), ``worker``, ``pid``, ``host``, ``peak_rss``
-        (bytes), ``attempt``.
+        One record per task: ``job_id``, ``index``, ``attempt``, ``worker``, ``pid``,
+        ``host``, ``submitted``, ``started``, ``finished``, ``fetched`` (epoch
+        seconds), ``bytes_read``, ``bytes_written`` (store I/O), ``peak_rss``
+        (bytes, this task's own peak), ``outcome`` (``"ok"`` or ``"failed"``) and
+        ``failure`` (the exception's class name).
     """
 
     def __init__(self, job_id: str, index: int):
@@ -50,6 +52,7 @@ class Future(cf.Future):
         self.stats: dict[str, Any] = {"job_id": job_id, "index": index,
                                       "submitted": time.time(), "attempt": 1}
         self._payload: bytes | None = None
+        self._logs = ""
         self._decoded: Any = _UNSET
         self._decode_lock = threading.Lock()
 
@@ -57,17 +60,27 @@ class Future(cf.Future):
         return f"<shardwren.Future job={self.job_id} index={self.index} state={self._state}>"
 
     # -- backend side --------------------------------------------------------
+    def _record(self, stats: dict[str, Any] | None, outcome: str, failure: str | None) -> None:
+        if stats:
+            stats = dict(stats)
+            self._logs = stats.pop("logs", self._logs)
+            self.stats.update(stats)
+        self.stats["outcome"] = outcome
+        self.stats["failure"] = failure
+
     def _set_payload(self, payload: bytes, stats: dict[str, Any] | None = None) -> None:
         """Complete the future with a pickled result (decoded lazily)."""
-        if stats:
-            self.stats.update(stats)
+        self._record(stats, "ok", None)
         self._payload = payload
         self.set_result(None)
 
     def _fail(self, exc: BaseException, stats: dict[str, Any] | None = None) -> None:
-        if stats:
-            self.stats.update(stats)
+        self._record(stats, "failed", type(exc).__name__)
         self.set_exception(exc)
+
+    def logs(self) -> str:
+        """What the task printed to stdout/stderr and logged, in order ("" if nothing)."""
+        return self._logs
 
     # -- user side ---------------------------------------------------------------
     def result(self, timeout: float | None = None) -> Any:

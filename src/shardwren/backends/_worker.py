@@ -144,6 +144,10 @@ def main(argv: list[str]) -> None:
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(blas_threads)
+    # A task's logging.info() is captured into its future's logs (root defaults to WARNING).
+    import logging
+
+    logging.getLogger().setLevel(logging.INFO)
     slot = mmap.mmap(slot_fd, 8)
     os.close(slot_fd)
     conn = Connection(fd)

@@ -10,12 +10,16 @@ from __future__ import annotations
 
 import abc
 import importlib
+import io
+import logging
 import os
 import socket
+import sys
+import threading
 import time
 from typing import TYPE_CHECKING, Any, Sequence
 
-from .. import serialize
+from .. import _iostats, serialize
 from ..errors import BackendNotInstalledError, UnknownBackendError
 
 if TYPE_CHECKING:
@@ -113,13 +117,64 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+class _Router(io.TextIOBase):
+    """Stands in for sys.stdout/stderr: text goes to the running task's buffer, if any.
+
+    Routing by thread keeps the logs of tasks running side by side in one
+    process (Dask worker threads) apart.
+    """
+
+    def __init__(self, original):
+        self.original = original
+
+    def write(self, text: str) -> int:
+        buf = getattr(_TASK, "buf", None)
+        return (buf if buf is not None else self.original).write(text)
+
+    def flush(self) -> None:
+        if getattr(_TASK, "buf", None) is None:
+            self.original.flush()
+
+    def fileno(self) -> int:
+        return self.original.fileno()
+
+    def isatty(self) -> bool:
+        return False
+
+
+class _TaskLogHandler(logging.Handler):
+    def emit(self, record: logging.LogRecord) -> None:
+        buf = getattr(_TASK, "buf", None)
+        if buf is not None:
+            buf.write(self.format(record) + "\n")
+
+
+_TASK = threading.local()
+_CAPTURE_INSTALLED = []
+
+
+def _install_capture() -> None:
+    if _CAPTURE_INSTALLED:
+        return
+    sys.stdout, sys.stderr = _Router(sys.stdout), _Router(sys.stderr)
+    handler = _TaskLogHandler()
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    _CAPTURE_INSTALLED.append(handler)
+
+
 def run_task(fn: Any, payload: bytes) -> tuple[bool, bytes, dict[str, Any]]:
     """Run ``fn(*args)`` on a worker; return ``(ok, pickled value or error, stats)``.
 
     Never raises: every failure, including an unpicklable result, comes back as
-    a pickled exception with its traceback.
+    a pickled exception with its traceback. The task's stdout, stderr and log
+    records are captured into ``stats["logs"]``; its store I/O into
+    ``bytes_read`` / ``bytes_written``.
     """
+    _install_capture()
     _reset_peak_rss()
+    _iostats.reset()
+    _TASK.buf = io.StringIO()
     started = time.time()
     try:
         if isinstance(fn, BaseException):  # the function itself failed to load here
@@ -132,6 +187,9 @@ def run_task(fn: Any, payload: bytes) -> tuple[bool, bytes, dict[str, Any]]:
             exc = RuntimeError(f"task raised {type(exc).__name__}({exc})")
         ok, data = False, serialize.dumps_exception(exc)
     finished = time.time()
+    logs, _TASK.buf = _TASK.buf.getvalue(), None
+    read, written = _iostats.snapshot()
     stats = {"started": started, "finished": finished, "pid": os.getpid(), "host": _HOST,
-             "peak_rss": _peak_rss()}
+             "peak_rss": _peak_rss(), "bytes_read": read, "bytes_written": written,
+             "logs": logs}
     return ok, data, stats

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
 
+from .. import _iostats
 from ..errors import (
     BlockNotFoundError,
     CorruptBlockError,
@@ -331,6 +332,7 @@ class ShardedMatrix:
             raise CorruptBlockError(
                 f"block ({i}, {j}) of matrix {self.key!r} in {self.store.url} is corrupt: {exc}; "
                 "write it again (put_block) or recompute it") from None
+        _iostats.add_read(block.nbytes)
         return block.T if self._transposed else block
 
     def put_block(self, i: int, j: int, block: Any) -> None:
@@ -359,6 +361,7 @@ class ShardedMatrix:
             block = block.astype(self._dtype)
         bi, bj = self._o((i, j))
         self.zarr.blocks[bi, bj] = block.T if self._transposed else block
+        _iostats.add_written(block.nbytes)
 
     def delete_block(self, i: int, j: int) -> None:
         """Remove block ``(i, j)``."""

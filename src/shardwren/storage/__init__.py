@@ -15,7 +15,7 @@ from typing import Any
 
 import fsspec
 
-from .. import config
+from .. import _iostats, config
 from ..errors import BackendNotInstalledError, KeyNotFoundError, UnknownSchemeError
 
 DEFAULT_STORE = "~/.shardwren/store"
@@ -108,13 +108,16 @@ class Store:
             If there is no such key (also a ``FileNotFoundError``).
         """
         try:
-            return self.fs.cat_file(self.path(key))
+            data = self.fs.cat_file(self.path(key))
         except (FileNotFoundError, IsADirectoryError):
             raise KeyNotFoundError(f"key {key!r} not found in store {self.url}") from None
+        _iostats.add_read(len(data))
+        return data
 
     def put(self, key: str, data: bytes) -> None:
         """Store ``data`` at ``key``; atomic on local disk (temporary file + rename)."""
         path = self.path(key)
+        _iostats.add_written(len(data))
         if self.is_local:
             os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
             tmp = f"{path}.{uuid.uuid4().hex}.partial"
