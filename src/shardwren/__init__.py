@@ -38,6 +38,10 @@ def __getattr__(name: str):
         from .matrix import ShardedMatrix
 
         return ShardedMatrix
+    if name == "plan":
+        from .linalg import plan
+
+        return plan
     raise AttributeError(f"module 'shardwren' has no attribute {name!r}")
 
 

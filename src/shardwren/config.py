@@ -32,6 +32,19 @@ def _bool(value: Any) -> bool | None:
     raise ValueError(f"expected true, false or auto, got {value!r}")
 
 
+def _size(value: Any) -> int | None:
+    """``4GB``, ``512MiB``, ``1e9`` or an int -> bytes."""
+    if value is None or isinstance(value, int):
+        return value
+    text = str(value).strip().upper().replace(" ", "")
+    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+             "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
+    for unit, factor in units.items():
+        if text.endswith(unit):
+            return int(float(text[: -len(unit)]) * factor)
+    return int(float(text))
+
+
 @dataclass(frozen=True)
 class Setting:
     """One configuration key: its name, how to parse it, default, and meaning."""
@@ -54,6 +67,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", int, None, "Local backend: number of worker processes (default: CPU cores)."),
     Setting("blas_threads", int, None,
             "BLAS threads per worker (default: cores // workers, at least 1)."),
+    Setting("memory_limit", lambda v: _size(v), None,
+            "Bytes a task may use (e.g. `4GB`); plans needing more per task are refused."),
     Setting("progress", _bool, None,
             "Progress bars on `wait`/`get_all_results`: `true`, `false`, or `auto` "
             "(on when stderr is a terminal or in Jupyter)."),

@@ -127,6 +127,10 @@ class TaskMemoryError(ShardwrenError, MemoryError):
     """A task exceeded its memory limit."""
 
 
+class MemoryPlanError(ShardwrenError, MemoryError):
+    """A planned operation would need more memory per task than the limit allows."""
+
+
 class RemoteError(ShardwrenError, RuntimeError):
     """A task raised an exception whose own type could not be sent back.
 

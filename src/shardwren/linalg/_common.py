@@ -50,7 +50,10 @@ class Inputs:
         for m in self._scratch:
             m.delete()
 
-    def matrix(self, X: Any, name: str) -> ShardedMatrix:
+    def matrix(self, X: Any, name: str, rows: int | None = None,
+               cols: int | None = None) -> ShardedMatrix:
+        """X as a ShardedMatrix; arrays are sharded in blocks of ``rows`` x ``cols``
+        (default: the block size given at construction, whole rows)."""
         if isinstance(X, ShardedMatrix):
             check_numeric(X, name)
             require_shared(X.store, self.executor)
@@ -62,10 +65,10 @@ class Inputs:
         if X.dtype.kind != "f":
             X = X.astype(np.float32)
         require_shared(self.executor.store, self.executor)
-        rows = self.block_rows or DEFAULT_BLOCK
+        rows = rows or self.block_rows or DEFAULT_BLOCK
+        cols = cols or X.shape[1]
         m = ShardedMatrix.from_numpy(X, f"tmp/{name}-{uuid.uuid4().hex[:12]}",
-                                     (max(1, rows), max(1, X.shape[1])),
-                                     store=self.executor.store)
+                                     (max(1, rows), max(1, cols)), store=self.executor.store)
         self._scratch.append(m)
         return m
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 import numpy as np
@@ -42,7 +43,7 @@ def pairwise_sq_euclidean(A: Any, B: Any, out: ShardedMatrix | None = None,
         Arrays are sharded into the executor's store for you.
     out : ShardedMatrix, optional
         Where to write D (shape (m, n), blocks (A's row block, B's row block)).
-        Default: a new matrix named ``key`` (or ``"D"``) in the executor's store.
+        Default: a new matrix named ``key`` (or a unique name) in the executor's store.
     executor : Executor, optional
     block_size : int, optional
         Row block size used when sharding array inputs.
@@ -58,7 +59,8 @@ def pairwise_sq_euclidean(A: Any, B: Any, out: ShardedMatrix | None = None,
         shape = (A_m.shape[0], B_m.shape[0])
         blocks = (A_m.shard_sizes[0], B_m.shard_sizes[0])
         if out is None:
-            out = ShardedMatrix(key or "D", shape=shape, shard_sizes=blocks, store=ex.store)
+            out = ShardedMatrix(key or f"distances-{uuid.uuid4().hex[:10]}", shape=shape,
+                                shard_sizes=blocks, store=ex.store)
         elif out.shape != shape or tuple(out.shard_sizes) != blocks:
             raise ShapeMismatchError(
                 f"out has shape {out.shape} and blocks {out.shard_sizes}; the distance matrix "

@@ -487,6 +487,15 @@ class ShardedMatrix:
         return m
 
 
+def open_url(url: str, **options: Any) -> ShardedMatrix:
+    """Open the matrix at a full URL such as ``file:///data/store/x_train`` or
+    ``s3://bucket/prefix/x_train`` (its store is everything before the last ``/``)."""
+    base, _, key = url.rstrip("/").rpartition("/")
+    if not key or base.endswith(":/") or not base:
+        raise ValueError(f"{url!r} is not a matrix URL: expected STORE_URL/KEY, e.g. file:///data/store/x")
+    return ShardedMatrix(key, store=open_store(base, **options))
+
+
 def _rebuild(store, key, shape, shard_sizes, dtype, fill, compressor, transposed) -> ShardedMatrix:
     m = ShardedMatrix.__new__(ShardedMatrix)
     m.key, m.store, m._array, m._transposed = key, store, None, transposed
@@ -496,4 +505,4 @@ def _rebuild(store, key, shape, shard_sizes, dtype, fill, compressor, transposed
     return m
 
 
-__all__ = ["ShardedMatrix"]
+__all__ = ["ShardedMatrix", "open_url"]

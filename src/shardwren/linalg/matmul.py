@@ -1,0 +1,383 @@
+"""Blocked linear algebra on ShardedMatrices: matmul, Gram, elementwise maps, and plans.
+
+Every function first makes a :class:`Plan` (tasks, bytes moved, flops, peak memory
+per task) without running anything, refuses one whose per-task memory exceeds the
+executor's ``memory_limit`` (proposing a block size that fits), then runs it.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import MemoryPlanError, ShapeMismatchError
+from ..executor import Executor
+from ..futures import get_all_results
+from ..matrix import ShardedMatrix
+from ._common import Inputs, executor_for
+
+
+@dataclass
+class Plan:
+    """What a blocked operation will do, computed without running it."""
+
+    op: str
+    tasks: int
+    bytes_read: int
+    bytes_written: int
+    flops: int
+    peak_task_memory: int
+    out_shape: tuple[int, int]
+    out_blocks: tuple[int, int]
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        return (f"{self.op}: {self.tasks} tasks, read {self.bytes_read / 2**20:.1f} MiB, "
+                f"write {self.bytes_written / 2**20:.1f} MiB, {self.flops / 1e9:.2f} GFLOP, "
+                f"peak {self.peak_task_memory / 2**20:.1f} MiB per task; output {self.out_shape} "
+                f"in blocks of {self.out_blocks}" + "".join(f"; {n}" for n in self.notes))
+
+
+def _shape_blocks(X: Any, block: int | None) -> tuple[tuple[int, int], tuple[int, int], np.dtype]:
+    if isinstance(X, ShardedMatrix):
+        return X.shape, X.shard_sizes, X.dtype or np.dtype(np.float64)
+    X = np.asarray(X)
+    if X.ndim != 2:
+        raise ShapeMismatchError(f"expected a 2-D matrix, got shape {X.shape}")
+    b = block or choose_block_size(X.shape, X.dtype)
+    return X.shape, (min(b, max(X.shape[0], 1)), min(b, max(X.shape[1], 1))), X.dtype
+
+
+def choose_block_size(shape: tuple[int, ...], dtype: Any = np.float32,
+                      memory_budget: int = 1 << 30, operands: int = 4) -> int:
+    """A square block edge whose ``operands`` blocks fit in ``memory_budget`` bytes.
+
+    Rounded down to a multiple of 256 (GEMM-friendly) and capped at the largest
+    dimension, so small matrices are one block.
+    """
+    item = np.dtype(dtype).itemsize
+    edge = int(math.sqrt(memory_budget / (operands * item)))
+    edge = max(256, edge - edge % 256) if edge >= 256 else max(1, edge)
+    return max(1, min(edge, max(shape) if len(shape) else edge))
+
+
+def _check_memory(plan: Plan, executor: Executor | None, shapes: list[tuple[int, int]],
+                  dtype: np.dtype, operands: int = 4) -> None:
+    limit = executor.settings.get("memory_limit") if executor is not None else None
+    if limit and plan.peak_task_memory > limit:
+        fit = choose_block_size(max(shapes, key=max), dtype, int(limit * 0.8), operands)
+        raise MemoryPlanError(
+            f"{plan.op} would need {plan.peak_task_memory / 2**20:.0f} MiB per task, more than the "
+            f"executor's memory_limit of {limit / 2**20:.0f} MiB; re-shard with blocks of "
+            f"{fit} x {fit} (e.g. block_size={fit}) or raise memory_limit")
+
+
+# --- matmul ------------------------------------------------------------------------------
+
+
+def _matmul_geometry(A_shape, A_blocks, B_shape, B_blocks):
+    if A_shape[1] != B_shape[0]:
+        raise ShapeMismatchError(
+            f"matmul: inner dimensions differ: A is {A_shape}, B is {B_shape}")
+    if A_blocks[1] != B_blocks[0] and not (A_blocks[1] >= A_shape[1] and B_blocks[0] >= B_shape[0]):
+        raise ShapeMismatchError(
+            f"matmul: A's column blocks ({A_blocks[1]}) must equal B's row blocks ({B_blocks[0]}) "
+            "so that block products line up; re-shard one of them")
+    grid = (-(-A_shape[0] // A_blocks[0]), -(-B_shape[1] // B_blocks[1]))
+    inner = -(-A_shape[1] // A_blocks[1]) if A_shape[1] else 1
+    return (A_shape[0], B_shape[1]), (A_blocks[0], B_blocks[1]), grid, inner
+
+
+def _operand_blocks(A: Any, B: Any, block_size: int | None):
+    """Shapes, blocks and dtypes of both operands, as they will be sharded.
+
+    An array operand lines its inner blocks up with a ShardedMatrix partner's.
+    """
+    a_shape, a_blocks, a_dt = _shape_blocks(A, block_size)
+    b_shape, b_blocks, b_dt = _shape_blocks(B, block_size)
+    if isinstance(A, ShardedMatrix) and not isinstance(B, ShardedMatrix):
+        b_blocks = (a_blocks[1], b_blocks[1])
+    elif isinstance(B, ShardedMatrix) and not isinstance(A, ShardedMatrix):
+        a_blocks = (a_blocks[0], b_blocks[0])
+    elif not isinstance(A, ShardedMatrix):
+        inner = min(a_blocks[1], b_blocks[0])
+        a_blocks, b_blocks = (a_blocks[0], inner), (inner, b_blocks[1])
+    return (a_shape, a_blocks, a_dt), (b_shape, b_blocks, b_dt)
+
+
+def _groups(n_out: int, inner: int, parallelism: int) -> int:
+    """How many groups to split the inner dimension into (1 = no tree)."""
+    if n_out >= 2 * parallelism or inner == 1:
+        return 1
+    return min(inner, -(-2 * parallelism // max(n_out, 1)))
+
+
+def plan_matmul(A: Any, B: Any, executor: Executor | None = None,
+                block_size: int | None = None) -> Plan:
+    """The plan of ``matmul(A, B)`` (nothing runs)."""
+    (a_shape, a_blocks, a_dt), (b_shape, b_blocks, b_dt) = _operand_blocks(A, B, block_size)
+    out_shape, out_blocks, grid, inner = _matmul_geometry(a_shape, a_blocks, b_shape, b_blocks)
+    dt = np.result_type(a_dt, b_dt)
+    item = dt.itemsize
+    n_out = grid[0] * grid[1]
+    groups = _groups(n_out, inner, executor.parallelism if executor else 1)
+    bm, bk, bn = out_blocks[0], a_blocks[1], out_blocks[1]
+    out_bytes = out_shape[0] * out_shape[1] * item
+    reads = grid[1] * a_shape[0] * a_shape[1] * a_dt.itemsize + grid[0] * b_shape[0] * b_shape[1] * b_dt.itemsize
+    plan = Plan("matmul", n_out * groups, reads, out_bytes * groups,
+                2 * out_shape[0] * out_shape[1] * a_shape[1],
+                (bm * bk + bk * bn + 2 * bm * bn) * item, out_shape, out_blocks)
+    if groups > 1:
+        adds = n_out * (groups - 1)
+        plan.tasks += adds
+        plan.bytes_read += 2 * adds * bm * bn * item
+        plan.bytes_written += adds * bm * bn * item
+        plan.notes.append(f"inner dimension split in {groups} groups, summed in a tree")
+    _check_memory(plan, executor, [a_shape, b_shape], dt)
+    return plan
+
+
+def _matmul_block(A: ShardedMatrix, B: ShardedMatrix, C: ShardedMatrix, i: int, j: int,
+                  ls: range) -> int:
+    dt = C.dtype or np.result_type(A.dtype, B.dtype)
+    acc = tmp = None
+    for l in ls:
+        a = A.get_block(i, l).astype(dt, copy=False)
+        b = B.get_block(l, j).astype(dt, copy=False)
+        if acc is None:
+            acc = np.matmul(a, b)
+            tmp = np.empty_like(acc)
+        else:
+            acc += np.matmul(a, b, out=tmp)  # reuse one buffer: no allocation per product
+    if acc is None:  # empty inner dimension
+        acc = np.zeros(C.block_shape(i, j), dtype=dt)
+    C.put_block(i, j, acc)
+    return 0
+
+
+def _add_blocks(P: ShardedMatrix, Q: ShardedMatrix, out: ShardedMatrix, i: int, j: int) -> int:
+    out.put_block(i, j, P.get_block(i, j) + Q.get_block(i, j))
+    return 0
+
+
+def matmul(A: Any, B: Any, out: ShardedMatrix | None = None, executor: Executor | None = None,
+           key: str | None = None, block_size: int | None = None,
+           progress: bool | None = None) -> ShardedMatrix:
+    """C = A @ B for matrices that need not fit in memory.
+
+    One task per output block, streaming over the inner dimension, when there are
+    enough output blocks to keep the workers busy; otherwise the inner dimension
+    is split into groups whose partial products are summed in a tree (as in
+    numpywren).
+
+    Parameters
+    ----------
+    A, B : ShardedMatrix or array
+        A's column blocks must equal B's row blocks. Arrays are sharded for you
+        (``block_size``, or one chosen from the shapes and a 1 GiB budget).
+    out : ShardedMatrix, optional
+        Destination (default: a new matrix ``key`` or ``"C"`` in the executor's store).
+
+    Returns
+    -------
+    ShardedMatrix
+    """
+    with executor_for(executor) as ex, Inputs(ex, block_size) as inputs:
+        plan_matmul(A, B, ex, block_size)  # refuses plans that do not fit, before any work
+        (_, a_blocks, _), (_, b_blocks, _) = _operand_blocks(A, B, block_size)
+        A_m = inputs.matrix(A, "A", *a_blocks)
+        B_m = inputs.matrix(B, "B", *b_blocks)
+        out_shape, out_blocks, grid, inner = _matmul_geometry(A_m.shape, A_m.shard_sizes,
+                                                              B_m.shape, B_m.shard_sizes)
+        dt = np.result_type(A_m.dtype, B_m.dtype)
+        C = _output(out, key or _unique("matmul"), out_shape, out_blocks, dt, ex)
+        groups = _groups(grid[0] * grid[1], inner, ex.parallelism)
+        if groups == 1:
+            fs = ex.starmap(lambda i, j: _matmul_block(A_m, B_m, C, i, j, range(inner)),
+                            C.block_idxs)
+            get_all_results(fs, progress=progress)
+            return C
+        size = -(-inner // groups)
+        parts = [inputs.scratch(out_shape, out_blocks, f"partial{g}", dt) for g in range(groups)]
+        tasks = [(i, j, g) for g in range(groups) for i, j in C.block_idxs]
+        fs = ex.starmap(lambda i, j, g: _matmul_block(A_m, B_m, parts[g], i, j,
+                                                       range(g * size, min(inner, (g + 1) * size))),
+                        tasks)
+        get_all_results(fs, progress=progress)
+        _tree_sum(parts, C, ex, progress)
+        return C
+
+
+def _tree_sum(parts: list[ShardedMatrix], C: ShardedMatrix, ex: Executor,
+              progress: bool | None) -> None:
+    """Sum matrices pairwise, level by level; the last level writes C."""
+    while len(parts) > 1:
+        pairs = [(parts[k], parts[k + 1]) for k in range(0, len(parts) - 1, 2)]
+        final = len(pairs) == 1 and len(parts) == 2
+        targets = [C if final else p for p, _ in pairs]
+        jobs = [(n, i, j) for n in range(len(pairs)) for i, j in C.block_idxs]
+        fs = ex.starmap(lambda n, i, j: _add_blocks(pairs[n][0], pairs[n][1], targets[n], i, j), jobs)
+        get_all_results(fs, progress=progress)
+        parts = targets + ([parts[-1]] if len(parts) % 2 else [])
+    if parts[0] is not C:
+        fs = ex.starmap(lambda i, j: C.put_block(i, j, parts[0].get_block(i, j)), C.block_idxs)
+        get_all_results(fs, progress=progress)
+
+
+def _unique(op: str) -> str:
+    return f"{op}-{uuid.uuid4().hex[:10]}"
+
+
+def _output(out: ShardedMatrix | None, key: str, shape, blocks, dtype, ex: Executor) -> ShardedMatrix:
+    if out is None:
+        return ShardedMatrix(key, shape=shape, shard_sizes=blocks, dtype=dtype, store=ex.store)
+    if tuple(out.shape) != tuple(shape) or tuple(out.shard_sizes) != tuple(blocks):
+        raise ShapeMismatchError(
+            f"out has shape {out.shape} in blocks of {out.shard_sizes}; this result needs shape "
+            f"{tuple(shape)} in blocks of {tuple(blocks)}")
+    return out
+
+
+matmul.plan = plan_matmul  # type: ignore[attr-defined]
+
+
+# --- Gram ------------------------------------------------------------------------------------
+
+
+def plan_gram(X: Any, executor: Executor | None = None, block_size: int | None = None) -> Plan:
+    """The plan of ``gram(X)``: only blocks i <= j are computed."""
+    shape, blocks, dt = _shape_blocks(X, block_size)
+    g = -(-shape[0] // blocks[0])
+    inner = -(-shape[1] // blocks[1])
+    pairs = g * (g + 1) // 2
+    item = dt.itemsize
+    b, k = blocks
+    plan = Plan("gram", pairs, pairs * 2 * b * shape[1] * item,
+                shape[0] * shape[0] * item, shape[0] * shape[0] * shape[1],
+                (2 * b * k + 2 * b * b) * item, (shape[0], shape[0]), (b, b),
+                [f"{pairs} of {g * g} block products (symmetry)"])
+    _check_memory(plan, executor, [shape], dt)
+    return plan
+
+
+def _gram_block(X: ShardedMatrix, C: ShardedMatrix, i: int, j: int, inner: int) -> int:
+    acc = tmp = None
+    for l in range(inner):
+        a, b = X.get_block(i, l), X.get_block(j, l)
+        if acc is None:
+            acc = a @ b.T
+            tmp = np.empty_like(acc)
+        else:
+            acc += np.matmul(a, b.T, out=tmp)
+    if i == j:  # BLAS rounds (r, c) and (c, r) differently: mirror the upper triangle
+        lower = np.tril_indices_from(acc, -1)
+        acc[lower] = acc.T[lower]
+    C.put_block(i, j, acc)
+    if i != j:
+        C.put_block(j, i, acc.T)  # mirrored: written, never recomputed
+    return 0
+
+
+def gram(X: Any, out: ShardedMatrix | None = None, executor: Executor | None = None,
+         key: str | None = None, block_size: int | None = None,
+         progress: bool | None = None) -> ShardedMatrix:
+    """X @ X.T, computing only the blocks i <= j and mirroring the rest."""
+    with executor_for(executor) as ex, Inputs(ex, block_size) as inputs:
+        plan = plan_gram(X, ex, block_size)
+        X_m = inputs.matrix(X, "X", rows=plan.out_blocks[0], cols=plan.out_blocks[1])
+        n, b = X_m.shape[0], X_m.shard_sizes[0]
+        C = _output(out, key or _unique("gram"), (n, n), (b, b), X_m.dtype, ex)
+        g, inner = X_m.grid
+        pairs = [(i, j) for i in range(g) for j in range(i, g)]
+        get_all_results(ex.starmap(lambda i, j: _gram_block(X_m, C, i, j, inner), pairs),
+                        progress=progress)
+        return C
+
+
+gram.plan = plan_gram  # type: ignore[attr-defined]
+
+
+# --- views and elementwise -------------------------------------------------------------------
+
+
+def transpose(A: ShardedMatrix) -> ShardedMatrix:
+    """A transposed view of A: no data is copied."""
+    return A.T
+
+
+def _apply(fn: Callable, out: ShardedMatrix, i: int, j: int, *ms: Any) -> int:
+    args = [m.get_block(i, j) if isinstance(m, ShardedMatrix) else m for m in ms]
+    block = np.asarray(fn(*args))
+    if block.shape != out.block_shape(i, j):
+        raise ShapeMismatchError(
+            f"map_blocks: fn changed block ({i}, {j})'s shape from {out.block_shape(i, j)} to "
+            f"{block.shape}; it must work elementwise")
+    out.put_block(i, j, block.astype(out.dtype, copy=False) if out.dtype is not None else block)
+    return 0
+
+
+def plan_map_blocks(A: ShardedMatrix, *others: Any, out_dtype: Any = None) -> Plan:
+    """The plan of an elementwise map over A's blocks (and same-layout operands)."""
+    dt = np.dtype(out_dtype or A.dtype)
+    n = len([A, *[o for o in others if isinstance(o, ShardedMatrix)]])
+    size = A.shape[0] * A.shape[1]
+    b = A.shard_sizes[0] * A.shard_sizes[1]
+    return Plan("map_blocks", A.num_blocks, n * size * A.dtype.itemsize, size * dt.itemsize,
+                size * n, (n + 1) * b * max(dt.itemsize, A.dtype.itemsize), A.shape, A.shard_sizes)
+
+
+def map_blocks(fn: Callable[..., Any], A: ShardedMatrix, *others: Any, out: ShardedMatrix | None = None,
+               out_dtype: Any = None, executor: Executor | None = None, key: str | None = None,
+               progress: bool | None = None) -> ShardedMatrix:
+    """Apply an elementwise ``fn(block_of_A, block_of_other, ...)`` to every block.
+
+    Other operands are ShardedMatrices of A's shape and blocks, or scalars.
+    """
+    for o in others:
+        if isinstance(o, ShardedMatrix) and (o.shape != A.shape or o.shard_sizes != A.shard_sizes):
+            raise ShapeMismatchError(
+                f"operands must share shape and blocks: {A.shape}/{A.shard_sizes} vs "
+                f"{o.shape}/{o.shard_sizes}")
+    with executor_for(executor) as ex:
+        plan = plan_map_blocks(A, *others, out_dtype=out_dtype)
+        _check_memory(plan, ex, [A.shape], A.dtype, operands=len(others) + 2)
+        C = _output(out, key or _unique("map"), A.shape, A.shard_sizes,
+                    np.dtype(out_dtype or A.dtype), ex)
+        get_all_results(ex.starmap(lambda i, j: _apply(fn, C, i, j, A, *others), A.block_idxs),
+                        progress=progress)
+        return C
+
+
+map_blocks.plan = plan_map_blocks  # type: ignore[attr-defined]
+
+
+def _dtype_of(*xs: Any) -> np.dtype:
+    return np.result_type(*[x.dtype if isinstance(x, ShardedMatrix) else np.asarray(x).dtype for x in xs])
+
+
+def add(A: ShardedMatrix, B: ShardedMatrix, **kw: Any) -> ShardedMatrix:
+    """A + B, blockwise."""
+    return map_blocks(np.add, A, B, out_dtype=kw.pop("out_dtype", _dtype_of(A, B)), **kw)
+
+
+def sub(A: ShardedMatrix, B: ShardedMatrix, **kw: Any) -> ShardedMatrix:
+    """A - B, blockwise."""
+    return map_blocks(np.subtract, A, B, out_dtype=kw.pop("out_dtype", _dtype_of(A, B)), **kw)
+
+
+def scale(A: ShardedMatrix, alpha: float, **kw: Any) -> ShardedMatrix:
+    """alpha * A, blockwise (A's dtype is kept)."""
+    return map_blocks(lambda a, s: a * s, A, alpha, out_dtype=kw.pop("out_dtype", A.dtype), **kw)
+
+
+def plan(op: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Plan:
+    """Plan an operation without running it: ``plan(matmul, A, B)`` or ``plan("gram", X)``."""
+    ops = {"matmul": matmul, "gram": gram, "map_blocks": map_blocks}
+    fn = ops.get(op, op) if isinstance(op, str) else op
+    if not hasattr(fn, "plan"):
+        raise ValueError(f"no plan for {op!r}; plannable operations: {sorted(ops)}")
+    return fn.plan(*args, **kwargs)

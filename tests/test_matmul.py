@@ -1,0 +1,130 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import shardwren
+from shardwren import cli
+from shardwren.errors import MemoryPlanError, ShapeMismatchError
+from shardwren.linalg import (
+    add, choose_block_size, gram, map_blocks, matmul, plan, scale, sub, transpose)
+from shardwren.matrix import ShardedMatrix
+
+
+def tol(dtype):
+    return dict(rtol=2e-4, atol=2e-3) if np.dtype(dtype) == np.float32 else dict(rtol=1e-10, atol=1e-9)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("m,k,n,b", [(130, 77, 45, 32),     # ragged everywhere
+                                     (1000, 30, 20, 128),   # tall-skinny
+                                     (20, 1000, 30, 64),    # short-fat: inner split in a tree
+                                     (1, 1, 1, 8), (50, 50, 50, 50)])
+def test_matmul_matches_numpy(executor, dtype, m, k, n, b):
+    rng = np.random.default_rng(m + k + n)
+    A = rng.standard_normal((m, k)).astype(dtype)
+    B = rng.standard_normal((k, n)).astype(dtype)
+    C = matmul(A, B, executor=executor, block_size=b)
+    assert C.dtype == np.dtype(dtype) and C.shape == (m, n)
+    np.testing.assert_allclose(C.numpy(), A @ B, **tol(dtype))
+    C.delete()
+
+
+def test_matmul_sharded_inputs_and_out(executor):
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((90, 70))
+    B = rng.standard_normal((70, 40))
+    Am = ShardedMatrix.from_numpy(A, "mA", (25, 30), store=executor.store)
+    Bm = ShardedMatrix.from_numpy(B, "mB", (30, 15), store=executor.store)
+    out = ShardedMatrix("mC", shape=(90, 40), shard_sizes=(25, 15), store=executor.store)
+    C = matmul(Am, Bm, out=out, executor=executor)
+    assert C is out
+    np.testing.assert_allclose(out.numpy(), A @ B, rtol=1e-10)
+    # a sharded operand with an array partner: the array is sharded to line up
+    np.testing.assert_allclose(matmul(Am, B, executor=executor).numpy(), A @ B, rtol=1e-10)
+    # transposed views multiply too, without copies
+    np.testing.assert_allclose(matmul(transpose(Bm), transpose(Am), executor=executor).numpy(),
+                               (A @ B).T, rtol=1e-10)
+
+
+def test_matmul_errors(executor):
+    A = ShardedMatrix.from_numpy(np.ones((10, 8)), "eA", (5, 4), store=executor.store)
+    B = ShardedMatrix.from_numpy(np.ones((8, 6)), "eB", (3, 3), store=executor.store)
+    with pytest.raises(ShapeMismatchError, match="column blocks \\(4\\).*row blocks \\(3\\)"):
+        matmul(A, B, executor=executor)
+    with pytest.raises(ShapeMismatchError, match="inner dimensions differ.*\\(10, 8\\).*\\(7, 6\\)"):
+        matmul(A, np.ones((7, 6)), executor=executor)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_gram(executor, dtype):
+    X = np.random.default_rng(2).standard_normal((103, 41)).astype(dtype)
+    p = plan(gram, X, block_size=20)
+    assert p.tasks == 6 * 7 // 2  # blocks i <= j only
+    G = gram(X, executor=executor, block_size=20)
+    np.testing.assert_allclose(G.numpy(), X @ X.T, **tol(dtype))
+    np.testing.assert_array_equal(G.numpy(), G.numpy().T)  # mirrored exactly
+
+
+def test_elementwise(executor):
+    rng = np.random.default_rng(3)
+    A, B = rng.standard_normal((33, 21)), rng.standard_normal((33, 21))
+    Am = ShardedMatrix.from_numpy(A, "xA", (10, 8), store=executor.store)
+    Bm = ShardedMatrix.from_numpy(B, "xB", (10, 8), store=executor.store)
+    np.testing.assert_allclose(add(Am, Bm, executor=executor).numpy(), A + B)
+    np.testing.assert_allclose(sub(Am, Bm, executor=executor).numpy(), A - B)
+    np.testing.assert_allclose(scale(Am, 2.5, executor=executor).numpy(), 2.5 * A)
+    np.testing.assert_allclose(map_blocks(np.exp, Am, out_dtype="float32", executor=executor).numpy(),
+                               np.exp(A).astype(np.float32), rtol=1e-6)
+    with pytest.raises(ShapeMismatchError, match="elementwise"):
+        map_blocks(lambda a: a[:1], Am, executor=executor)
+    Cm = ShardedMatrix.from_numpy(A, "xC", (11, 8), store=executor.store)
+    with pytest.raises(ShapeMismatchError, match="share shape and blocks"):
+        add(Am, Cm, executor=executor)
+
+
+def test_plan_counts_without_running(executor):
+    A = np.zeros((4096, 2048), np.float32)
+    B = np.zeros((2048, 1024), np.float32)
+    p = plan("matmul", A, B, block_size=1024)
+    assert (p.tasks, p.out_blocks, p.out_shape) == (4, (1024, 1024), (4096, 1024))
+    assert p.flops == 2 * 4096 * 1024 * 2048
+    assert p.bytes_written == 4096 * 1024 * 4
+    assert p.bytes_read == A.nbytes * 1 + B.nbytes * 4
+    assert p.peak_task_memory == (1024 * 1024 * 4) * 4
+    assert "matmul: 4 tasks" in str(p)
+
+
+def test_plan_refused_over_memory_limit_with_proposal(tmp_path):
+    with shardwren.default_executor(workers=1, store=f"file://{tmp_path}", memory_limit="64MiB") as ex:
+        A = np.zeros((4000, 4000), np.float32)
+        with pytest.raises(MemoryPlanError, match=r"64 MiB.*blocks of (\d+) x \1") as info:
+            matmul(A, A, executor=ex, block_size=4000)
+        b = int(info.value.args[0].split("blocks of ")[1].split(" ")[0])
+        assert plan(matmul, A, A, ex, b).peak_task_memory <= 64 * 2**20
+        assert isinstance(info.value, MemoryError)
+
+
+def test_choose_block_size():
+    assert choose_block_size((100, 100)) == 100  # small: one block
+    b = choose_block_size((100_000, 100_000), np.float32, memory_budget=1 << 30)
+    assert b % 256 == 0 and 4 * b * b * 4 <= 1 << 30
+
+
+def test_cli_matmul_and_info(executor, tmp_path):
+    rng = np.random.default_rng(4)
+    A, B = rng.standard_normal((40, 30)), rng.standard_normal((30, 20))
+    store = f"file://{tmp_path}/s"
+    ShardedMatrix.from_numpy(A, "A", (16, 16), store=store)
+    ShardedMatrix.from_numpy(B, "B", (16, 16), store=store)
+    runner = CliRunner()
+    out = runner.invoke(cli.main, ["matmul", f"{store}/A", f"{store}/B", f"{store}/C", "--workers", "2"])
+    assert out.exit_code == 0, out.output
+    assert "matmul: 6 tasks" in out.output
+    np.testing.assert_allclose(ShardedMatrix("C", store=store).numpy(), A @ B, rtol=1e-10)
+    out = runner.invoke(cli.main, ["matrix", "info", f"{store}/C"])
+    assert out.exit_code == 0, out.output
+    assert "shape (40, 20)" in out.output and "blocks written 6 of 6" in out.output
+    out = runner.invoke(cli.main, ["matrix", "info", f"{store}/nope"])
+    assert out.exit_code != 0 and "no matrix 'nope'" in out.output
