@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections import OrderedDict
 from typing import Any, Iterator
 
 import numpy as np
@@ -72,12 +73,47 @@ class Inputs:
         self._scratch.append(m)
         return m
 
+    def adopt(self, m: ShardedMatrix | None) -> None:
+        """Delete ``m`` too when the call ends."""
+        if m is not None:
+            self._scratch.append(m)
+
     def scratch(self, shape: tuple[int, int], shard_sizes: tuple[int, int], name: str,
                 dtype: Any = None) -> ShardedMatrix:
         m = ShardedMatrix(f"tmp/{name}-{uuid.uuid4().hex[:12]}", shape=shape,
                           shard_sizes=shard_sizes, dtype=dtype, store=self.executor.store)
         self._scratch.append(m)
         return m
+
+
+class BlockCache:
+    """Input blocks kept by a worker across the tasks of one call, bounded in bytes.
+
+    Keys carry a per-call token, so a later call never sees blocks of a matrix
+    that was rewritten in between (object ids are not enough: CPython reuses them).
+    """
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: tuple, make):
+        if key in self._items:
+            self._items.move_to_end(key)
+            return self._items[key]
+        value = make()
+        self._items[key] = value
+        self._bytes += value.nbytes
+        while self._bytes > self.max_bytes and len(self._items) > 1:
+            _, old = self._items.popitem(last=False)
+            self._bytes -= old.nbytes
+        return value
+
+
+def new_token() -> str:
+    """A unique id for one call's cache entries."""
+    return uuid.uuid4().hex
 
 
 def require_shared(store: Any, executor: Executor) -> None:

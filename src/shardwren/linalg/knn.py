@@ -29,7 +29,7 @@ import numpy as np
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import Inputs, check_features, executor_for
+from ._common import Inputs, check_features, executor_for, new_token
 
 Partial = tuple[np.ndarray, np.ndarray]  # (squared distances, indices), each (n, k)
 
@@ -40,6 +40,7 @@ class Columns(NamedTuple):
     kept: np.ndarray | None  # indices of varying columns; None = all
     const_idx: np.ndarray     # indices of constant columns
     const_val: np.ndarray     # their values
+    token: str = ""           # unique per call: keys worker caches (object ids get reused)
 
 
 # --- pure kernels (no I/O; tested directly) ---------------------------------------------
@@ -145,7 +146,7 @@ def _train_side(T: ShardedMatrix, j: int, cols: Columns) -> np.ndarray:
         aug[:, -1] = sq_norms(Xk)
         return aug
 
-    return _cached(("train", T.store.url, T.key, j, id(cols)), make)
+    return _cached(("train", T.store.url, T.key, j, cols.token), make)
 
 
 def _query_side(Q: ShardedMatrix, i: int, cols: Columns) -> tuple[np.ndarray, np.ndarray]:
@@ -161,7 +162,7 @@ def _query_side(Q: ShardedMatrix, i: int, cols: Columns) -> tuple[np.ndarray, np
             rest += sq_norms(X[:, cols.const_idx] - cols.const_val)
         return aug, rest
 
-    return _cached(("query", Q.store.url, Q.key, i, id(cols)), make)
+    return _cached(("query", Q.store.url, Q.key, i, cols.token), make)
 
 
 def _query_tile(Q: ShardedMatrix, T: ShardedMatrix, i: int, j: int, k: int, cols: Columns):
@@ -207,15 +208,17 @@ def varying_columns(T: ShardedMatrix, executor: Executor, progress: bool | None 
         raise ValueError("the training set contains NaN or infinity; k-NN needs finite values: "
                          "drop or impute those rows first")
     const = lo == hi
+    token = new_token()
     if not const.any():
-        return Columns(None, np.zeros(0, np.int64), np.zeros(0, np.float32))
-    return Columns(np.flatnonzero(~const), np.flatnonzero(const), lo[const].astype(np.float32))
+        return Columns(None, np.zeros(0, np.int64), np.zeros(0, np.float32), token)
+    return Columns(np.flatnonzero(~const), np.flatnonzero(const), lo[const].astype(np.float32),
+                   token)
 
 
 def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = None,
         exclude_self: bool = False, block_size: int | None = None,
-        progress: bool | None = None, timings: dict[str, Any] | None = None
-        ) -> tuple[np.ndarray, np.ndarray]:
+        progress: bool | None = None, timings: dict[str, Any] | None = None,
+        method: str = "brute", index: Any = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours (squared Euclidean) of each query row among training rows.
 
     Parameters
@@ -233,11 +236,21 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
         Rows per block when sharding array inputs (default 4000).
     timings : dict, optional
         Filled with seconds per phase and the number of tasks run.
+    method : {"brute", "pruned", "auto"}
+        ``"brute"``: every distance, float32 GEMM (symmetry for train-vs-train).
+        ``"pruned"``: provable lower bounds from a PCA projection skip most
+        distances; survivors get exact float64 distances
+        (:mod:`shardwren.linalg.pruned`). ``"auto"``: pruned when a sample shows
+        the bounds pay off, brute otherwise.
+    index : PrunedIndex, optional
+        A projection built before by :func:`shardwren.linalg.pruned.fit` for this
+        training set (the classifier's ``fit`` does this), reused across queries.
 
     Returns
     -------
-    distances : float32 array (m, k)
-        Squared Euclidean distances, ascending.
+    distances : array (m, k)
+        Squared Euclidean distances, ascending: float32 from the brute path,
+        exact float64 from the pruned one.
     indices : int64 array (m, k)
         Training row indices; ties go to the smaller index.
     """
@@ -259,6 +272,23 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
         if k > n_train:
             raise ValueError(f"k={k} is larger than the {n_train} training points available")
         t1 = time.perf_counter()
+        if method not in ("brute", "pruned", "auto"):
+            raise ValueError(f"method must be 'brute', 'pruned' or 'auto', got {method!r}")
+        if method != "brute":
+            from . import pruned
+
+            if index is None or index.train is not T and index.train.key != T.key:
+                index = pruned.fit(T, ex, k=k, allow_brute=method == "auto", progress=progress)
+                inputs.adopt(index.Z)
+            timings.update(fit=time.perf_counter() - t1, m=index.m, pruning=index.Z is not None,
+                           why=index.info.get("reason"))
+            if index.Z is not None:
+                t2 = time.perf_counter()
+                dist, ind, surv, fs = pruned.query(index, Q, k, ex, exclude_self, progress)
+                timings.update(shard=t1 - t0, query=time.perf_counter() - t2, survivors=surv,
+                               survivors_per_query=surv / Q.shape[0], tasks=len(fs),
+                               peak_rss=max(f.stats.get("peak_rss", 0) for f in fs))
+                return dist, ind
         cols = varying_columns(T, ex, progress)
         t2 = time.perf_counter()
         if symmetric:
@@ -316,18 +346,25 @@ class KNeighborsClassifier:
     executor : Executor, optional
     block_size : int, optional
         Rows per block when sharding array inputs.
+    method : {"brute", "pruned", "auto"}
+        See :func:`knn`. With "pruned" or "auto", :meth:`fit` builds the
+        projection once and every query reuses it.
 
     Notes
     -----
     Majority vote; ties between labels go to the label of the nearest neighbour
-    among the tied ones, so predictions are deterministic.
+    among the tied ones, so predictions are deterministic. Call :meth:`close`
+    (or use the classifier as a context manager) to delete the data it sharded.
     """
 
     def __init__(self, n_neighbors: int = 1, executor: Executor | None = None,
-                 block_size: int | None = None):
+                 block_size: int | None = None, method: str = "brute"):
         self.n_neighbors = n_neighbors
         self.executor = executor
         self.block_size = block_size
+        self.method = method
+        self._index = None
+        self._inputs = None
 
     def fit(self, X: Any, y: Any) -> KNeighborsClassifier:
         y = np.asarray(y).ravel()
@@ -336,18 +373,44 @@ class KNeighborsClassifier:
             from ..errors import ShapeMismatchError
 
             raise ShapeMismatchError(f"X has {n} rows but y has {len(y)} labels")
-        self._X, self.classes_ = X, np.unique(y)
-        self._y = y
+        self.close()
+        self._X, self.classes_, self._y = X, np.unique(y), y
+        if self.method != "brute":
+            from . import pruned
+            from ..executor import default_executor
+
+            if self.executor is None:
+                self.executor = default_executor()
+            self._inputs = Inputs(self.executor, self.block_size)
+            self._X = self._inputs.matrix(X, "train")
+            self._index = pruned.fit(self._X, self.executor, k=self.n_neighbors,
+                                     allow_brute=self.method == "auto")
+            self._inputs.adopt(self._index.Z)
         return self
+
+    def close(self) -> None:
+        """Delete what :meth:`fit` stored (sharded training data, projections)."""
+        if self._inputs is not None:
+            self._inputs.__exit__(None, None, None)
+            self._inputs = None
+            self._index = None
+
+    def __enter__(self) -> KNeighborsClassifier:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def kneighbors(self, X: Any = None, n_neighbors: int | None = None,
                    return_distance: bool = True):
         """Neighbours of X (default: the training set, leaving each point out)."""
         k = n_neighbors or self.n_neighbors
+        kw = dict(executor=self.executor, block_size=self.block_size, method=self.method,
+                  index=self._index)
         if X is None:
-            d, i = knn(self._X, None, k, self.executor, exclude_self=True, block_size=self.block_size)
+            d, i = knn(self._X, None, k, exclude_self=True, **kw)
         else:
-            d, i = knn(self._X, X, k, self.executor, block_size=self.block_size)
+            d, i = knn(self._X, X, k, **kw)
         return (np.sqrt(d), i) if return_distance else i
 
     def predict(self, X: Any) -> np.ndarray:

@@ -18,7 +18,7 @@ from ..errors import MemoryPlanError, ShapeMismatchError
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import Inputs, executor_for
+from ._common import BlockCache, Inputs, executor_for, new_token
 
 
 @dataclass
@@ -141,20 +141,37 @@ def plan_matmul(A: Any, B: Any, executor: Executor | None = None,
     return plan
 
 
+def _gemm_acc(acc: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
+    """acc += a @ b in place, with BLAS beta=1: no temporary, no extra pass over acc.
+
+    C-ordered arrays are the transposes of Fortran-ordered ones, so the call is
+    made on the transposes: acc.T += b.T @ a.T.
+    """
+    from scipy.linalg import blas
+
+    gemm = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}.get(acc.dtype)
+    if gemm is None or not acc.flags.c_contiguous:
+        acc += a @ b
+        return
+    gemm(1.0, np.ascontiguousarray(b).T, np.ascontiguousarray(a).T, beta=1.0, c=acc.T,
+         overwrite_c=True)
+
+
+#: Worker-side cache of matmul input blocks: neighbouring output blocks reuse a
+#: block-row of A or a block-column of B, which saves store reads (it matters on
+#: S3; on a local disk the page cache does most of it). Bounded, keyed per call.
+_INPUTS = BlockCache(512 << 20)
+
+
 def _matmul_block(A: ShardedMatrix, B: ShardedMatrix, C: ShardedMatrix, i: int, j: int,
-                  ls: range) -> int:
+                  ls: range, token: str = "") -> int:
+    """One output block: the sum over l of A[i, l] @ B[l, j], accumulated in place."""
     dt = C.dtype or np.result_type(A.dtype, B.dtype)
-    acc = tmp = None
+    acc = np.zeros(C.block_shape(i, j), dtype=dt)
     for l in ls:
-        a = A.get_block(i, l).astype(dt, copy=False)
-        b = B.get_block(l, j).astype(dt, copy=False)
-        if acc is None:
-            acc = np.matmul(a, b)
-            tmp = np.empty_like(acc)
-        else:
-            acc += np.matmul(a, b, out=tmp)  # reuse one buffer: no allocation per product
-    if acc is None:  # empty inner dimension
-        acc = np.zeros(C.block_shape(i, j), dtype=dt)
+        a = _INPUTS.get((token, "A", i, l), lambda: A.get_block(i, l).astype(dt, copy=False))
+        b = _INPUTS.get((token, "B", l, j), lambda: B.get_block(l, j).astype(dt, copy=False))
+        _gemm_acc(acc, a, b)
     C.put_block(i, j, acc)
     return 0
 
@@ -196,8 +213,9 @@ def matmul(A: Any, B: Any, out: ShardedMatrix | None = None, executor: Executor 
         dt = np.result_type(A_m.dtype, B_m.dtype)
         C = _output(out, key or _unique("matmul"), out_shape, out_blocks, dt, ex)
         groups = _groups(grid[0] * grid[1], inner, ex.parallelism)
+        token = new_token()
         if groups == 1:
-            fs = ex.starmap(lambda i, j: _matmul_block(A_m, B_m, C, i, j, range(inner)),
+            fs = ex.starmap(lambda i, j: _matmul_block(A_m, B_m, C, i, j, range(inner), token),
                             C.block_idxs)
             get_all_results(fs, progress=progress)
             return C
@@ -205,8 +223,8 @@ def matmul(A: Any, B: Any, out: ShardedMatrix | None = None, executor: Executor 
         parts = [inputs.scratch(out_shape, out_blocks, f"partial{g}", dt) for g in range(groups)]
         tasks = [(i, j, g) for g in range(groups) for i, j in C.block_idxs]
         fs = ex.starmap(lambda i, j, g: _matmul_block(A_m, B_m, parts[g], i, j,
-                                                       range(g * size, min(inner, (g + 1) * size))),
-                        tasks)
+                                                       range(g * size, min(inner, (g + 1) * size)),
+                                                       token), tasks)
         get_all_results(fs, progress=progress)
         _tree_sum(parts, C, ex, progress)
         return C

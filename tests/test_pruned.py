@@ -1,0 +1,123 @@
+"""The pruned k-NN returns exactly the float64 brute force's neighbours and distances."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+
+from shardwren.linalg import KNeighborsClassifier, knn
+from shardwren.linalg import pruned
+
+
+def brute64(train, query, k, exclude_self=False):
+    """Float64 brute force, sum((q - x)^2), ties to the smaller index."""
+    train64, query64 = train.astype(np.float64), query.astype(np.float64)
+    D = np.stack([np.einsum("ij,ij->i", q - train64, q - train64) for q in query64])
+    if exclude_self:
+        np.fill_diagonal(D, np.inf)
+    idx = np.array([np.lexsort((np.arange(len(row)), row))[:k] for row in D])
+    return np.take_along_axis(D, idx, 1), idx
+
+
+def check(executor, train, query, k, exclude_self=False, block=None):
+    d, i = knn(train, None if exclude_self else query, k, executor=executor, method="pruned",
+               exclude_self=exclude_self, block_size=block)
+    rd, ri = brute64(train, train if exclude_self else query, k, exclude_self)
+    np.testing.assert_array_equal(i, ri)
+    np.testing.assert_array_equal(d, rd)
+
+
+def _mnist():
+    path = os.path.join(os.environ.get("SHARDWREN_DATA_DIR", "/nonexistent"), "mnist")
+    if not os.path.isdir(path):
+        pytest.skip("MNIST not available: set SHARDWREN_DATA_DIR")
+    from shardwren.datasets import load_mnist
+
+    return load_mnist(download=False)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_mnist_subset_exact(executor, k):
+    X, _, Xt, _ = _mnist()
+    check(executor, X[:6000], Xt[:600], k, block=1500)
+
+
+def test_mnist_leave_one_out_exact(executor):
+    X, _, _, _ = _mnist()
+    check(executor, X[:3000], None, 1, exclude_self=True, block=1000)
+
+
+def test_fashion_mnist_subset_exact(executor):
+    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    from shardwren.datasets import load_fashion_mnist
+
+    X, _, Xt, _ = load_fashion_mnist(download=False)
+    check(executor, X[:5000], Xt[:500], 3, block=2000)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_gaussian_exact(executor, k):
+    rng = np.random.default_rng(k)
+    train = rng.standard_normal((1500, 60)).astype(np.float32)
+    query = rng.standard_normal((200, 60)).astype(np.float32)
+    check(executor, train, query, k, block=400)
+
+
+@pytest.mark.parametrize("k", [1, 3, 5])
+def test_duplicates_and_ties_exact(executor, k):
+    rng = np.random.default_rng(10 + k)
+    base = rng.integers(0, 4, (300, 40)).astype(np.float32)
+    train = np.concatenate([base, base[:100], base[50:80]])  # exact duplicates
+    query = np.concatenate([base[:30], rng.integers(0, 4, (40, 40)).astype(np.float32)])
+    check(executor, train, query, k, block=128)
+    check(executor, train, None, k, exclude_self=True, block=128)
+
+
+def test_margin_makes_a_true_lower_bound():
+    """The float32 GEMM value never exceeds the float64 exact distance."""
+    rng = np.random.default_rng(0)
+    # low-rank data plus noise: the bound is tight, so a rounding slip would show
+    X = (rng.random((2000, 10)) @ rng.random((10, 100)) * 255
+         + rng.standard_normal((2000, 100))).astype(np.float32)
+    Q = X[:50] + rng.standard_normal((50, 100)).astype(np.float32)
+    mean = X.mean(0).astype(np.float64)
+    Xc = X.astype(np.float64) - mean
+    P = np.linalg.eigh(Xc.T @ Xc)[1][:, ::-1].T[:16]
+    C = pruned.margin_constant(16)
+    lb = pruned._augment_query(Q.astype(np.float64), mean, P, C) @ \
+        pruned._augment_train(X.astype(np.float64), mean, P, C).T
+    D = ((Q[:, None, :].astype(np.float64) - X[None]) ** 2).sum(-1)
+    assert (lb <= D).all()
+    assert (lb >= 0.5 * D).mean() > 0.5  # and not vacuous
+
+
+def test_auto_falls_back_to_brute_on_gaussian(executor):
+    rng = np.random.default_rng(1)
+    train = rng.standard_normal((3000, 100)).astype(np.float32)
+    query = rng.standard_normal((100, 100)).astype(np.float32)
+    tm = {}
+    _, i = knn(train, query, 1, executor=executor, method="auto", timings=tm, block_size=1000)
+    assert tm["pruning"] is False and "too weak" in tm["why"]
+    np.testing.assert_array_equal(i, brute64(train, query, 1)[1])
+
+
+def test_classifier_fit_builds_the_index_once(executor):
+    X, y, Xt, yt = _mnist()
+    clf = KNeighborsClassifier(1, executor=executor, method="pruned", block_size=2000)
+    clf.fit(X[:8000], y[:8000])
+    index = clf._index
+    assert index is not None and index.Z is not None
+    a = clf.predict(Xt[:300])
+    b = clf.predict(Xt[300:600])
+    assert clf._index is index  # reused across queries
+    ref = KNeighborsClassifier(1, executor=executor).fit(X[:8000], y[:8000])
+    np.testing.assert_array_equal(np.concatenate([a, b]), ref.predict(Xt[:600]))
+    clf.close()
+
+
+def test_bad_method(executor):
+    with pytest.raises(ValueError, match="method must be"):
+        knn(np.ones((5, 2)), np.ones((2, 2)), executor=executor, method="fast")
