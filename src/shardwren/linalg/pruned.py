@@ -134,7 +134,8 @@ def _sample_rows(T: ShardedMatrix, rows: int, seed: int = 0) -> np.ndarray:
     """About ``rows`` training rows from blocks spread over the matrix."""
     g = T.grid[0]
     rng = np.random.default_rng(seed)
-    take = max(1, min(g, -(-rows // T.shard_sizes[0])))
+    # at least two blocks, so that data stored in some order still gives a fair sample
+    take = max(1, min(g, max(2, -(-rows // T.shard_sizes[0]))))
     blocks = sorted(rng.choice(g, size=take, replace=False))
     X = np.concatenate([T.get_block(int(j), 0) for j in blocks]).astype(np.float64)
     return X[rng.permutation(len(X))[:rows]]
@@ -158,11 +159,14 @@ def choose_m(sample: np.ndarray, mean: np.ndarray, P_full: np.ndarray, n_train: 
     brute = n_train * d
     costs, rates = {}, {}
     choices = [m for m in M_CHOICES if m <= d // 2] or [max(1, d // 4)]
+    # Project once with the largest m; smaller projections are its first columns.
+    qc, rc = q - mean, rest - mean
+    yq, yr = qc @ P_full[:max(choices)].T, rc @ P_full[:max(choices)].T
+    nq, nr = np.einsum("ij,ij->i", qc, qc), np.einsum("ij,ij->i", rc, rc)
     for m in choices:
-        P = P_full[:m]
-        a = _augment_query(q, mean, P, 0.0).astype(np.float64)
-        b = _augment_train(rest, mean, P, 0.0).astype(np.float64)
-        lb = a @ b.T
+        rq = np.sqrt(np.maximum(nq - np.einsum("ij,ij->i", yq[:, :m], yq[:, :m]), 0))
+        rr = np.sqrt(np.maximum(nr - np.einsum("ij,ij->i", yr[:, :m], yr[:, :m]), 0))
+        lb = nq[:, None] + nr[None, :] - 2 * (yq[:, :m] @ yr[:, :m].T + rq[:, None] * rr[None, :])
         rate = float(np.mean(lb <= tau[:, None]))
         rates[m] = rate
         costs[m] = (2 * n_train * (m + 4) + 2 * PASS_COST * n_train
@@ -192,8 +196,15 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
     mean = sample.mean(axis=0)
     t_sample = time.perf_counter()
     Xc = sample - mean
-    w, V = np.linalg.eigh(Xc.T @ Xc)
-    P_full = V[:, ::-1].T  # principal directions, largest variance first
+    from scipy.linalg import eigh
+
+    top = min(d, max(M_CHOICES) if m is None else m)
+    # Any orthonormal P keeps the bound valid, so the covariance may be float32;
+    # eigh runs in float64, which makes P orthonormal to float64 precision.
+    Xc32 = Xc.astype(np.float32)
+    cov = (Xc32.T @ Xc32).astype(np.float64)
+    _, V = eigh(cov, subset_by_index=[d - top, d - 1])  # only the directions used
+    P_full = np.ascontiguousarray(V[:, ::-1].T)  # largest variance first
     t_pca = time.perf_counter()
     info: dict[str, Any] = {}
     if m is None:
