@@ -128,3 +128,11 @@ def test_tune_workers_applies_to_every_worker(dask_ex):
 
     result = tune_workers(dask_ex.backend.client)
     assert len(result) == 2 and all(result.values())
+
+
+def test_pruned_knn_identical_to_local_backend(dask_ex, executor):
+    train, query = _subset()
+    d1, i1 = knn(train, query, 3, executor=dask_ex, method="pruned", block_size=1500)
+    d2, i2 = knn(train, query, 3, executor=executor, method="pruned", block_size=1500)
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)

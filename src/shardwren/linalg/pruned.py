@@ -55,6 +55,8 @@ PASS_COST = 100.0
 #: "auto" prunes when the model's cost is at most this fraction of brute force's
 #: (the model overestimates: on MNIST it says 0.74 where the measured query phase is 0.58).
 AUTO_THRESHOLD = 0.8
+#: ... and gives up after the quick look at a quarter of the sample above this.
+QUICK_REJECT = 3.0
 #: Query rows per task: small enough to balance the workers, large enough for GEMMs.
 QUERY_ROWS = 1000
 _RAW = None
@@ -180,6 +182,19 @@ def choose_m(sample: np.ndarray, mean: np.ndarray, P_full: np.ndarray, n_train: 
     return best, info
 
 
+def _principal(sample: np.ndarray, mean: np.ndarray, d: int, m: int | None) -> np.ndarray:
+    """Top principal directions of the sample, largest variance first (rows)."""
+    from scipy.linalg import eigh
+
+    top = min(d, max(M_CHOICES) if m is None else m)
+    # Any orthonormal P keeps the bound valid, so the covariance may be float32;
+    # eigh runs in float64, which makes P orthonormal to float64 precision.
+    Xc32 = (sample - mean).astype(np.float32)
+    cov = (Xc32.T @ Xc32).astype(np.float64)
+    _, V = eigh(cov, subset_by_index=[d - top, d - 1])  # only the directions used
+    return np.ascontiguousarray(V[:, ::-1].T)
+
+
 def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
         sample_rows: int = 8000, allow_brute: bool = False,
         progress: bool | None = None) -> PrunedIndex:
@@ -192,21 +207,21 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
     t0 = time.perf_counter()
     n, d = T.shape
     sample = _sample_rows(T, sample_rows)
+    t_sample = time.perf_counter()
+    info: dict[str, Any] = {}
+    if m is None and allow_brute:
+        # A quarter of the sample is enough to reject data where bounds are hopeless
+        # (random data models at hundreds of times brute force), before the full fit.
+        quick = sample[: max(len(sample) // 4, 4 * k + 256)]
+        qm, qinfo = choose_m(quick, quick.mean(axis=0), _principal(quick, quick.mean(axis=0), d, None),
+                             n, k)
+        if qm is not None and min(qinfo["cost_vs_brute"].values()) > QUICK_REJECT:
+            qinfo.update(fit_s=time.perf_counter() - t0, quick_reject=True)
+            return PrunedIndex(T, quick.mean(axis=0), np.zeros((0, d)), None, 0.0, qinfo)
     # Any shift keeps the bound valid; the sample's mean is as good as the full one.
     mean = sample.mean(axis=0)
-    t_sample = time.perf_counter()
-    Xc = sample - mean
-    from scipy.linalg import eigh
-
-    top = min(d, max(M_CHOICES) if m is None else m)
-    # Any orthonormal P keeps the bound valid, so the covariance may be float32;
-    # eigh runs in float64, which makes P orthonormal to float64 precision.
-    Xc32 = Xc.astype(np.float32)
-    cov = (Xc32.T @ Xc32).astype(np.float64)
-    _, V = eigh(cov, subset_by_index=[d - top, d - 1])  # only the directions used
-    P_full = np.ascontiguousarray(V[:, ::-1].T)  # largest variance first
+    P_full = _principal(sample, mean, d, m)
     t_pca = time.perf_counter()
-    info: dict[str, Any] = {}
     if m is None:
         m, info = choose_m(sample, mean, P_full, n, k)
     info.update(sample_s=t_sample - t0, pca_s=t_pca - t_sample,
