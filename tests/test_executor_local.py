@@ -54,16 +54,67 @@ def test_dying_worker_fails_only_its_task(tmp_path, how, label):
         assert ex.call_async(lambda x: x + 1, 1).result(timeout=60) == 2
 
 
-def test_worker_killed_from_outside_mid_task(tmp_path):
-    with shardwren.default_executor(workers=2, store=f"file://{tmp_path}") as ex:
+@pytest.mark.parametrize("retries", [0, 2])
+def test_worker_killed_from_outside_mid_task(tmp_path, retries):
+    with shardwren.default_executor(workers=2, store=f"file://{tmp_path}", retries=retries) as ex:
         fs = ex.map(lambda s: time.sleep(s) or s, [2.0, 2.0, 0.1, 0.1])
         time.sleep(0.8)
         victim = fs[0].stats.get("pid") or ex.backend.worker_pids()[0]
         os.kill(victim, signal.SIGKILL)
         shardwren.wait(fs, timeout=120)
         crashed = [f for f in fs if isinstance(f.exception(), WorkerCrashedError)]
-        assert len(crashed) == 1 and "SIGKILL" in str(crashed[0].exception())
+        if retries == 0:
+            assert len(crashed) == 1 and "SIGKILL" in str(crashed[0].exception())
+        else:  # the killed task ran again elsewhere: nothing is lost
+            assert not crashed and [f.result() for f in fs] == [2.0, 2.0, 0.1, 0.1]
+            assert sorted(f.stats["attempt"] for f in fs) == [1, 1, 1, 2]
         assert all(f.result() for f in fs if f not in crashed)
+
+
+def _crash_once(marker):
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return "survived"
+
+
+def test_crash_is_retried_and_user_errors_are_not(executor, tmp_path):
+    f = executor.call_async(_crash_once, str(tmp_path / "marker"))
+    assert f.result(timeout=60) == "survived" and f.stats["attempt"] == 2
+    assert "SIGKILL" in f.stats["failures"][0]
+    g = executor.call_async(_suicide_value_error, 1)
+    with pytest.raises(ValueError):
+        g.result(timeout=60)
+    assert g.stats["attempt"] == 1
+
+
+def _suicide_value_error(x):
+    raise ValueError(x)
+
+
+def test_retry_on_user_exception(tmp_path):
+    marker = tmp_path / "m"
+
+    def flaky(_):
+        if not marker.exists():
+            marker.touch()
+            raise ConnectionResetError("store hiccup")
+        if not (tmp_path / "m2").exists():
+            (tmp_path / "m2").touch()
+            raise KeyError("user says retry me")
+        return "ok"
+
+    with shardwren.default_executor(workers=1, store=f"file://{tmp_path}", retry_on=(KeyError,)) as ex:
+        f = ex.call_async(flaky, 0)
+        assert f.result(timeout=60) == "ok" and f.stats["attempt"] == 3
+
+
+def test_deterministic_crash_fails_after_retries(tmp_path):
+    with shardwren.default_executor(workers=1, store=f"file://{tmp_path}", retries=1) as ex:
+        f = ex.call_async(_suicide, "exit")
+        with pytest.raises(WorkerCrashedError, match="exit code 3"):
+            f.result(timeout=60)
+        assert f.stats["attempt"] == 2
 
 
 def test_shutdown_leaves_no_orphans(tmp_path):

@@ -67,6 +67,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", int, None, "Local backend: number of worker processes (default: CPU cores)."),
     Setting("blas_threads", int, None,
             "BLAS threads per worker (default: cores // workers, at least 1)."),
+    Setting("retries", int, 2,
+            "Runs again after a crashed worker, a timeout or a transient storage error."),
     Setting("memory_limit", lambda v: _size(v), None,
             "Bytes a task may use (e.g. `4GB`); plans needing more per task are refused."),
     Setting("progress", _bool, None,

@@ -9,7 +9,7 @@ import threading
 import uuid
 from typing import Any, Callable, Iterable, Sequence
 
-from . import config, serialize
+from . import config, policy, serialize
 from .backends.base import Backend, backend_class
 from .errors import NotIterableError
 from .futures import ALL_COMPLETED, Future, get_all_results, wait
@@ -40,6 +40,8 @@ class Executor:
         self.backend = backend
         self.store = store
         self.settings = settings
+        #: The task's own exception types that are retried too (see :mod:`shardwren.policy`).
+        self.retry_on: tuple[type[BaseException], ...] = tuple(settings.get("retry_on") or ())
         backend.check_store(store)
         self._joblog = JobLog(store)
         #: The last maps run: (job id, function name, task records), newest last.
@@ -55,7 +57,9 @@ class Executor:
 
     # -- submission -----------------------------------------------------------------
     def map(self, fn: Callable[..., Any], iterdata: Iterable[Any],
-            extra_args: Sequence[Any] | None = None, starmap: bool = False) -> list[Future]:
+            extra_args: Sequence[Any] | None = None, starmap: bool = False,
+            retries: int | None = None,
+            retry_on: Sequence[type[BaseException]] | None = None) -> list[Future]:
         """Run ``fn(item, *extra_args)`` for every item, in parallel.
 
         Parameters
@@ -68,6 +72,11 @@ class Executor:
             Extra positional arguments appended to every call.
         starmap : bool
             Unpack each item as positional arguments: ``fn(*item, *extra_args)``.
+        retries : int, optional
+            Runs again after a failure outside the task's code (crashed worker,
+            timeout, transient storage error); default: the ``retries`` setting (2).
+        retry_on : sequence of exception types, optional
+            The task's own exceptions that are worth another run too.
 
         Returns
         -------
@@ -90,12 +99,41 @@ class Executor:
             payload = serialize.dumps_value(args, what=f"argument of task {i}")
             tasks.append((Future(job_id, i), payload))
         fs = [f for f, _ in tasks]
+        policy = (self.settings["retries"] if retries is None else int(retries),
+                  tuple(self.retry_on if retry_on is None else retry_on))
+        for fut, payload in tasks:
+            fut._retry = self._retrier(job_id, fn_bytes, payload, *policy)
         if tasks:
             self.backend.submit(job_id, fn_bytes, tasks)
             name = getattr(fn, "__qualname__", type(fn).__name__)
             self.history.append((job_id, name, [f.stats for f in fs]))
             self._joblog.track(job_id, name, fs)
         return fs
+
+    def _retrier(self, fn_id: str, fn_bytes: bytes, payload: bytes, retries: int,
+                 retry_on: tuple) -> Callable[[Future, BaseException, Any], bool]:
+        """The retry hook of one task: apply the policy, schedule the rerun."""
+        def retry(fut: Future, exc: BaseException, stats: Any) -> bool:
+            attempt = fut.stats.get("attempt", 1)
+            if not policy.should_retry(exc, attempt, retries, retry_on):
+                return False
+            fut.stats["attempt"] = attempt + 1
+            fut.stats.setdefault("failures", []).append(f"{type(exc).__name__}: {exc}"[:300])
+            fut._retry = retry
+
+            def resubmit() -> None:
+                try:
+                    self.backend.submit(fn_id, fn_bytes, [(fut, payload)])
+                except BaseException:  # noqa: BLE001 - shut down meanwhile: report the cause
+                    fut._retry = None
+                    fut._fail(exc, stats)
+
+            timer = threading.Timer(policy.backoff(attempt), resubmit)
+            timer.daemon = True
+            timer.start()
+            return True
+
+        return retry
 
     def starmap(self, fn: Callable[..., Any], iterdata: Iterable[Sequence[Any]],
                 extra_args: Sequence[Any] | None = None) -> list[Future]:
@@ -213,11 +251,13 @@ def default_executor(backend: str | None = None, store: Store | str | None = Non
     Executor
     """
     backend_opts = {k: options.pop(k) for k in ("address", "client") if k in options}
+    retry_on = options.pop("retry_on", None)
     settings = config.load(backend=backend, workers=workers,
                            store=store if isinstance(store, str) else None, **options)
     cls = backend_class(settings["backend"])
     impl = cls(workers=settings["workers"], blas_threads=settings["blas_threads"],
                settings=settings, **backend_opts)
+    settings["retry_on"] = tuple(retry_on or ())
     the_store = store if isinstance(store, Store) else open_store(settings["store"])
     try:
         return Executor(impl, the_store, settings)

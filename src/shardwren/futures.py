@@ -53,6 +53,7 @@ class Future(cf.Future):
                                       "submitted": time.time(), "attempt": 1}
         self._payload: bytes | None = None
         self._logs = ""
+        self._retry = None  # set by the executor: decides and schedules retries
         self._decoded: Any = _UNSET
         self._decode_lock = threading.Lock()
 
@@ -75,8 +76,21 @@ class Future(cf.Future):
         self.set_result(None)
 
     def _fail(self, exc: BaseException, stats: dict[str, Any] | None = None) -> None:
+        retry, self._retry = self._retry, None
+        if retry is not None and retry(self, exc, stats):
+            return  # the executor runs it again; the caller never sees this failure
         self._record(stats, "failed", type(exc).__name__)
         self.set_exception(exc)
+
+    def _start(self) -> bool:
+        """Backend side: mark running; False if the caller cancelled it first.
+
+        A retried task is already running, which is fine.
+        """
+        with self._condition:
+            if self._state == "RUNNING":
+                return True
+        return self.set_running_or_notify_cancel()
 
     def logs(self) -> str:
         """What the task printed to stdout/stderr and logged, in order ("" if nothing)."""

@@ -184,7 +184,8 @@ class DaskBackend(Backend):
                 raise ExecutorShutdownError("cannot submit tasks: the executor was shut down")
         fn_ref = self.client.scatter(fn_bytes, hash=False)
         for fut, payload in tasks:
-            fut.set_running_or_notify_cancel()
+            if not fut._start():
+                continue
             dfut = self.client.submit(_dask_task, fn_ref, fn_id, payload, self.blas_threads,
                                       pure=False, key=f"shardwren-{fn_id}-{fut.index}")
             with self._lock:

@@ -196,7 +196,7 @@ class LocalBackend(Backend):
                 if t.isolate and (w.inflight or batch):
                     break
                 self._pending.popleft()
-                if t.requeues == 0 and not t.future.set_running_or_notify_cancel():
+                if t.requeues == 0 and not t.future._start():
                     self._outstanding.discard(t.future)
                     continue  # cancelled before it started
                 batch.append(t)
@@ -313,8 +313,9 @@ class LocalBackend(Backend):
             pending, self._pending = list(self._pending), deque()
             workers = list(self._workers)
         for t in pending:
-            if t.requeues == 0 and not t.future.set_running_or_notify_cancel():
+            if t.requeues == 0 and not t.future._start():
                 continue
+            t.future._retry = None
             t.future._fail(ExecutorShutdownError(
                 f"the executor shut down before task {t.future.index} of job "
                 f"{t.future.job_id} started"))
