@@ -191,3 +191,25 @@ class ExecutorConformance:
             assert s["submitted"] <= s["started"] <= s["finished"] and s["attempt"] == 1
             assert s["outcome"] == "ok" and s["bytes_read"] == 0 and s["host"]
             assert f.logs().strip() == f"hello from {i}"
+
+    def test_task_timeout(self, ex):
+        from shardwren.errors import TaskTimeoutError
+
+        fs = ex.map(lambda s: time.sleep(s) or s, [60, 0.1, 0.1], timeout=1.5, retries=0)
+        with pytest.raises(TaskTimeoutError, match="1.5 s"):
+            fs[0].result(timeout=60)
+        assert [fs[1].result(timeout=60), fs[2].result(timeout=60)] == [0.1, 0.1]
+        assert ex.call_async(lambda x: x, 5).result(timeout=60) == 5  # still working
+
+    def test_memory_limit_fails_only_that_task(self, ex):
+        from shardwren.errors import TaskMemoryError
+
+        def alloc(n):
+            return float(np.ones(n, dtype=np.uint8).sum())
+
+        fs = ex.map(alloc, [3_000_000_000, 1000], memory_limit="256MiB")
+        with pytest.raises(TaskMemoryError, match="256 MiB"):
+            fs[0].result(timeout=60)
+        assert fs[0].stats["attempt"] == 1  # not retried: it would fail again
+        assert fs[1].result(timeout=60) == 1000.0
+        assert ex.call_async(alloc, 50_000_000).result(timeout=60) == 5e7  # limit lifted

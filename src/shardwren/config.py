@@ -32,7 +32,7 @@ def _bool(value: Any) -> bool | None:
     raise ValueError(f"expected true, false or auto, got {value!r}")
 
 
-def _size(value: Any) -> int | None:
+def parse_size(value: Any) -> int | None:
     """``4GB``, ``512MiB``, ``1e9`` or an int -> bytes."""
     if value is None or isinstance(value, int):
         return value
@@ -69,7 +69,9 @@ SETTINGS: tuple[Setting, ...] = (
             "BLAS threads per worker (default: cores // workers, at least 1)."),
     Setting("retries", int, 2,
             "Runs again after a crashed worker, a timeout or a transient storage error."),
-    Setting("memory_limit", lambda v: _size(v), None,
+    Setting("timeout", float, None,
+            "Seconds a task may run before its worker is killed (`TaskTimeoutError`)."),
+    Setting("memory_limit", lambda v: parse_size(v), None,
             "Bytes a task may use (e.g. `4GB`); plans needing more per task are refused."),
     Setting("progress", _bool, None,
             "Progress bars on `wait`/`get_all_results`: `true`, `false`, or `auto` "

@@ -59,7 +59,8 @@ class Executor:
     def map(self, fn: Callable[..., Any], iterdata: Iterable[Any],
             extra_args: Sequence[Any] | None = None, starmap: bool = False,
             retries: int | None = None,
-            retry_on: Sequence[type[BaseException]] | None = None) -> list[Future]:
+            retry_on: Sequence[type[BaseException]] | None = None,
+            timeout: float | None = None, memory_limit: int | str | None = None) -> list[Future]:
         """Run ``fn(item, *extra_args)`` for every item, in parallel.
 
         Parameters
@@ -77,6 +78,13 @@ class Executor:
             timeout, transient storage error); default: the ``retries`` setting (2).
         retry_on : sequence of exception types, optional
             The task's own exceptions that are worth another run too.
+        timeout : float, optional
+            Seconds a task may run; past it the worker is killed and replaced and
+            the task fails with TaskTimeoutError (retried like a crash). Default:
+            the ``timeout`` setting (none).
+        memory_limit : int or str, optional
+            Bytes a task may allocate (``"2GiB"``); past it the task fails alone
+            with TaskMemoryError. Default: the ``memory_limit`` setting (none).
 
         Returns
         -------
@@ -101,8 +109,12 @@ class Executor:
         fs = [f for f, _ in tasks]
         policy = (self.settings["retries"] if retries is None else int(retries),
                   tuple(self.retry_on if retry_on is None else retry_on))
+        limits = {"timeout": self.settings.get("timeout") if timeout is None else float(timeout),
+                  "memory_limit": self.settings.get("memory_limit") if memory_limit is None
+                  else config.parse_size(memory_limit)}
         for fut, payload in tasks:
             fut._retry = self._retrier(job_id, fn_bytes, payload, *policy)
+            fut.limits = limits
         if tasks:
             self.backend.submit(job_id, fn_bytes, tasks)
             name = getattr(fn, "__qualname__", type(fn).__name__)

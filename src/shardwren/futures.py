@@ -54,6 +54,8 @@ class Future(cf.Future):
         self._payload: bytes | None = None
         self._logs = ""
         self._retry = None  # set by the executor: decides and schedules retries
+        #: Per-task limits the backend enforces: ``timeout`` (s), ``memory_limit`` (bytes).
+        self.limits: dict[str, Any] = {}
         self._decoded: Any = _UNSET
         self._decode_lock = threading.Lock()
 
@@ -110,6 +112,8 @@ class Future(cf.Future):
         try:
             super().result(timeout)
         except TimeoutError:
+            if self.done():  # the task's own failure (TaskTimeoutError is a TimeoutError too)
+                raise
             raise TimeoutError(
                 f"task {self.index} of job {self.job_id} did not finish within {timeout} s; "
                 "it is still running: call result() again to keep waiting"

@@ -2,7 +2,7 @@
 
 Protocol over one socket (``multiprocessing.connection`` framing, pickled tuples):
 
-* driver -> worker: ``("run", [(seq, fn_id, fn_bytes | None, args_bytes), ...])``
+* driver -> worker: ``("run", [(seq, fn_id, fn_bytes | None, args_bytes, memory_limit), ...])``
   or ``("exit", None)``;
 * worker -> driver: ``("done", [(seq, ok, value_or_error_bytes, stats), ...])``.
 
@@ -126,11 +126,11 @@ def serve(conn: Connection, slot: mmap.mmap) -> None:
         if kind == "exit":
             outbox.flush()
             return
-        for seq, fn_id, fn_bytes, payload in body:
+        for seq, fn_id, fn_bytes, payload, memory_limit in body:
             fn = _load_fn(fns, fn_id, fn_bytes)
-            struct.pack_into("q", slot, 0, seq)
-            ok, data, stats = run_task(fn, payload)
-            struct.pack_into("q", slot, 0, 0)
+            struct.pack_into("qd", slot, 0, seq, time.time())
+            ok, data, stats = run_task(fn, payload, memory_limit)
+            struct.pack_into("qd", slot, 0, 0, 0.0)
             outbox.add((seq, ok, data, stats))
         outbox.flush()  # end of the driver's batch
 
@@ -148,7 +148,7 @@ def main(argv: list[str]) -> None:
     import logging
 
     logging.getLogger().setLevel(logging.INFO)
-    slot = mmap.mmap(slot_fd, 8)
+    slot = mmap.mmap(slot_fd, 16)
     os.close(slot_fd)
     conn = Connection(fd)
     try:

@@ -20,7 +20,7 @@ import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _iostats, serialize
-from ..errors import BackendNotInstalledError, UnknownBackendError
+from ..errors import BackendNotInstalledError, TaskMemoryError, UnknownBackendError
 
 if TYPE_CHECKING:
     from ..futures import Future
@@ -163,7 +163,48 @@ def _install_capture() -> None:
     _CAPTURE_INSTALLED.append(handler)
 
 
-def run_task(fn: Any, payload: bytes) -> tuple[bool, bytes, dict[str, Any]]:
+def _data_bytes() -> int:
+    try:
+        with open("/proc/self/status", "rb") as fh:
+            for line in fh:
+                if line.startswith(b"VmData:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+class _MemoryLimit:
+    """Caps the data a task may allocate (RLIMIT_DATA, Linux), lifted afterwards.
+
+    An allocation past it raises MemoryError inside the task, which then fails
+    alone, instead of the machine meeting the OOM killer.
+    """
+
+    def __init__(self, limit: int | None):
+        self.limit = limit
+        self.saved = None
+
+    def __enter__(self) -> _MemoryLimit:
+        if self.limit:
+            import resource
+
+            self.saved = resource.getrlimit(resource.RLIMIT_DATA)
+            hard = self.saved[1]
+            soft = _data_bytes() + int(self.limit)
+            resource.setrlimit(resource.RLIMIT_DATA,
+                               (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.saved is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_DATA, self.saved)
+
+
+def run_task(fn: Any, payload: bytes,
+             memory_limit: int | None = None) -> tuple[bool, bytes, dict[str, Any]]:
     """Run ``fn(*args)`` on a worker; return ``(ok, pickled value or error, stats)``.
 
     Never raises: every failure, including an unpicklable result, comes back as
@@ -180,11 +221,16 @@ def run_task(fn: Any, payload: bytes) -> tuple[bool, bytes, dict[str, Any]]:
         if isinstance(fn, BaseException):  # the function itself failed to load here
             raise fn
         args = serialize.loads(payload)
-        value = fn(*args)
+        with _MemoryLimit(memory_limit):
+            value = fn(*args)
         ok, data = True, serialize.dumps_value(value, what="result")
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the caller
         if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(fn, BaseException):
             exc = RuntimeError(f"task raised {type(exc).__name__}({exc})")
+        elif isinstance(exc, MemoryError) and memory_limit:
+            exc = TaskMemoryError(
+                f"the task tried to use more than its memory limit of {memory_limit / 2**20:.0f} MiB "
+                f"({exc}); use smaller blocks or raise memory_limit")
         ok, data = False, serialize.dumps_exception(exc)
     finished = time.time()
     logs, _TASK.buf = _TASK.buf.getvalue(), None

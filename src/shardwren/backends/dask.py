@@ -23,6 +23,7 @@ from ..errors import (
     ExecutorShutdownError,
     SchedulerUnreachableError,
     StoreNotSharedError,
+    TaskTimeoutError,
     WorkerCrashedError,
 )
 from .base import Backend, run_task
@@ -57,14 +58,20 @@ def _load_fn(fn_id: str, fn_bytes: bytes):
         return fn
 
 
-def _dask_task(fn_bytes: bytes, fn_id: str, payload: bytes, blas_threads: int):
+def _dask_task(fn_bytes: bytes, fn_id: str, payload: bytes, blas_threads: int,
+               memory_limit: int | None = None, timeout: float | None = None,
+               where: str = ""):
     """What a Dask worker runs for one shardwren task. Never raises."""
     if _BLAS_SET != [blas_threads]:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(blas_threads)
         _BLAS_SET[:] = [blas_threads]
-    ok, data, stats = run_task(_load_fn(fn_id, fn_bytes), payload)
+    fn = _load_fn(fn_id, fn_bytes)
+    if timeout:
+        ok, data, stats = _run_with_deadline(fn, payload, memory_limit, timeout, where)
+    else:
+        ok, data, stats = run_task(fn, payload, memory_limit)
     try:
         stats["worker"] = distributed.get_worker().address
     except ValueError:
@@ -100,6 +107,30 @@ def tune_workers(client: Any, mmap_threshold: int = 256 << 20,
         Worker address -> whether the settings took effect (glibc only).
     """
     return client.run(_tune_malloc, mmap_threshold, trim_threshold)
+
+
+def _run_with_deadline(fn, payload, memory_limit, timeout, where):
+    """Run the task in a helper thread and give up on it after ``timeout`` seconds.
+
+    A Python thread cannot be killed: past the limit the task's result is
+    abandoned (the thread finishes in the background) and TaskTimeoutError is
+    returned, counted from the task's start on the worker.
+    """
+    import time
+
+    from .. import serialize
+
+    box: list = []
+    started = time.time()
+    thread = threading.Thread(target=lambda: box.append(run_task(fn, payload, memory_limit)),
+                              daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if box:
+        return box[0]
+    exc = TaskTimeoutError(f"{where} ran longer than its {timeout:g} s limit; the Dask worker "
+                           "abandoned it (its thread finishes in the background)")
+    return False, serialize.dumps_exception(exc), {"started": started, "finished": time.time()}
 
 
 # --- driver side -------------------------------------------------------------------------
@@ -187,7 +218,9 @@ class DaskBackend(Backend):
             if not fut._start():
                 continue
             dfut = self.client.submit(_dask_task, fn_ref, fn_id, payload, self.blas_threads,
-                                      pure=False, key=f"shardwren-{fn_id}-{fut.index}")
+                                      fut.limits.get("memory_limit"), fut.limits.get("timeout"),
+                                      f"task {fut.index} of job {fut.job_id}", pure=False,
+                                      key=f"shardwren-{fn_id}-{fut.index}-{fut.stats['attempt']}")
             with self._lock:
                 self._outstanding[dfut] = fut
             dfut.add_done_callback(self._on_done)

@@ -23,6 +23,7 @@ import mmap
 import os
 import pickle
 import selectors
+import signal
 import socket
 import struct
 import subprocess
@@ -35,7 +36,7 @@ from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Sequence
 
 from .. import serialize
-from ..errors import ExecutorShutdownError, WorkerCrashedError, describe_exit
+from ..errors import ExecutorShutdownError, TaskTimeoutError, WorkerCrashedError, describe_exit
 from ._worker import FN_CACHE_SIZE
 from .base import Backend
 
@@ -66,8 +67,9 @@ class _Worker:
         self.wid = wid
         parent, child = socket.socketpair()
         slot_fd = os.memfd_create(f"shardwren-worker-{wid}")
-        os.ftruncate(slot_fd, 8)
-        self.slot = mmap.mmap(slot_fd, 8)
+        os.ftruncate(slot_fd, 16)
+        self.slot = mmap.mmap(slot_fd, 16)
+        self.timed_out = 0  # seq of the task this worker was killed for, if any
         env = dict(os.environ)
         for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
             env[var] = str(blas_threads)  # before numpy loads; threadpoolctl re-checks
@@ -86,8 +88,12 @@ class _Worker:
         self.fns: OrderedDict[str, bool] = OrderedDict()  # mirrors the worker's LRU
         self.send_lock = threading.Lock()
 
+    def running(self) -> tuple[int, float]:
+        """(seq, start time) of the task running now; seq 0 when idle."""
+        return struct.unpack_from("qd", self.slot, 0)
+
     def running_seq(self) -> int:
-        return struct.unpack_from("q", self.slot, 0)[0]
+        return self.running()[0]
 
     def send(self, tasks: list[_Task]) -> None:
         body = []
@@ -100,7 +106,7 @@ class _Worker:
                 if len(self.fns) > FN_CACHE_SIZE:
                     self.fns.popitem(last=False)
                 fn_bytes = t.fn_bytes
-            body.append((t.seq, t.fn_id, fn_bytes, t.payload))
+            body.append((t.seq, t.fn_id, fn_bytes, t.payload, t.future.limits.get("memory_limit")))
             self.inflight.append(t)
         try:
             self.conn.send_bytes(pickle.dumps(("run", body), protocol=pickle.HIGHEST_PROTOCOL))
@@ -213,7 +219,14 @@ class LocalBackend(Backend):
 
     def _loop(self) -> None:
         while True:
-            for key, _ in self._selector.select():
+            # Poll while any task has a time limit; otherwise sleep until I/O.
+            with self._lock:  # only a worker's running task (its queue's head) can time out
+                limited = any(w.inflight and w.inflight[0].future.limits.get("timeout")
+                              for w in self._workers)
+            events = self._selector.select(0.05 if limited else None)
+            if limited:
+                self._enforce_timeouts()
+            for key, _ in events:
                 if key.data is None:
                     os.read(self._wake_r, 4096)
                     continue
@@ -227,6 +240,23 @@ class LocalBackend(Backend):
             with self._lock:
                 if self._closing and not self._workers:
                     return
+
+    def _enforce_timeouts(self) -> None:
+        """Kill the worker of any task past its time limit (it is replaced on exit)."""
+        now = time.time()
+        with self._lock:
+            for w in self._workers:
+                seq, started = w.running()
+                if not seq or w.timed_out:
+                    continue
+                task = next((t for t in w.inflight if t.seq == seq), None)
+                limit = task.future.limits.get("timeout") if task else None
+                if limit and now - started > limit:
+                    w.timed_out = seq
+                    try:
+                        os.kill(w.proc.pid, signal.SIGKILL)
+                    except ProcessLookupError:
+                        pass
 
     def _on_results(self, w: _Worker, body: list) -> None:
         done = []
@@ -262,6 +292,12 @@ class LocalBackend(Backend):
                 if self._closing:
                     failed.append((t, ExecutorShutdownError(
                         f"the executor shut down before task {t.future.index} finished")))
+                elif t.seq == w.timed_out:
+                    limit = t.future.limits.get("timeout")
+                    failed.append((t, TaskTimeoutError(
+                        f"task {t.future.index} of job {t.future.job_id} ran longer than its "
+                        f"{limit:g} s limit; its worker was killed and replaced, the other tasks "
+                        "went on")))
                 elif t.seq == running or t.requeues >= MAX_REQUEUES:
                     failed.append((t, self._crash_error(w, code, t)))
                 else:
