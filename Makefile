@@ -11,7 +11,7 @@ export SHARDWREN_DATA_DIR := $(abspath ../shared/datasets)
 endif
 endif
 
-.PHONY: install demo test bench docs-images clean
+.PHONY: install demo test bench faults docs-images clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,10 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
+
+# Fault injection on MNIST: workers killed with SIGKILL during k-NN; the answer must not change.
+faults: $(STAMP)
+	$(BIN)/python tools/faults.py
 
 # The README's timeline picture: a real MNIST k-NN job.
 docs-images: $(STAMP)

@@ -170,6 +170,11 @@ class LocalBackend(Backend):
         with self._lock:
             return [w.proc.pid for w in self._workers]
 
+    def busy_worker_pids(self) -> list[int]:
+        """PIDs of the workers running a task right now."""
+        with self._lock:
+            return [w.proc.pid for w in self._workers if w.running_seq()]
+
     # -- submission ------------------------------------------------------------
     def submit(self, fn_id: str, fn_bytes: bytes, tasks: Sequence[tuple[Future, bytes]]) -> None:
         with self._lock:

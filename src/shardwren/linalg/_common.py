@@ -111,6 +111,55 @@ class BlockCache:
         return value
 
 
+def todo(out: ShardedMatrix, idxs: list, resume: bool) -> list:
+    """The blocks still to compute: with ``resume``, those ``out`` lacks.
+
+    A block that exists is complete (block writes are atomic) and its checksum
+    is verified whenever it is read, so skipping it loses nothing.
+    """
+    if not resume:
+        return list(idxs)
+    have = set(out.block_idxs_exist)
+    return [ij for ij in idxs if tuple(ij[:2]) not in have]
+
+
+def _keep(store: Any, part: str, fn, *args):
+    """Run a task and persist its (small) result, so a resumed job can reuse it."""
+    import pickle
+
+    result = fn(*args)
+    store.put(part, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    return result
+
+
+def run_resumable(ex: Executor, fn, items: list[tuple], key: str | None, name: str,
+                  resume: bool, progress: bool | None = None) -> tuple[list, int]:
+    """``[fn(*item) for item in items]`` as tasks; with ``resume``, each result is
+    kept in the store under ``<key>/parts/`` and those already there are reused.
+
+    Returns the results in order and how many tasks ran.
+    """
+    from ..futures import get_all_results
+
+    if not resume:
+        fs = ex.starmap(fn, items)
+        return get_all_results(fs, progress=progress), len(fs)
+    if not key:
+        raise ValueError("resume=True needs a name for the job's saved partial results: pass key=")
+    import pickle
+
+    store = ex.store
+    parts = [f"{key}/parts/{name}-" + "-".join(map(str, it)) for it in items]
+    have = set(store.list(f"{key}/parts"))
+    results: list = [pickle.loads(store.get(p)) if p in have else None for p in parts]
+    missing = [n for n, p in enumerate(parts) if p not in have]
+    fs = ex.starmap(lambda part, *it: _keep(store, part, fn, *it),
+                    [(parts[n], *items[n]) for n in missing])
+    for n, value in zip(missing, get_all_results(fs, progress=progress)):
+        results[n] = value
+    return results, len(missing)
+
+
 def new_token() -> str:
     """A unique id for one call's cache entries."""
     return uuid.uuid4().hex

@@ -11,7 +11,7 @@ from ..errors import ShapeMismatchError
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import Inputs, check_features, executor_for, require_shared
+from ._common import Inputs, check_features, executor_for, require_shared, todo
 
 
 def _sq_norms(X: np.ndarray) -> np.ndarray:
@@ -30,8 +30,8 @@ def _distance_block(A: ShardedMatrix, B: ShardedMatrix, D: ShardedMatrix, i: int
 
 def pairwise_sq_euclidean(A: Any, B: Any, out: ShardedMatrix | None = None,
                           executor: Executor | None = None, key: str | None = None,
-                          block_size: int | None = None, progress: bool | None = None
-                          ) -> ShardedMatrix:
+                          block_size: int | None = None, progress: bool | None = None,
+                          resume: bool = False) -> ShardedMatrix:
     """Squared Euclidean distances between the rows of A and B, written blockwise.
 
     One task per output block, like the tutorial's first map: task ``(i, j)`` reads
@@ -47,6 +47,9 @@ def pairwise_sq_euclidean(A: Any, B: Any, out: ShardedMatrix | None = None,
     executor : Executor, optional
     block_size : int, optional
         Row block size used when sharding array inputs.
+    resume : bool
+        Compute only the blocks ``out`` (or the matrix named ``key``) lacks, so a
+        job whose driver died finishes without recomputing what it had written.
 
     Returns
     -------
@@ -59,6 +62,8 @@ def pairwise_sq_euclidean(A: Any, B: Any, out: ShardedMatrix | None = None,
         shape = (A_m.shape[0], B_m.shape[0])
         blocks = (A_m.shard_sizes[0], B_m.shard_sizes[0])
         if out is None:
+            if resume and not key:
+                raise ValueError("resume=True needs the output's name: pass key= or out=")
             out = ShardedMatrix(key or f"distances-{uuid.uuid4().hex[:10]}", shape=shape,
                                 shard_sizes=blocks, store=ex.store)
         elif out.shape != shape or tuple(out.shard_sizes) != blocks:
@@ -67,7 +72,8 @@ def pairwise_sq_euclidean(A: Any, B: Any, out: ShardedMatrix | None = None,
                 f"needs shape {shape} and blocks {blocks}")
         require_shared(out.store, ex)
         # One pickled closure per map: the handles inside it are small (never data).
-        fs = ex.starmap(lambda i, j: _distance_block(A_m, B_m, out, i, j), out.block_idxs)
+        fs = ex.starmap(lambda i, j: _distance_block(A_m, B_m, out, i, j),
+                        todo(out, out.block_idxs, resume))
         get_all_results(fs, progress=progress)
         return out
 

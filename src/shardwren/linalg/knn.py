@@ -29,7 +29,7 @@ import numpy as np
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import Inputs, check_features, executor_for, new_token
+from ._common import Inputs, check_features, executor_for, new_token, run_resumable
 
 Partial = tuple[np.ndarray, np.ndarray]  # (squared distances, indices), each (n, k)
 
@@ -218,7 +218,8 @@ def varying_columns(T: ShardedMatrix, executor: Executor, progress: bool | None 
 def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = None,
         exclude_self: bool = False, block_size: int | None = None,
         progress: bool | None = None, timings: dict[str, Any] | None = None,
-        method: str = "brute", index: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        method: str = "brute", index: Any = None, resume: bool = False,
+        key: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Exact k nearest neighbours (squared Euclidean) of each query row among training rows.
 
     Parameters
@@ -245,6 +246,12 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
     index : PrunedIndex, optional
         A projection built before by :func:`shardwren.linalg.pruned.fit` for this
         training set (the classifier's ``fit`` does this), reused across queries.
+    resume : bool
+        Keep each tile's partial result in the store under ``<key>/parts/``; a
+        later call with the same ``key`` (after the driver died, say) reuses them
+        and computes only the missing tiles. Brute-force path.
+    key : str, optional
+        The job's name in the store, needed with ``resume``.
 
     Returns
     -------
@@ -291,20 +298,23 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
                 return dist, ind
         cols = varying_columns(T, ex, progress)
         t2 = time.perf_counter()
+        jobs = len(ex.history)
         if symmetric:
             pairs = [(i, j) for i in range(T.grid[0]) for j in range(i, T.grid[0])]
-            fs = ex.starmap(lambda i, j: _pair_tile(T, i, j, k, cols, exclude_self), pairs)
-            results = [p for r in get_all_results(fs, progress=progress) for p in r]
+            out, ran = run_resumable(ex, lambda i, j: _pair_tile(T, i, j, k, cols, exclude_self),
+                                     pairs, key, "pair", resume, progress)
+            results = [p for r in out for p in r]
         else:
             tiles = [(i, j) for i in range(Q.grid[0]) for j in range(T.grid[0])]
-            fs = ex.starmap(lambda i, j: _query_tile(Q, T, i, j, k, cols), tiles)
-            results = get_all_results(fs, progress=progress)
+            results, ran = run_resumable(ex, lambda i, j: _query_tile(Q, T, i, j, k, cols),
+                                         tiles, key, "tile", resume, progress)
         t3 = time.perf_counter()
         dist, ind = _assemble(results, Q, k)
+        recs = [r for h in list(ex.history)[jobs:] for r in h[2]]
         timings.update(shard=t1 - t0, columns=t2 - t1, tiles=t3 - t2,
-                       merge=time.perf_counter() - t3, tasks=len(fs) + T.grid[0],
+                       merge=time.perf_counter() - t3, tasks=ran + T.grid[0],
                        constant_columns=int(cols.const_idx.size),
-                       peak_rss=max(f.stats.get("peak_rss", 0) for f in fs))
+                       peak_rss=max((r.get("peak_rss") or 0 for r in recs), default=0))
     return dist, ind
 
 

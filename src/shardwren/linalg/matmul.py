@@ -18,7 +18,7 @@ from ..errors import MemoryPlanError, ShapeMismatchError
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import BlockCache, Inputs, executor_for, new_token
+from ._common import BlockCache, Inputs, executor_for, new_token, todo
 
 
 @dataclass
@@ -183,7 +183,7 @@ def _add_blocks(P: ShardedMatrix, Q: ShardedMatrix, out: ShardedMatrix, i: int, 
 
 def matmul(A: Any, B: Any, out: ShardedMatrix | None = None, executor: Executor | None = None,
            key: str | None = None, block_size: int | None = None,
-           progress: bool | None = None) -> ShardedMatrix:
+           progress: bool | None = None, resume: bool = False) -> ShardedMatrix:
     """C = A @ B for matrices that need not fit in memory.
 
     One task per output block, streaming over the inner dimension, when there are
@@ -197,7 +197,9 @@ def matmul(A: Any, B: Any, out: ShardedMatrix | None = None, executor: Executor 
         A's column blocks must equal B's row blocks. Arrays are sharded for you
         (``block_size``, or one chosen from the shapes and a 1 GiB budget).
     out : ShardedMatrix, optional
-        Destination (default: a new matrix ``key`` or ``"C"`` in the executor's store).
+        Destination (default: a new matrix ``key`` or a unique name in the executor's store).
+    resume : bool
+        Compute only the output blocks ``out`` lacks (after a driver died).
 
     Returns
     -------
@@ -216,7 +218,7 @@ def matmul(A: Any, B: Any, out: ShardedMatrix | None = None, executor: Executor 
         token = new_token()
         if groups == 1:
             fs = ex.starmap(lambda i, j: _matmul_block(A_m, B_m, C, i, j, range(inner), token),
-                            C.block_idxs)
+                            todo(C, C.block_idxs, resume))
             get_all_results(fs, progress=progress)
             return C
         size = -(-inner // groups)
@@ -350,10 +352,11 @@ def plan_map_blocks(A: ShardedMatrix, *others: Any, out_dtype: Any = None) -> Pl
 
 def map_blocks(fn: Callable[..., Any], A: ShardedMatrix, *others: Any, out: ShardedMatrix | None = None,
                out_dtype: Any = None, executor: Executor | None = None, key: str | None = None,
-               progress: bool | None = None) -> ShardedMatrix:
+               progress: bool | None = None, resume: bool = False) -> ShardedMatrix:
     """Apply an elementwise ``fn(block_of_A, block_of_other, ...)`` to every block.
 
-    Other operands are ShardedMatrices of A's shape and blocks, or scalars.
+    Other operands are ShardedMatrices of A's shape and blocks, or scalars. With
+    ``resume``, blocks ``out`` already has are not computed again.
     """
     for o in others:
         if isinstance(o, ShardedMatrix) and (o.shape != A.shape or o.shard_sizes != A.shard_sizes):
@@ -365,8 +368,8 @@ def map_blocks(fn: Callable[..., Any], A: ShardedMatrix, *others: Any, out: Shar
         _check_memory(plan, ex, [A.shape], A.dtype, operands=len(others) + 2)
         C = _output(out, key or _unique("map"), A.shape, A.shard_sizes,
                     np.dtype(out_dtype or A.dtype), ex)
-        get_all_results(ex.starmap(lambda i, j: _apply(fn, C, i, j, A, *others), A.block_idxs),
-                        progress=progress)
+        get_all_results(ex.starmap(lambda i, j: _apply(fn, C, i, j, A, *others),
+                                   todo(C, A.block_idxs, resume)), progress=progress)
         return C
 
 
