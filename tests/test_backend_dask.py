@@ -136,3 +136,12 @@ def test_pruned_knn_identical_to_local_backend(dask_ex, executor):
     d2, i2 = knn(train, query, 3, executor=executor, method="pruned", block_size=1500)
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_array_equal(d1, d2)
+
+
+def test_signed_tasks_need_the_secret_on_workers(dask_cluster, tmp_path):
+    from shardwren.errors import PayloadSignatureError
+
+    with shardwren.default_executor(backend="dask", address=dask_cluster, store=f"file://{tmp_path}",
+                                    secret="cluster-secret", retries=0) as ex:
+        with pytest.raises(PayloadSignatureError, match="no SHARDWREN_SECRET"):
+            ex.call_async(lambda x: x, 1).result(timeout=60)

@@ -67,6 +67,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("workers", int, None, "Local backend: number of worker processes (default: CPU cores)."),
     Setting("blas_threads", int, None,
             "BLAS threads per worker (default: cores // workers, at least 1)."),
+    Setting("secret", str, None,
+            "Key for signing task payloads (HMAC-SHA256); default: random per local executor. "
+            "Give the driver and every Dask worker the same value. Never printed."),
     Setting("retries", int, 2,
             "Runs again after a crashed worker, a timeout or a transient storage error."),
     Setting("timeout", float, None,

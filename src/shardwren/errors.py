@@ -60,6 +60,10 @@ class UnpicklableResultError(SerializationError):
     """A task's return value cannot be pickled by the worker."""
 
 
+class PayloadSignatureError(ShardwrenError, PermissionError):
+    """A task's function or arguments are unsigned or fail their HMAC: not unpickled."""
+
+
 class NotIterableError(ShardwrenError, TypeError):
     """``map`` was given something that is not iterable."""
 

@@ -98,13 +98,13 @@ class Executor:
                 f"map() needs an iterable of task inputs, got {type(iterdata).__name__}; "
                 "for a single call use call_async(fn, data)"
             ) from None
-        fn_bytes = serialize.dumps_function(fn)
+        fn_bytes = self._signed(serialize.dumps_function(fn))
         extra = tuple(extra_args or ())
         job_id = _new_job_id()
         tasks = []
         for i, item in enumerate(items):
             args = (tuple(item) if starmap else (item,)) + extra
-            payload = serialize.dumps_value(args, what=f"argument of task {i}")
+            payload = self._signed(serialize.dumps_value(args, what=f"argument of task {i}"))
             tasks.append((Future(job_id, i), payload))
         fs = [f for f, _ in tasks]
         policy = (self.settings["retries"] if retries is None else int(retries),
@@ -121,6 +121,11 @@ class Executor:
             self.history.append((job_id, name, [f.stats for f in fs]))
             self._joblog.track(job_id, name, fs)
         return fs
+
+    _key: bytes | None = None
+
+    def _signed(self, data: bytes) -> bytes:
+        return serialize.sign(self._key, data) if self._key else data
 
     def _retrier(self, fn_id: str, fn_bytes: bytes, payload: bytes, retries: int,
                  retry_on: tuple) -> Callable[[Future, BaseException, Any], bool]:
@@ -267,12 +272,18 @@ def default_executor(backend: str | None = None, store: Store | str | None = Non
     settings = config.load(backend=backend, workers=workers,
                            store=store if isinstance(store, str) else None, **options)
     cls = backend_class(settings["backend"])
+    # The signing key: configured, or random for local workers (they get it over their
+    # socket). Kept out of the settings so no repr or message can show it.
+    secret = settings.pop("secret", None)
+    key = secret.encode() if secret else (os.urandom(32) if cls.name == "local" else None)
     impl = cls(workers=settings["workers"], blas_threads=settings["blas_threads"],
-               settings=settings, **backend_opts)
+               settings=settings, key=key, **backend_opts)
     settings["retry_on"] = tuple(retry_on or ())
     the_store = store if isinstance(store, Store) else open_store(settings["store"])
     try:
-        return Executor(impl, the_store, settings)
+        ex = Executor(impl, the_store, settings)
+        ex._key = key
+        return ex
     except BaseException:
         impl.shutdown(wait=False)
         raise

@@ -107,6 +107,33 @@ def dumps_value(obj: Any, what: str = "argument") -> bytes:
         ) from exc
 
 
+SIG_BYTES = 32
+
+
+def sign(key: bytes, data: bytes) -> bytes:
+    """``data`` prefixed with its HMAC-SHA256 under ``key``."""
+    import hashlib
+    import hmac
+
+    return hmac.new(key, data, hashlib.sha256).digest() + data
+
+
+def open_signed(key: bytes, blob: bytes, what: str) -> bytes:
+    """The data inside a :func:`sign` blob, or PayloadSignatureError; never unpickles first."""
+    import hashlib
+    import hmac
+
+    from .errors import PayloadSignatureError
+
+    sig, data = blob[:SIG_BYTES], blob[SIG_BYTES:]
+    if len(blob) < SIG_BYTES or not hmac.compare_digest(sig, hmac.new(key, data, hashlib.sha256).digest()):
+        raise PayloadSignatureError(
+            f"refusing to unpickle the task's {what}: its signature does not match, so it was not "
+            "made by this executor (or was altered on the way). On a cluster, give the driver and "
+            "every worker the same SHARDWREN_SECRET")
+    return data
+
+
 def loads(data: bytes) -> Any:
     """Inverse of :func:`dumps_function` and :func:`dumps_value`."""
     return pickle.loads(data)

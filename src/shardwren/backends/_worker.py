@@ -52,10 +52,13 @@ def _watch_parent(ppid: int) -> None:
             os._exit(0)
 
 
-def _load_fn(fns: OrderedDict, fn_id: str, fn_bytes: bytes | None):
+def _load_fn(fns: OrderedDict, fn_id: str, fn_bytes: bytes | None, key: bytes | None):
     if fn_bytes is not None:
+        from .. import serialize
+
         try:
-            fns[fn_id] = pickle.loads(fn_bytes)
+            fns[fn_id] = pickle.loads(serialize.open_signed(key, fn_bytes, "function")
+                                      if key else fn_bytes)
         except BaseException as exc:  # noqa: BLE001 - reported per task
             fns[fn_id] = exc
         if len(fns) > FN_CACHE_SIZE:
@@ -118,18 +121,22 @@ def serve(conn: Connection, slot: mmap.mmap) -> None:
     threading.Thread(target=_reader, args=(conn, inbox), daemon=True).start()
     fns: OrderedDict = OrderedDict()
     outbox = _Outbox(conn)
+    key = None  # the executor's signing key arrives first, over this private socket
     while True:
         msg = inbox.get()
         if msg is None:
             return
-        kind, body = pickle.loads(msg)
+        kind, body = pickle.loads(msg)  # framing only: tuples of bytes and ints
         if kind == "exit":
             outbox.flush()
             return
+        if kind == "key":
+            key = body
+            continue
         for seq, fn_id, fn_bytes, payload, memory_limit in body:
-            fn = _load_fn(fns, fn_id, fn_bytes)
+            fn = _load_fn(fns, fn_id, fn_bytes, key)
             struct.pack_into("qd", slot, 0, seq, time.time())
-            ok, data, stats = run_task(fn, payload, memory_limit)
+            ok, data, stats = run_task(fn, payload, memory_limit, key)
             struct.pack_into("qd", slot, 0, 0, 0.0)
             outbox.add((seq, ok, data, stats))
         outbox.flush()  # end of the driver's batch

@@ -203,8 +203,8 @@ class _MemoryLimit:
             resource.setrlimit(resource.RLIMIT_DATA, self.saved)
 
 
-def run_task(fn: Any, payload: bytes,
-             memory_limit: int | None = None) -> tuple[bool, bytes, dict[str, Any]]:
+def run_task(fn: Any, payload: bytes, memory_limit: int | None = None,
+             key: bytes | None = None) -> tuple[bool, bytes, dict[str, Any]]:
     """Run ``fn(*args)`` on a worker; return ``(ok, pickled value or error, stats)``.
 
     Never raises: every failure, including an unpicklable result, comes back as
@@ -220,7 +220,7 @@ def run_task(fn: Any, payload: bytes,
     try:
         if isinstance(fn, BaseException):  # the function itself failed to load here
             raise fn
-        args = serialize.loads(payload)
+        args = serialize.loads(serialize.open_signed(key, payload, "arguments") if key else payload)
         with _MemoryLimit(memory_limit):
             value = fn(*args)
         ok, data = True, serialize.dumps_value(value, what="result")

@@ -41,15 +41,35 @@ _FNS_LOCK = threading.Lock()
 _BLAS_SET: list[int] = []
 
 
-def _load_fn(fn_id: str, fn_bytes: bytes):
+def _worker_key(signed: bool) -> bytes | None:
+    """This worker's signing key (SHARDWREN_SECRET), checked against the driver's choice."""
+    import os
+
+    from ..errors import PayloadSignatureError
+
+    secret = os.environ.get("SHARDWREN_SECRET")
+    if signed and not secret:
+        raise PayloadSignatureError(
+            "the driver signs its tasks but this Dask worker has no SHARDWREN_SECRET to check "
+            "them with; start workers with the driver's SHARDWREN_SECRET")
+    if secret and not signed:
+        raise PayloadSignatureError(
+            "refusing an unsigned task: this Dask worker requires signed payloads "
+            "(SHARDWREN_SECRET is set here); give the driver the same SHARDWREN_SECRET")
+    return secret.encode() if secret else None
+
+
+def _load_fn(fn_id: str, fn_bytes: bytes, key: bytes | None = None):
     import pickle
+
+    from .. import serialize
 
     with _FNS_LOCK:
         if fn_id in _FNS:
             _FNS.move_to_end(fn_id)
             return _FNS[fn_id]
         try:
-            fn = pickle.loads(fn_bytes)
+            fn = pickle.loads(serialize.open_signed(key, fn_bytes, "function") if key else fn_bytes)
         except BaseException as exc:  # noqa: BLE001 - reported by run_task
             fn = exc
         _FNS[fn_id] = fn
@@ -60,18 +80,22 @@ def _load_fn(fn_id: str, fn_bytes: bytes):
 
 def _dask_task(fn_bytes: bytes, fn_id: str, payload: bytes, blas_threads: int,
                memory_limit: int | None = None, timeout: float | None = None,
-               where: str = ""):
+               where: str = "", signed: bool = False):
     """What a Dask worker runs for one shardwren task. Never raises."""
     if _BLAS_SET != [blas_threads]:
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(blas_threads)
         _BLAS_SET[:] = [blas_threads]
-    fn = _load_fn(fn_id, fn_bytes)
+    try:
+        key = _worker_key(signed)
+        fn = _load_fn(fn_id, fn_bytes, key)
+    except BaseException as exc:  # noqa: BLE001 - reported by run_task as the task's error
+        key, fn = None, exc
     if timeout:
-        ok, data, stats = _run_with_deadline(fn, payload, memory_limit, timeout, where)
+        ok, data, stats = _run_with_deadline(fn, payload, memory_limit, timeout, where, key)
     else:
-        ok, data, stats = run_task(fn, payload, memory_limit)
+        ok, data, stats = run_task(fn, payload, memory_limit, key)
     try:
         stats["worker"] = distributed.get_worker().address
     except ValueError:
@@ -109,7 +133,7 @@ def tune_workers(client: Any, mmap_threshold: int = 256 << 20,
     return client.run(_tune_malloc, mmap_threshold, trim_threshold)
 
 
-def _run_with_deadline(fn, payload, memory_limit, timeout, where):
+def _run_with_deadline(fn, payload, memory_limit, timeout, where, key=None):
     """Run the task in a helper thread and give up on it after ``timeout`` seconds.
 
     A Python thread cannot be killed: past the limit the task's result is
@@ -122,7 +146,7 @@ def _run_with_deadline(fn, payload, memory_limit, timeout, where):
 
     box: list = []
     started = time.time()
-    thread = threading.Thread(target=lambda: box.append(run_task(fn, payload, memory_limit)),
+    thread = threading.Thread(target=lambda: box.append(run_task(fn, payload, memory_limit, key)),
                               daemon=True)
     thread.start()
     thread.join(timeout)
@@ -162,7 +186,7 @@ class DaskBackend(Backend):
 
     def __init__(self, workers: int | None = None, blas_threads: int | None = None,
                  settings: dict[str, Any] | None = None, address: str | None = None,
-                 client: Any = None):
+                 client: Any = None, key: bytes | None = None):
         settings = settings or {}
         self._own_client = client is None
         if client is None:
@@ -183,6 +207,8 @@ class DaskBackend(Backend):
         self.client = client
         self.blas_threads = int(blas_threads or 1)
         self.shared_filesystem = bool(settings.get("shared_filesystem"))
+        #: Tasks are signed only with a configured secret: the workers must hold it too.
+        self.signed = key is not None
         self._lock = threading.Lock()
         self._outstanding: dict[Any, Future] = {}
         self._closing = False
@@ -219,7 +245,8 @@ class DaskBackend(Backend):
                 continue
             dfut = self.client.submit(_dask_task, fn_ref, fn_id, payload, self.blas_threads,
                                       fut.limits.get("memory_limit"), fut.limits.get("timeout"),
-                                      f"task {fut.index} of job {fut.job_id}", pure=False,
+                                      f"task {fut.index} of job {fut.job_id}", self.signed,
+                                      pure=False,
                                       key=f"shardwren-{fn_id}-{fut.index}-{fut.stats['attempt']}")
             with self._lock:
                 self._outstanding[dfut] = fut

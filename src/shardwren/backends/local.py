@@ -63,7 +63,7 @@ class _Task:
 class _Worker:
     """Driver-side handle of one worker process."""
 
-    def __init__(self, wid: int, blas_threads: int):
+    def __init__(self, wid: int, blas_threads: int, key: bytes | None = None):
         self.wid = wid
         parent, child = socket.socketpair()
         slot_fd = os.memfd_create(f"shardwren-worker-{wid}")
@@ -84,6 +84,8 @@ class _Worker:
         child.close()
         os.close(slot_fd)
         self.conn = Connection(parent.detach())
+        if key:  # never in argv or the environment, where other users could read it
+            self.conn.send_bytes(pickle.dumps(("key", key)))
         self.inflight: deque[_Task] = deque()
         self.fns: OrderedDict[str, bool] = OrderedDict()  # mirrors the worker's LRU
         self.send_lock = threading.Lock()
@@ -140,12 +142,14 @@ class LocalBackend(Backend):
 
     name = "local"
 
-    def __init__(self, workers: int | None = None, blas_threads: int | None = None, **_: object):
+    def __init__(self, workers: int | None = None, blas_threads: int | None = None,
+                 key: bytes | None = None, **_: object):
         cores = os.cpu_count() or 1
         self._n = int(workers or cores)
         if self._n < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self.blas_threads = int(blas_threads or max(1, cores // self._n))
+        self._key = key
         self._lock = threading.RLock()
         self._pending: deque[_Task] = deque()
         self._outstanding: set[Future] = set()
@@ -218,7 +222,7 @@ class LocalBackend(Backend):
 
     # -- manager thread -----------------------------------------------------------
     def _spawn(self) -> _Worker:
-        w = _Worker(next(self._wids), self.blas_threads)
+        w = _Worker(next(self._wids), self.blas_threads, self._key)
         self._selector.register(w.conn.fileno(), selectors.EVENT_READ, w)
         return w
 
