@@ -70,6 +70,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("secret", str, None,
             "Key for signing task payloads (HMAC-SHA256); default: random per local executor. "
             "Give the driver and every Dask worker the same value. Never printed."),
+    Setting("speculation", _bool, True,
+            "Back up stragglers: once 80% of a map is done, tasks running 3x the median get a "
+            "second copy; the first result wins."),
     Setting("retries", int, 2,
             "Runs again after a crashed worker, a timeout or a transient storage error."),
     Setting("timeout", float, None,

@@ -44,6 +44,9 @@ class Executor:
         self.retry_on: tuple[type[BaseException], ...] = tuple(settings.get("retry_on") or ())
         backend.check_store(store)
         self._joblog = JobLog(store)
+        self._speculating: list[tuple[str, bytes, list[tuple[Future, bytes]]]] = []
+        self._spec_lock = threading.Lock()
+        self._spec_thread: threading.Thread | None = None
         #: The last maps run: (job id, function name, task records), newest last.
         self.history: deque[tuple[str, str, list[dict[str, Any]]]] = deque(maxlen=100)
 
@@ -120,6 +123,8 @@ class Executor:
             name = getattr(fn, "__qualname__", type(fn).__name__)
             self.history.append((job_id, name, [f.stats for f in fs]))
             self._joblog.track(job_id, name, fs)
+            if self.settings.get("speculation", True) and len(tasks) >= 4:
+                self._speculate(job_id, fn_bytes, tasks)
         return fs
 
     _key: bytes | None = None
@@ -151,6 +156,40 @@ class Executor:
             return True
 
         return retry
+
+    def _speculate(self, fn_id: str, fn_bytes: bytes, tasks: list[tuple[Future, bytes]]) -> None:
+        """Watch a map for stragglers and give each at most one backup copy."""
+        with self._spec_lock:
+            self._speculating.append((fn_id, fn_bytes, tasks))
+            if self._spec_thread is None:
+                self._spec_thread = threading.Thread(target=self._watch_stragglers,
+                                                     name="shardwren-speculation", daemon=True)
+                self._spec_thread.start()
+
+    def _watch_stragglers(self) -> None:
+        import time
+
+        while True:
+            time.sleep(0.25)
+            with self._spec_lock:
+                self._speculating = [m for m in self._speculating
+                                     if not all(f.done() for f, _ in m[2])]
+                maps = list(self._speculating)
+            for fn_id, fn_bytes, tasks in maps:
+                by_index = {f.index: (f, p) for f, p in tasks}
+                done = [f.stats["finished"] - f.stats["started"] for f, _ in tasks
+                        if f.done() and f.stats.get("finished") and f.stats.get("started")]
+                running = [(f.index, f.stats["running_since"]) for f, _ in tasks
+                           if not f.done() and f.stats.get("running_since")]
+                backed = [f.index for f, _ in tasks if f.stats.get("backups")]
+                for i in policy.backup_candidates(time.time(), running, done, len(tasks), backed):
+                    fut, payload = by_index[i]
+                    fut.stats["backups"] = 1
+                    try:
+                        self.backend.submit(fn_id, fn_bytes, [(fut, payload)])
+                    except BaseException:  # noqa: BLE001 - shutting down: nothing to back up
+                        fut.stats["backups"] = 0  # no twin: the original's outcome stands
+                        return
 
     def starmap(self, fn: Callable[..., Any], iterdata: Iterable[Sequence[Any]],
                 extra_args: Sequence[Any] | None = None) -> list[Future]:

@@ -72,17 +72,34 @@ class Future(cf.Future):
         self.stats["failure"] = failure
 
     def _set_payload(self, payload: bytes, stats: dict[str, Any] | None = None) -> None:
-        """Complete the future with a pickled result (decoded lazily)."""
-        self._record(stats, "ok", None)
-        self._payload = payload
-        self.set_result(None)
+        """Complete the future with a pickled result (decoded lazily).
+
+        With a speculative backup, two copies may finish: the first wins.
+        """
+        with self._condition:
+            if self._state == "FINISHED":
+                return
+            self._record(stats, "ok", None)
+            self._payload = payload
+        try:
+            self.set_result(None)
+        except cf.InvalidStateError:
+            pass
 
     def _fail(self, exc: BaseException, stats: dict[str, Any] | None = None) -> None:
+        if self.done():
+            return  # the other copy of a backed-up task finished first
+        if self.stats.get("backups") and not getattr(self, "_backup_failed", False):
+            self._backup_failed = True  # its twin may still succeed: let it decide
+            return
         retry, self._retry = self._retry, None
         if retry is not None and retry(self, exc, stats):
             return  # the executor runs it again; the caller never sees this failure
         self._record(stats, "failed", type(exc).__name__)
-        self.set_exception(exc)
+        try:
+            self.set_exception(exc)
+        except cf.InvalidStateError:
+            pass
 
     def _start(self) -> bool:
         """Backend side: mark running; False if the caller cancelled it first.
@@ -90,9 +107,11 @@ class Future(cf.Future):
         A retried task is already running, which is fine.
         """
         with self._condition:
-            if self._state == "RUNNING":
-                return True
-        return self.set_running_or_notify_cancel()
+            running = self._state == "RUNNING"
+        if running or self.set_running_or_notify_cancel():
+            self.stats["running_since"] = time.time()  # for the straggler watch
+            return True
+        return False
 
     def logs(self) -> str:
         """What the task printed to stdout/stderr and logged, in order ("" if nothing)."""

@@ -40,6 +40,25 @@ def should_retry(exc: BaseException, attempt: int, retries: int,
     return isinstance(exc, RETRYABLE + tuple(retry_on))
 
 
+def backup_candidates(now: float, running: Sequence[tuple[int, float]],
+                      finished_durations: Sequence[float], total: int,
+                      already: Sequence[int] = (), min_done: float = 0.8,
+                      slowness: float = 3.0, min_seconds: float = 1.0) -> list[int]:
+    """Tasks worth a speculative backup copy (stragglers), as in Cubed.
+
+    Once ``min_done`` of a map's ``total`` tasks have finished, a task running for
+    more than ``slowness`` times the median finished duration (and at least
+    ``min_seconds``) gets one backup; ``running`` holds (index, start time).
+    """
+    if total == 0 or len(finished_durations) < min_done * total or not finished_durations:
+        return []
+    durations = sorted(finished_durations)
+    median = durations[len(durations) // 2]
+    limit = max(min_seconds, slowness * median)
+    skip = set(already)
+    return [i for i, started in running if i not in skip and now - started > limit]
+
+
 def backoff(attempt: int, base: float = 0.05, factor: float = 2.0, cap: float = 5.0) -> float:
     """Seconds to wait before attempt ``attempt + 1``: ``base * factor**(attempt - 1)``, capped."""
     return min(cap, base * factor ** max(0, attempt - 1))

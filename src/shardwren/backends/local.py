@@ -191,7 +191,7 @@ class LocalBackend(Backend):
 
     def _batch_size(self) -> int:
         if self._avg_task is None:
-            return 2
+            return 1  # durations unknown: queue nothing behind a task that may be long
         return max(1, min(MAX_BATCH, int(BATCH_SECONDS / max(self._avg_task, 1e-7))))
 
     def _dispatch(self) -> None:

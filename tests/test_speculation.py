@@ -1,0 +1,46 @@
+"""Stragglers get a speculative backup; the first copy to finish wins."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import shardwren
+from shardwren import policy
+
+
+def test_backup_candidates_policy():
+    done = [1.0] * 8
+    # 8 of 10 done, median 1 s: a task running 5 s is a straggler, one running 2 s is not
+    assert policy.backup_candidates(100.0, [(3, 95.0), (4, 98.0)], done, 10) == [3]
+    assert policy.backup_candidates(100.0, [(3, 95.0)], done[:5], 10) == []   # too early
+    assert policy.backup_candidates(100.0, [(3, 95.0)], done, 10, already=[3]) == []
+    assert policy.backup_candidates(100.0, [(3, 99.5)], [0.01] * 9, 10) == []  # under min_seconds
+
+
+def _slow_first_time(i, marker, slow=6):
+    if i == slow and not os.path.exists(marker):
+        open(marker, "w").close()
+        time.sleep(8)
+        return "original"
+    time.sleep(0.3)
+    return "backup" if i == slow else i
+
+
+def test_straggler_is_backed_up(tmp_path):
+    marker = str(tmp_path / "m")
+    with shardwren.default_executor(workers=2, store=f"file://{tmp_path}/s") as ex:
+        fs = ex.map(_slow_first_time, range(10), extra_args=(marker,))
+        assert fs[6].result(timeout=60) == "backup"  # the second copy finished first
+        assert fs[6].stats["backups"] == 1
+        assert [f.result(timeout=60) for i, f in enumerate(fs) if i != 6] == [0, 1, 2, 3, 4, 5, 7, 8, 9]
+        ex.shutdown(wait=False)
+
+
+def test_speculation_can_be_turned_off(tmp_path):
+    marker = str(tmp_path / "m")
+    with shardwren.default_executor(workers=2, store=f"file://{tmp_path}/s", speculation=False) as ex:
+        fs = ex.map(lambda i, m: _slow_first_time(i, m, slow=3) if i != 3 else "x", range(6),
+                    extra_args=(marker,))
+        shardwren.wait(fs, timeout=60)
+        assert not any(f.stats.get("backups") for f in fs)
