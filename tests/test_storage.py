@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import os
+
+import numpy as np
 import pickle
 import stat
 import threading
@@ -117,3 +119,36 @@ def test_s3_store_is_real_s3(s3_url, s3_endpoint):
     bucket = s3_url.split("/")[2]
     body = boto3.client("s3", endpoint_url=s3_endpoint).get_object(Bucket=bucket, Key="prefix/x/y")
     assert body["Body"].read() == b"123"
+
+
+@pytest.mark.parametrize("err,words", [(28, "full"), (30, "read-only file system"),
+                                       (13, "read-only for this user")])
+def test_full_or_read_only_store_is_named(tmp_path, monkeypatch, err, words):
+    """The OS's refusal (ENOSPC, EROFS, EACCES) becomes an error that says what is wrong.
+
+    Root ignores file permissions and no small file system can be mounted here, so
+    the OS error is injected at the open() the store calls.
+    """
+    import builtins
+
+    from shardwren.errors import StoreWriteError
+    from shardwren.matrix import ShardedMatrix
+
+    s = shardwren.open_store(f"file://{tmp_path}")
+    m = ShardedMatrix("m", shape=(4, 4), shard_sizes=(2, 2), dtype="float32", store=s)
+    real_open = builtins.open
+
+    def refusing_open(file, mode="r", *a, **k):
+        if "w" in mode and str(tmp_path) in str(file):
+            raise OSError(err, os.strerror(err), str(file))
+        return real_open(file, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", refusing_open)
+    with pytest.raises(StoreWriteError, match=words) as info:
+        s.put("k", b"x")
+    assert isinstance(info.value, OSError) and str(tmp_path) in str(info.value)
+    import pathlib
+
+    monkeypatch.setattr(pathlib.Path, "open", lambda self, mode="r", *a, **k: refusing_open(str(self), mode, *a, **k))
+    with pytest.raises(StoreWriteError, match=rf"block \(0, 1\).*{words}"):
+        m.put_block(0, 1, np.ones((2, 2), np.float32))

@@ -87,6 +87,10 @@ class DTypeMismatchError(ShardwrenError, TypeError):
     """An array's dtype cannot be used (or safely cast) where it is given."""
 
 
+class StoreWriteError(ShardwrenError, OSError):
+    """The store refused a write: read-only, full, or out of quota."""
+
+
 class CorruptBlockError(ShardwrenError, ValueError):
     """Stored bytes fail their checksum."""
 

@@ -360,7 +360,12 @@ class ShardedMatrix:
                     f"matrix's {self._dtype}; convert it first (block.astype({str(self._dtype)!r}))")
             block = block.astype(self._dtype)
         bi, bj = self._o((i, j))
-        self.zarr.blocks[bi, bj] = block.T if self._transposed else block
+        try:
+            self.zarr.blocks[bi, bj] = block.T if self._transposed else block
+        except OSError as exc:
+            from ..storage import write_error
+
+            raise write_error(exc, self.store.url, f"{self.key} block ({i}, {j})") from None
         _iostats.add_written(block.nbytes)
 
     def delete_block(self, i: int, j: int) -> None:

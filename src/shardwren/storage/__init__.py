@@ -16,7 +16,7 @@ from typing import Any
 import fsspec
 
 from .. import _iostats, config
-from ..errors import BackendNotInstalledError, KeyNotFoundError, UnknownSchemeError
+from ..errors import BackendNotInstalledError, KeyNotFoundError, StoreWriteError, UnknownSchemeError
 
 DEFAULT_STORE = "~/.shardwren/store"
 
@@ -118,18 +118,21 @@ class Store:
         """Store ``data`` at ``key``; atomic on local disk (temporary file + rename)."""
         path = self.path(key)
         _iostats.add_written(len(data))
-        if self.is_local:
-            os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-            tmp = f"{path}.{uuid.uuid4().hex}.partial"
-            try:
-                with open(tmp, "wb") as fh:
-                    fh.write(data)
-                os.replace(tmp, path)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
-        else:
-            self.fs.pipe_file(path, bytes(data))
+        try:
+            if self.is_local:
+                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+                tmp = f"{path}.{uuid.uuid4().hex}.partial"
+                try:
+                    with open(tmp, "wb") as fh:
+                        fh.write(data)
+                    os.replace(tmp, path)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+            else:
+                self.fs.pipe_file(path, bytes(data))
+        except OSError as exc:
+            raise write_error(exc, self.url, key) from None
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` holds a value."""
@@ -165,6 +168,24 @@ class Store:
         return zarr.storage.FsspecStore.from_url(
             self.url_for(key), storage_options=dict(self.options) or None, read_only=read_only
         )
+
+
+def write_error(exc: OSError, url: str, key: str) -> OSError:
+    """Name the problem when a store refuses a write (other errors pass through)."""
+    import errno
+
+    reasons = {errno.ENOSPC: "the store is full (no space left on its device)",
+               errno.EDQUOT: "the store's disk quota is exhausted",
+               errno.EROFS: "the store is on a read-only file system",
+               errno.EACCES: "the store is read-only for this user (permission denied)",
+               errno.EPERM: "the store is read-only for this user (operation not permitted)"}
+    reason = reasons.get(exc.errno)
+    if reason is None:
+        return exc
+    err = StoreWriteError(exc.errno, f"cannot write {key!r} to {url}: {reason}; free space, "
+                                     "fix its permissions, or use another store")
+    err.__cause__ = exc
+    return err
 
 
 def _filesystem(scheme: str, options: dict[str, Any]):
