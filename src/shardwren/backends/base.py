@@ -104,14 +104,22 @@ def _reset_peak_rss() -> None:
         pass
 
 
-def _peak_rss() -> int:
+def _proc_status_bytes(field: bytes) -> int | None:
+    """A size field of /proc/self/status (``b"VmHWM"``, ``b"VmData"``) in bytes (Linux)."""
     try:
         with open("/proc/self/status", "rb") as fh:
             for line in fh:
-                if line.startswith(b"VmHWM:"):
+                if line.startswith(field + b":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def _peak_rss() -> int:
+    peak = _proc_status_bytes(b"VmHWM")
+    if peak is not None:
+        return peak
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
@@ -163,17 +171,6 @@ def _install_capture() -> None:
     _CAPTURE_INSTALLED.append(handler)
 
 
-def _data_bytes() -> int:
-    try:
-        with open("/proc/self/status", "rb") as fh:
-            for line in fh:
-                if line.startswith(b"VmData:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
-
-
 class _MemoryLimit:
     """Caps the data a task may allocate (RLIMIT_DATA, Linux), lifted afterwards.
 
@@ -191,7 +188,7 @@ class _MemoryLimit:
 
             self.saved = resource.getrlimit(resource.RLIMIT_DATA)
             hard = self.saved[1]
-            soft = _data_bytes() + int(self.limit)
+            soft = (_proc_status_bytes(b"VmData") or 0) + int(self.limit)
             resource.setrlimit(resource.RLIMIT_DATA,
                                (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
         return self
