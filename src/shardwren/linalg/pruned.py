@@ -127,8 +127,14 @@ def exact_sq_dist(Q64: np.ndarray, X64: np.ndarray, qs: np.ndarray, xs: np.ndarr
 # --- fit ------------------------------------------------------------------------------------
 
 
-def _project_block(T: ShardedMatrix, Z: ShardedMatrix, j: int, mean, P, C) -> int:
-    Z.put_block(j, 0, _augment_train(T.get_block(j, 0).astype(np.float64), mean, P, C))
+def _project_block(T: ShardedMatrix, Z: ShardedMatrix, j: int, mean, P, C, token: str) -> int:
+    """Project training block j; the worker keeps the raw and projected blocks cached
+    for the queries that follow (they are read here anyway)."""
+    raw = T.get_block(j, 0)
+    z = _augment_train(raw.astype(np.float64), mean, P, C)
+    Z.put_block(j, 0, z)
+    _raw_cache().get((token, j), lambda: raw)
+    _z_put((token, j), z)
     return 0
 
 
@@ -144,7 +150,7 @@ def _sample_rows(T: ShardedMatrix, rows: int, seed: int = 0) -> np.ndarray:
 
 
 def choose_m(sample: np.ndarray, mean: np.ndarray, P_full: np.ndarray, n_train: int, k: int,
-             queries: int = 128) -> tuple[int | None, dict[str, Any]]:
+             queries: int = 96) -> tuple[int | None, dict[str, Any]]:
     """Pick the projection size from a sample, or ``None`` when brute force is cheaper.
 
     The sample's first ``queries`` rows act as queries against the rest; their
@@ -152,6 +158,9 @@ def choose_m(sample: np.ndarray, mean: np.ndarray, P_full: np.ndarray, n_train: 
     set, so the estimate is conservative) gives each m's survivor rate.
     """
     d = sample.shape[1]
+    # An estimate, not part of the exactness argument: float32 is plenty.
+    sample = sample.astype(np.float32)
+    mean, P_full = mean.astype(np.float32), P_full.astype(np.float32)
     q, rest = sample[:queries], sample[queries:]
     if len(rest) < 4 * k:
         return None, {"reason": "training set too small to prune"}
@@ -187,12 +196,13 @@ def _principal(sample: np.ndarray, mean: np.ndarray, d: int, m: int | None) -> n
     from scipy.linalg import eigh
 
     top = min(d, max(M_CHOICES) if m is None else m)
-    # Any orthonormal P keeps the bound valid, so the covariance may be float32;
-    # eigh runs in float64, which makes P orthonormal to float64 precision.
+    # Any orthonormal P keeps the bound valid, so the directions may come from a
+    # float32 eigensolver; a float64 QR then makes them orthonormal to float64
+    # precision, which is what the margin's derivation assumes.
     Xc32 = (sample - mean).astype(np.float32)
-    cov = (Xc32.T @ Xc32).astype(np.float64)
-    _, V = eigh(cov, subset_by_index=[d - top, d - 1])  # only the directions used
-    return np.ascontiguousarray(V[:, ::-1].T)
+    _, V = eigh(Xc32.T @ Xc32, subset_by_index=[d - top, d - 1])  # only the directions used
+    Q, _ = np.linalg.qr(V[:, ::-1].astype(np.float64))
+    return np.ascontiguousarray(Q.T)
 
 
 def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
@@ -236,16 +246,24 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
     C = margin_constant(m)
     Z = ShardedMatrix(f"tmp/pruned-{new_token()[:12]}", shape=(n, m + 4),
                       shard_sizes=(T.shard_sizes[0], m + 4), dtype=np.float32, store=T.store)
-    get_all_results(executor.map(lambda j: _project_block(T, Z, j, mean, P, C), range(T.grid[0])),
-                    progress=progress)
+    token = new_token()
+    get_all_results(executor.map(lambda j: _project_block(T, Z, j, mean, P, C, token),
+                                 range(T.grid[0])), progress=progress)
     info.update(m=m, fit_s=time.perf_counter() - t0, project_s=time.perf_counter() - t1)
-    return PrunedIndex(T, mean, P, Z, C, info)
+    return PrunedIndex(T, mean, P, Z, C, info, token)
 
 
 # --- queries --------------------------------------------------------------------------------
 
 
 _Z_CACHE: OrderedDict = OrderedDict()
+
+
+def _z_put(key: tuple, block: np.ndarray) -> None:
+    _Z_CACHE[key] = block
+    _Z_CACHE.move_to_end(key)
+    while sum(b.nbytes for b in _Z_CACHE.values()) > 256 << 20:
+        _Z_CACHE.popitem(last=False)
 
 
 def _z_block(index: PrunedIndex, j: int) -> np.ndarray:
@@ -256,20 +274,22 @@ def _z_block(index: PrunedIndex, j: int) -> np.ndarray:
         _Z_CACHE.move_to_end(key)
         return _Z_CACHE[key]
     block = index.Z.get_block(j, 0)
-    _Z_CACHE[key] = block
-    while sum(b.nbytes for b in _Z_CACHE.values()) > 256 << 20:
-        _Z_CACHE.popitem(last=False)
+    _z_put(key, block)
     return block
 
 
-def _raw_block(index: PrunedIndex, j: int) -> np.ndarray:
-    """Raw training block j, kept by the worker (bounded) for the call's other tasks."""
+def _raw_cache():
     global _RAW
     if _RAW is None:
         from ._common import BlockCache
 
         _RAW = BlockCache(512 << 20)
-    return _RAW.get((index.token, j), lambda: index.train.get_block(j, 0))
+    return _RAW
+
+
+def _raw_block(index: PrunedIndex, j: int) -> np.ndarray:
+    """Raw training block j, kept by the worker (bounded) for the call's other tasks."""
+    return _raw_cache().get((index.token, j), lambda: index.train.get_block(j, 0))
 
 
 def _keep_best(vals: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
