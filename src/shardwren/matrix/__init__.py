@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
@@ -35,6 +36,8 @@ from ..storage import Store, open_store
 if TYPE_CHECKING:
     from ..executor import Executor
 
+#: The codecs of an uncompressed, checksummed array (see _read_raw_chunk).
+_RAW_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
 #: Attribute marking an array whose dtype the first written block will fix.
 _PENDING = "shardwren_dtype_pending"
 #: Compression choices; "none" (checksum only) measured fastest end to end on a
@@ -152,7 +155,8 @@ class ShardedMatrix:
         )
         self._array = arr
         self._set_meta({"shape": shape, "shard_sizes": shard_sizes, "dtype": dtype,
-                        "fill": fill_value, "compressor": compressor})
+                        "fill": fill_value, "compressor": compressor,
+                        "raw": compressor == "none"})
 
     def _read_meta(self) -> dict[str, Any] | None:
         try:
@@ -160,7 +164,10 @@ class ShardedMatrix:
         except KeyNotFoundError:
             return None
         attrs = doc.get("attributes", {})
+        raw = (doc.get("codecs") == _RAW_CODECS
+               and doc.get("chunk_key_encoding") == {"name": "default", "configuration": {"separator": "/"}})
         return {
+            "raw": raw,
             "shape": tuple(doc["shape"]),
             "shard_sizes": tuple(doc["chunk_grid"]["configuration"]["chunk_shape"]),
             "dtype": None if attrs.get(_PENDING) else np.dtype(doc["data_type"]),
@@ -182,6 +189,9 @@ class ShardedMatrix:
         self._dtype = meta["dtype"]
         self._fill = meta["fill"]
         self._compressor = meta["compressor"]
+        # Chunks stored as plain little-endian bytes plus a crc32c (our default layout)
+        # on a local disk can be read without zarr's codec pipeline (twice as fast).
+        self._raw = bool(meta.get("raw")) and self.store.is_local
 
     def _refresh_dtype(self) -> None:
         """A handle made before the first write learns the dtype that write fixed."""
@@ -227,7 +237,7 @@ class ShardedMatrix:
     def __reduce__(self):
         return (_rebuild, (self.store, self.key, self._shape, self._shard_sizes,
                            None if self._dtype is None else self._dtype.str, self._fill,
-                           self._compressor, self._transposed))
+                           self._compressor, self._transposed, self._raw))
 
     def __repr__(self) -> str:
         t = ".T" if self._transposed else ""
@@ -324,6 +334,11 @@ class ShardedMatrix:
             raise BlockNotFoundError(
                 f"block ({i}, {j}) of matrix {self.key!r} in {self.store.url} was never written")
         bi, bj = self._o((i, j))
+        if self._raw:
+            block = self._read_raw_chunk(i, j, bi, bj)
+            if block is not None:
+                _iostats.add_read(block.nbytes)
+                return block.T if self._transposed else block
         try:
             block = self.zarr.blocks[bi, bj]
         except ValueError as exc:
@@ -334,6 +349,30 @@ class ShardedMatrix:
                 "write it again (put_block) or recompute it") from None
         _iostats.add_read(block.nbytes)
         return block.T if self._transposed else block
+
+    def _read_raw_chunk(self, i: int, j: int, bi: int, bj: int) -> np.ndarray | None:
+        """Read a chunk file directly: zarr's own layout (full chunk, little-endian
+        bytes, crc32c appended), verified, into a writable array. None if absent."""
+        import crc32c
+
+        path = os.path.join(self.store.root, self.key, "c", str(bi), str(bj))
+        dtype = self._dtype.newbyteorder("<")
+        chunk = self._shard_sizes
+        size = chunk[0] * chunk[1] * dtype.itemsize
+        try:
+            with open(path, "rb") as fh:
+                buf = bytearray(size + 4)
+                got = fh.readinto(buf)
+        except FileNotFoundError:
+            return None
+        view = memoryview(buf)
+        if got != size + 4 or crc32c.crc32c(view[:size]) != int.from_bytes(buf[size:], "little"):
+            raise CorruptBlockError(
+                f"block ({i}, {j}) of matrix {self.key!r} in {self.store.url} is corrupt: its "
+                "crc32c checksum does not match; write it again (put_block) or recompute it")
+        rows, cols = self._o(self.block_shape(i, j))
+        full = np.frombuffer(buf, dtype=dtype, count=chunk[0] * chunk[1]).reshape(chunk)
+        return full[:rows, :cols] if (rows, cols) != chunk else full
 
     def put_block(self, i: int, j: int, block: Any) -> None:
         """Write block ``(i, j)`` (the tutorial's argument order); atomic per block.
@@ -384,7 +423,7 @@ class ShardedMatrix:
         """Transposed view: ``T.get_block(i, j)`` is ``get_block(j, i).T``. No copy."""
         view = _rebuild(self.store, self.key, self._shape, self._shard_sizes,
                         None if self._dtype is None else self._dtype.str, self._fill,
-                        self._compressor, not self._transposed)
+                        self._compressor, not self._transposed, self._raw)
         view._array = self._array
         return view
 
@@ -501,12 +540,13 @@ def open_url(url: str, **options: Any) -> ShardedMatrix:
     return ShardedMatrix(key, store=open_store(base, **options))
 
 
-def _rebuild(store, key, shape, shard_sizes, dtype, fill, compressor, transposed) -> ShardedMatrix:
+def _rebuild(store, key, shape, shard_sizes, dtype, fill, compressor, transposed,
+             raw=False) -> ShardedMatrix:
     m = ShardedMatrix.__new__(ShardedMatrix)
     m.key, m.store, m._array, m._transposed = key, store, None, transposed
     m._set_meta({"shape": tuple(shape), "shard_sizes": tuple(shard_sizes),
                  "dtype": None if dtype is None else np.dtype(dtype), "fill": fill,
-                 "compressor": compressor})
+                 "compressor": compressor, "raw": raw})
     return m
 
 
