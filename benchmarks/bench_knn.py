@@ -15,7 +15,6 @@ Haswell kernel for a like-for-like figure.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile

@@ -10,7 +10,6 @@ auto <= 1.1x brute.
 
 from __future__ import annotations
 
-import os
 import shutil
 import sys
 import tempfile

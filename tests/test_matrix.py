@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import pickle
 import threading
 
@@ -207,8 +206,7 @@ def test_workers_fill_matrix_created_without_dtype(executor, tmp_path):
 def test_compressors(tmp_path, compressor):
     X = np.zeros((100, 100), np.float32)
     X[::7] = 1
-    m = ShardedMatrix.from_numpy(X, "cmp", [50, 50], store=f"file://{tmp_path}",
-                                 compressor=compressor)
+    ShardedMatrix.from_numpy(X, "cmp", [50, 50], store=f"file://{tmp_path}", compressor=compressor)
     np.testing.assert_array_equal(ShardedMatrix("cmp", store=f"file://{tmp_path}").numpy(), X)
     size = sum(f.stat().st_size for f in (tmp_path / "cmp").rglob("*") if f.is_file())
     assert (size < X.nbytes / 2) == (compressor != "none")

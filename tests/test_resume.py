@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,8 +11,7 @@ import time
 import numpy as np
 import pytest
 
-import shardwren
-from shardwren.linalg import knn, map_blocks, pairwise_sq_euclidean
+from shardwren.linalg import knn, pairwise_sq_euclidean
 from shardwren.matrix import ShardedMatrix
 
 DRIVER = textwrap.dedent("""

@@ -43,7 +43,6 @@ _BLAS_SET: list[int] = []
 
 def _worker_key(signed: bool) -> bytes | None:
     """This worker's signing key (SHARDWREN_SECRET), checked against the driver's choice."""
-    import os
 
     from ..errors import PayloadSignatureError
 

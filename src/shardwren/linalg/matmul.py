@@ -272,7 +272,6 @@ def plan_gram(X: Any, executor: Executor | None = None, block_size: int | None =
     """The plan of ``gram(X)``: only blocks i <= j are computed."""
     shape, blocks, dt = _shape_blocks(X, block_size)
     g = -(-shape[0] // blocks[0])
-    inner = -(-shape[1] // blocks[1])
     pairs = g * (g + 1) // 2
     item = dt.itemsize
     b, k = blocks

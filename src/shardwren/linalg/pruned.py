@@ -368,7 +368,6 @@ def _as_f32_ceiling(tau: np.ndarray) -> np.ndarray:
 def query(index: PrunedIndex, Q: ShardedMatrix, k: int, executor: Executor,
           exclude_self: bool = False, progress: bool | None = None):
     """Exact k-NN of every row of Q using the index; returns (distances, indices, survivors)."""
-    b = Q.shard_sizes[0]
     pieces = [(i, r, min(r + QUERY_ROWS, Q.block_shape(i, 0)[0]))
               for i in range(Q.grid[0]) for r in range(0, Q.block_shape(i, 0)[0], QUERY_ROWS)]
     fs = executor.starmap(lambda i, r0, r1: _pruned_block(index, Q, i, r0, r1, k, exclude_self),
