@@ -36,8 +36,10 @@ class Executor:
         Default store for data written by jobs (e.g. ShardedMatrix).
     """
 
-    def __init__(self, backend: Backend, store: Store, settings: dict[str, Any]):
+    def __init__(self, backend: Backend, store: Store, settings: dict[str, Any],
+                 key: bytes | None = None):
         self.backend = backend
+        self._key = key  # signs every task's function and arguments (never shown)
         self.store = store
         self.settings = settings
         #: The task's own exception types that are retried too (see :mod:`shardwren.policy`).
@@ -110,13 +112,13 @@ class Executor:
             payload = self._signed(serialize.dumps_value(args, what=f"argument of task {i}"))
             tasks.append((Future(job_id, i), payload))
         fs = [f for f, _ in tasks]
-        policy = (self.settings["retries"] if retries is None else int(retries),
-                  tuple(self.retry_on if retry_on is None else retry_on))
+        retry_policy = (self.settings["retries"] if retries is None else int(retries),
+                        tuple(self.retry_on if retry_on is None else retry_on))
         limits = {"timeout": self.settings.get("timeout") if timeout is None else float(timeout),
                   "memory_limit": self.settings.get("memory_limit") if memory_limit is None
                   else config.parse_size(memory_limit)}
         for fut, payload in tasks:
-            fut._retry = self._retrier(job_id, fn_bytes, payload, *policy)
+            fut._retry = self._retrier(job_id, fn_bytes, payload, *retry_policy)
             fut.limits = limits
         if tasks:
             self.backend.submit(job_id, fn_bytes, tasks)
@@ -126,8 +128,6 @@ class Executor:
             if self.settings.get("speculation", True) and len(tasks) >= 4:
                 self._speculate(job_id, fn_bytes, tasks)
         return fs
-
-    _key: bytes | None = None
 
     def _signed(self, data: bytes) -> bytes:
         return serialize.sign(self._key, data) if self._key else data
@@ -320,9 +320,7 @@ def default_executor(backend: str | None = None, store: Store | str | None = Non
     settings["retry_on"] = tuple(retry_on or ())
     the_store = store if isinstance(store, Store) else open_store(settings["store"])
     try:
-        ex = Executor(impl, the_store, settings)
-        ex._key = key
-        return ex
+        return Executor(impl, the_store, settings, key)
     except BaseException:
         impl.shutdown(wait=False)
         raise
