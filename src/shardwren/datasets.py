@@ -97,19 +97,21 @@ def _download(name: str, dest: Path) -> list[str]:
             continue
         for mirror in MIRRORS[name]:
             url = f"{mirror}{stem}.gz"
+            tmp_name = None
             try:
                 with urllib.request.urlopen(url, timeout=15) as resp, \
                         tempfile.NamedTemporaryFile(dir=dest, delete=False) as tmp:
+                    tmp_name = tmp.name
                     shutil.copyfileobj(resp, tmp)
-                got = hashlib.md5(gzip.decompress(Path(tmp.name).read_bytes())).hexdigest()
+                got = hashlib.md5(gzip.decompress(Path(tmp_name).read_bytes())).hexdigest()
                 if got != md5:
                     raise ValueError(f"checksum mismatch (md5 {got}, expected {md5})")
-                os.replace(tmp.name, dest / f"{stem}.gz")
+                os.replace(tmp_name, dest / f"{stem}.gz")
                 break
             except Exception as exc:  # noqa: BLE001 - try the next mirror, report all
                 errors.append(f"{url}: {exc}")
-                if "tmp" in locals() and os.path.exists(tmp.name):
-                    os.unlink(tmp.name)
+                if tmp_name and os.path.exists(tmp_name):
+                    os.unlink(tmp_name)
         else:
             return errors
     return []

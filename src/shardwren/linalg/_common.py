@@ -26,10 +26,14 @@ def executor_for(executor: Executor | None) -> Iterator[Executor]:
         yield ex
 
 
+def sq_norms(X: np.ndarray) -> np.ndarray:
+    """Squared Euclidean norm of each row."""
+    return np.einsum("ij,ij->i", X, X)
+
+
 def check_numeric(X: Any, name: str) -> None:
-    dtype = X.dtype if X.dtype is not None else None
-    if dtype is not None and np.dtype(dtype).kind not in "biuf":
-        raise DTypeMismatchError(f"{name} must be numeric (int or float), got dtype {dtype}")
+    if X.dtype is not None and np.dtype(X.dtype).kind not in "biuf":
+        raise DTypeMismatchError(f"{name} must be numeric (int or float), got dtype {X.dtype}")
 
 
 class Inputs:

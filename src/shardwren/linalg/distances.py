@@ -11,18 +11,14 @@ from ..errors import ShapeMismatchError
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import Inputs, check_features, executor_for, require_shared, todo
-
-
-def _sq_norms(X: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", X, X)
+from ._common import Inputs, check_features, executor_for, require_shared, sq_norms, todo
 
 
 def _distance_block(A: ShardedMatrix, B: ShardedMatrix, D: ShardedMatrix, i: int, j: int) -> int:
     a, b = A.get_block(i, 0), B.get_block(j, 0)
     dtype = np.result_type(a.dtype, b.dtype, np.float32)
     a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
-    block = _sq_norms(a)[:, None] - 2 * (a @ b.T) + _sq_norms(b)[None, :]
+    block = sq_norms(a)[:, None] - 2 * (a @ b.T) + sq_norms(b)[None, :]
     np.maximum(block, 0, out=block)  # rounding can make tiny distances negative
     D.put_block(i, j, block)
     return block.nbytes

@@ -29,7 +29,7 @@ import numpy as np
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import Inputs, check_features, executor_for, new_token, run_resumable
+from ._common import Inputs, check_features, executor_for, new_token, run_resumable, sq_norms
 
 Partial = tuple[np.ndarray, np.ndarray]  # (squared distances, indices), each (n, k)
 
@@ -44,10 +44,6 @@ class Columns(NamedTuple):
 
 
 # --- pure kernels (no I/O; tested directly) ---------------------------------------------
-
-
-def sq_norms(X: np.ndarray) -> np.ndarray:
-    return np.einsum("ij,ij->i", X, X)
 
 
 def topk_rows(S: np.ndarray, k: int, offset: int = 0) -> Partial:

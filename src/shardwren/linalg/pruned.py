@@ -41,7 +41,7 @@ import numpy as np
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import new_token
+from ._common import new_token, sq_norms
 from .knn import _cached, _gemm_nt
 
 U32 = float(np.finfo(np.float32).eps) / 2
@@ -89,8 +89,8 @@ class PrunedIndex:
 def _augment_query(X64: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float) -> np.ndarray:
     Xc = X64 - mean
     y = Xc @ P.T
-    n = np.einsum("ij,ij->i", Xc, Xc)
-    r = np.sqrt(np.maximum(n - np.einsum("ij,ij->i", y, y), 0))
+    n = sq_norms(Xc)
+    r = np.sqrt(np.maximum(n - sq_norms(y), 0))
     s = np.sqrt(n)
     a = np.empty((len(X64), P.shape[0] + 4), dtype=np.float32)
     a[:, :-4] = -2 * y
@@ -104,10 +104,10 @@ def _augment_query(X64: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float) -
 def _augment_train(X64: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float) -> np.ndarray:
     Xc = X64 - mean
     y = Xc @ P.T
-    n = np.einsum("ij,ij->i", Xc, Xc)
+    n = sq_norms(Xc)
     b = np.empty((len(X64), P.shape[0] + 4), dtype=np.float32)
     b[:, :-4] = y
-    b[:, -4] = np.sqrt(np.maximum(n - np.einsum("ij,ij->i", y, y), 0))
+    b[:, -4] = np.sqrt(np.maximum(n - sq_norms(y), 0))
     b[:, -3] = np.sqrt(n)
     b[:, -2] = 1
     b[:, -1] = (1 - C) * n
@@ -120,7 +120,7 @@ def exact_sq_dist(Q64: np.ndarray, X64: np.ndarray, qs: np.ndarray, xs: np.ndarr
     step = max(1, (64 << 20) // (8 * max(1, Q64.shape[1])))
     for s in range(0, len(qs), step):
         diff = Q64[qs[s:s + step]] - X64[xs[s:s + step]]
-        out[s:s + step] = np.einsum("ij,ij->i", diff, diff)
+        out[s:s + step] = sq_norms(diff)
     return out
 
 
@@ -164,7 +164,7 @@ def choose_m(sample: np.ndarray, mean: np.ndarray, P_full: np.ndarray, n_train: 
     q, rest = sample[:queries], sample[queries:]
     if len(rest) < 4 * k:
         return None, {"reason": "training set too small to prune"}
-    D = (np.einsum("ij,ij->i", q, q)[:, None] + np.einsum("ij,ij->i", rest, rest)[None, :]
+    D = (sq_norms(q)[:, None] + sq_norms(rest)[None, :]
          - 2 * q @ rest.T)
     tau = np.partition(D, k - 1, axis=1)[:, k - 1]
     brute = n_train * d
@@ -173,10 +173,10 @@ def choose_m(sample: np.ndarray, mean: np.ndarray, P_full: np.ndarray, n_train: 
     # Project once with the largest m; smaller projections are its first columns.
     qc, rc = q - mean, rest - mean
     yq, yr = qc @ P_full[:max(choices)].T, rc @ P_full[:max(choices)].T
-    nq, nr = np.einsum("ij,ij->i", qc, qc), np.einsum("ij,ij->i", rc, rc)
+    nq, nr = sq_norms(qc), sq_norms(rc)
     for m in choices:
-        rq = np.sqrt(np.maximum(nq - np.einsum("ij,ij->i", yq[:, :m], yq[:, :m]), 0))
-        rr = np.sqrt(np.maximum(nr - np.einsum("ij,ij->i", yr[:, :m], yr[:, :m]), 0))
+        rq = np.sqrt(np.maximum(nq - sq_norms(yq[:, :m]), 0))
+        rr = np.sqrt(np.maximum(nr - sq_norms(yr[:, :m]), 0))
         lb = nq[:, None] + nr[None, :] - 2 * (yq[:, :m] @ yr[:, :m].T + rq[:, None] * rr[None, :])
         rate = float(np.mean(lb <= tau[:, None]))
         rates[m] = rate

@@ -330,15 +330,20 @@ class ShardedMatrix:
         i, j = int(i), int(j)
         self._check_index(i, j)
         self._refresh_dtype()
-        if self._dtype is None or (self._fill is None and not self.store.exists(self._chunk_key(i, j))):
-            raise BlockNotFoundError(
-                f"block ({i}, {j}) of matrix {self.key!r} in {self.store.url} was never written")
+        missing = BlockNotFoundError(
+            f"block ({i}, {j}) of matrix {self.key!r} in {self.store.url} was never written")
+        if self._dtype is None:
+            raise missing
         bi, bj = self._o((i, j))
-        if self._raw:
+        if self._raw:  # one open() both reads the block and says whether it exists
             block = self._read_raw_chunk(i, j, bi, bj)
             if block is not None:
                 _iostats.add_read(block.nbytes)
                 return block.T if self._transposed else block
+            if self._fill is None:
+                raise missing
+        elif self._fill is None and not self.store.exists(self._chunk_key(i, j)):
+            raise missing
         try:
             block = self.zarr.blocks[bi, bj]
         except ValueError as exc:
