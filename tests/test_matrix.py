@@ -183,7 +183,26 @@ def test_corruption_is_detected_with_block_index(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(CorruptBlockError, match=r"block \(1, 0\).*'k'"):
         m.get_block(1, 0)
+    with pytest.raises(CorruptBlockError, match=r"block \(1, 0\).*'k'"):
+        m.get_block(1, 0, copy=False)  # the mapped read checks the same checksum
     m.get_block(0, 0)  # the others are fine
+
+
+def test_mapped_block_reads_are_read_only_views_that_survive_rewrites(tmp_path):
+    X = rand((25, 7), "float32")
+    m = ShardedMatrix.from_numpy(X, "k", [10, 4], store=f"file://{tmp_path}")
+    for i, j in m.block_idxs:  # ragged edge blocks included
+        b = m.get_block(i, j, copy=False)
+        np.testing.assert_array_equal(b, m.get_block(i, j))
+        assert not b.flags.writeable
+    b = m.get_block(2, 1, copy=False)
+    before = b.copy()
+    m.put_block(2, 1, np.zeros((5, 3), np.float32))  # chunks are replaced by rename
+    np.testing.assert_array_equal(b, before)
+    np.testing.assert_array_equal(m.get_block(2, 1, copy=False), 0)
+    with pytest.raises(BlockNotFoundError):
+        ShardedMatrix("e", shape=(4, 4), shard_sizes=[2, 2], dtype="float32",
+                      store=f"file://{tmp_path}").get_block(0, 0, copy=False)
 
 
 def test_shard_matrix_via_executor(executor, tmp_path):

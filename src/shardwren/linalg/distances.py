@@ -15,7 +15,7 @@ from ._common import Inputs, check_features, executor_for, require_shared, sq_no
 
 
 def _distance_block(A: ShardedMatrix, B: ShardedMatrix, D: ShardedMatrix, i: int, j: int) -> int:
-    a, b = A.get_block(i, 0), B.get_block(j, 0)
+    a, b = A.get_block(i, 0, copy=False), B.get_block(j, 0, copy=False)
     dtype = np.result_type(a.dtype, b.dtype, np.float32)
     a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
     block = sq_norms(a)[:, None] - 2 * (a @ b.T) + sq_norms(b)[None, :]

@@ -121,7 +121,7 @@ def _gemm_nt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def _finite_block(M: ShardedMatrix, i: int, what: str) -> np.ndarray:
-    X = M.get_block(i, 0)
+    X = M.get_block(i, 0, copy=False)
     if X.dtype != np.float32:
         X = X.astype(np.float32)
     if not np.isfinite(X).all():
@@ -190,7 +190,7 @@ def _pair_tile(T: ShardedMatrix, i: int, j: int, k: int, cols: Columns, exclude_
 
 
 def _column_stats(T: ShardedMatrix, j: int) -> tuple[np.ndarray, np.ndarray]:
-    X = T.get_block(j, 0)
+    X = T.get_block(j, 0, copy=False)
     return X.min(axis=0), X.max(axis=0)
 
 

@@ -169,15 +169,18 @@ def _matmul_block(A: ShardedMatrix, B: ShardedMatrix, C: ShardedMatrix, i: int, 
     dt = C.dtype or np.result_type(A.dtype, B.dtype)
     acc = np.zeros(C.block_shape(i, j), dtype=dt)
     for l in ls:
-        a = _INPUTS.get((token, "A", i, l), lambda: A.get_block(i, l).astype(dt, copy=False))
-        b = _INPUTS.get((token, "B", l, j), lambda: B.get_block(l, j).astype(dt, copy=False))
+        # Mapped reads (copy=False) share the page cache: no fresh memory per block.
+        a = _INPUTS.get((token, "A", i, l),
+                        lambda: A.get_block(i, l, copy=False).astype(dt, copy=False))
+        b = _INPUTS.get((token, "B", l, j),
+                        lambda: B.get_block(l, j, copy=False).astype(dt, copy=False))
         _gemm_acc(acc, a, b)
     C.put_block(i, j, acc)
     return 0
 
 
 def _add_blocks(P: ShardedMatrix, Q: ShardedMatrix, out: ShardedMatrix, i: int, j: int) -> int:
-    out.put_block(i, j, P.get_block(i, j) + Q.get_block(i, j))
+    out.put_block(i, j, P.get_block(i, j, copy=False) + Q.get_block(i, j, copy=False))
     return 0
 
 
@@ -244,7 +247,8 @@ def _tree_sum(parts: list[ShardedMatrix], C: ShardedMatrix, ex: Executor,
         get_all_results(fs, progress=progress)
         parts = targets + ([parts[-1]] if len(parts) % 2 else [])
     if parts[0] is not C:
-        fs = ex.starmap(lambda i, j: C.put_block(i, j, parts[0].get_block(i, j)), C.block_idxs)
+        fs = ex.starmap(lambda i, j: C.put_block(i, j, parts[0].get_block(i, j, copy=False)),
+                        C.block_idxs)
         get_all_results(fs, progress=progress)
 
 
@@ -286,7 +290,7 @@ def plan_gram(X: Any, executor: Executor | None = None, block_size: int | None =
 def _gram_block(X: ShardedMatrix, C: ShardedMatrix, i: int, j: int, inner: int) -> int:
     acc = tmp = None
     for l in range(inner):
-        a, b = X.get_block(i, l), X.get_block(j, l)
+        a, b = X.get_block(i, l, copy=False), X.get_block(j, l, copy=False)
         if acc is None:
             acc = a @ b.T
             tmp = np.empty_like(acc)

@@ -86,13 +86,26 @@ class PrunedIndex:
         return self.P.shape[0]
 
 
-def _augment_query(X64: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float) -> np.ndarray:
-    Xc = X64 - mean
-    y = Xc @ P.T
-    n = sq_norms(Xc)
+def _project(X: np.ndarray, mean: np.ndarray, P: np.ndarray, rows: int = 1024):
+    """``(y, r, s, n)`` of the module docstring for every row of X, in float64.
+
+    Works through X in row chunks: float64 copies of a whole block are large
+    fresh allocations, and first-touching memory is slow on virtual machines.
+    """
+    y = np.empty((len(X), P.shape[0]))
+    n = np.empty(len(X))
+    for i in range(0, len(X), rows):
+        Xc = np.subtract(X[i:i + rows], mean, dtype=np.float64)
+        np.matmul(Xc, P.T, out=y[i:i + rows])
+        n[i:i + rows] = sq_norms(Xc)
     r = np.sqrt(np.maximum(n - sq_norms(y), 0))
-    s = np.sqrt(n)
-    a = np.empty((len(X64), P.shape[0] + 4), dtype=np.float32)
+    return y, r, np.sqrt(n), n
+
+
+def _augment_query(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float) -> np.ndarray:
+    """``a_q`` of the module docstring for every row of X (float32)."""
+    y, r, s, n = _project(X, mean, P)
+    a = np.empty((len(X), P.shape[0] + 4), dtype=np.float32)
     a[:, :-4] = -2 * y
     a[:, -4] = -2 * r
     a[:, -3] = -2 * C * s
@@ -101,14 +114,13 @@ def _augment_query(X64: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float) -
     return a
 
 
-def _augment_train(X64: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float) -> np.ndarray:
-    Xc = X64 - mean
-    y = Xc @ P.T
-    n = sq_norms(Xc)
-    b = np.empty((len(X64), P.shape[0] + 4), dtype=np.float32)
+def _augment_train(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float) -> np.ndarray:
+    """``b_x`` of the module docstring for every row of X (float32)."""
+    y, r, s, n = _project(X, mean, P)
+    b = np.empty((len(X), P.shape[0] + 4), dtype=np.float32)
     b[:, :-4] = y
-    b[:, -4] = np.sqrt(np.maximum(n - sq_norms(y), 0))
-    b[:, -3] = np.sqrt(n)
+    b[:, -4] = r
+    b[:, -3] = s
     b[:, -2] = 1
     b[:, -1] = (1 - C) * n
     return b
@@ -117,7 +129,7 @@ def _augment_train(X64: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float) -
 def exact_sq_dist(Q64: np.ndarray, X64: np.ndarray, qs: np.ndarray, xs: np.ndarray) -> np.ndarray:
     """``sum((Q[qs] - X[xs])**2, axis=1)`` in float64, in pair chunks to bound memory."""
     out = np.empty(len(qs), dtype=np.float64)
-    step = max(1, (64 << 20) // (8 * max(1, Q64.shape[1])))
+    step = max(1, (4 << 20) // (8 * max(1, Q64.shape[1])))
     for s in range(0, len(qs), step):
         diff = Q64[qs[s:s + step]] - X64[xs[s:s + step]]
         out[s:s + step] = sq_norms(diff)
@@ -130,8 +142,8 @@ def exact_sq_dist(Q64: np.ndarray, X64: np.ndarray, qs: np.ndarray, xs: np.ndarr
 def _project_block(T: ShardedMatrix, Z: ShardedMatrix, j: int, mean, P, C, token: str) -> int:
     """Project training block j; the worker keeps the raw and projected blocks cached
     for the queries that follow (they are read here anyway)."""
-    raw = T.get_block(j, 0)
-    z = _augment_train(raw.astype(np.float64), mean, P, C)
+    raw = T.get_block(j, 0, copy=False)
+    z = _augment_train(raw, mean, P, C)
     Z.put_block(j, 0, z)
     _raw_cache().get((token, j), lambda: raw)
     _z_put((token, j), z)
@@ -145,7 +157,7 @@ def _sample_rows(T: ShardedMatrix, rows: int, seed: int = 0) -> np.ndarray:
     # at least two blocks, so that data stored in some order still gives a fair sample
     take = max(1, min(g, max(2, -(-rows // T.shard_sizes[0]))))
     blocks = sorted(rng.choice(g, size=take, replace=False))
-    X = np.concatenate([T.get_block(int(j), 0) for j in blocks]).astype(np.float64)
+    X = np.concatenate([T.get_block(int(j), 0, copy=False) for j in blocks]).astype(np.float64)
     return X[rng.permutation(len(X))[:rows]]
 
 
@@ -273,7 +285,7 @@ def _z_block(index: PrunedIndex, j: int) -> np.ndarray:
     if key in _Z_CACHE:
         _Z_CACHE.move_to_end(key)
         return _Z_CACHE[key]
-    block = index.Z.get_block(j, 0)
+    block = index.Z.get_block(j, 0, copy=False)
     _z_put(key, block)
     return block
 
@@ -289,7 +301,7 @@ def _raw_cache():
 
 def _raw_block(index: PrunedIndex, j: int) -> np.ndarray:
     """Raw training block j, kept by the worker (bounded) for the call's other tasks."""
-    return _raw_cache().get((index.token, j), lambda: index.train.get_block(j, 0))
+    return _raw_cache().get((index.token, j), lambda: index.train.get_block(j, 0, copy=False))
 
 
 def _keep_best(vals: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -310,7 +322,7 @@ def _pruned_block(index: PrunedIndex, Q: ShardedMatrix, i: int, r0: int, r1: int
     bound <= final tau (the survivors) get exact distances; their k best, ties
     to the smaller index, are the answer.
     """
-    block = _cached(("query", index.token, Q.key, i), lambda: Q.get_block(i, 0))
+    block = _cached(("query", index.token, Q.key, i), lambda: Q.get_block(i, 0, copy=False))
     Q64 = block[r0:r1].astype(np.float64)
     nq = len(Q64)
     a = _augment_query(Q64, index.mean, index.P, index.C)
@@ -323,27 +335,27 @@ def _pruned_block(index: PrunedIndex, Q: ShardedMatrix, i: int, r0: int, r1: int
     got_q, got_x, got_lb = [], [], []
     for j in range(T.grid[0]):
         lb = _gemm_nt(a, _z_block(index, j))
-        lo = j * bt
+        lo, nb = j * bt, lb.shape[1]
         if exclude_self:
-            own = (q_global >= lo) & (q_global < lo + lb.shape[1])
+            own = (q_global >= lo) & (q_global < lo + nb)
             lb[rows[own], q_global[own] - lo] = np.inf
-        kk = min(k, lb.shape[1])
+        kk = min(k, nb)
         idx = np.argmin(lb, axis=1)[:, None] if kk == 1 else np.argpartition(lb, kk - 1, axis=1)[:, :kk]
-        qs, cols = np.nonzero(np.isfinite(np.take_along_axis(lb, idx, 1)))
-        d = np.full(idx.shape, np.inf)
-        d[qs, cols] = exact_sq_dist(Q64, _raw_block(index, j), qs, idx[qs, cols])
-        best_d, best_i = _keep_best(np.concatenate([best_d, d], 1),
-                                    np.concatenate([best_i, idx + lo], 1), k)
+        # Only candidates whose bound is under the running tau can lower it (their
+        # distance is at least their bound): exact distances for those alone.
+        cand = np.take_along_axis(lb, idx, 1)
+        qs, cols = np.nonzero(cand < _as_f32_ceiling(best_d[:, -1])[:, None])
+        if len(qs):
+            d = np.full(idx.shape, np.inf)
+            d[qs, cols] = exact_sq_dist(Q64, _raw_block(index, j), qs, idx[qs, cols])
+            best_d, best_i = _keep_best(np.concatenate([best_d, d], 1),
+                                        np.concatenate([best_i, idx + lo], 1), k)
         tau32 = _as_f32_ceiling(best_d[:, -1])
-        # Only rows whose smallest bound is under tau can hold survivors: after the
-        # first blocks that is a minority, so scan just those rows.
-        lb_min = np.take_along_axis(lb, idx, 1).min(axis=1)
-        hit = np.flatnonzero(lb_min <= tau32)
-        sub = lb[hit]
-        qs, xs = np.nonzero(sub <= tau32[hit, None])
-        got_q.append(hit[qs])
-        got_x.append(xs + lo)
-        got_lb.append(sub[qs, xs])
+        # One compare and a flat scan: far cheaper than a 2-D nonzero or row gathers.
+        flat = np.flatnonzero(lb <= tau32[:, None])
+        got_q.append(flat // nb)
+        got_x.append(flat % nb + lo)
+        got_lb.append(lb.ravel()[flat])
     qs, xs, lbs = (np.concatenate(v) for v in (got_q, got_x, got_lb))
     keep = lbs <= _as_f32_ceiling(best_d[:, -1])[qs]
     qs, xs = qs[keep], xs[keep]

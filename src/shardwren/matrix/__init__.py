@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import mmap
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -40,6 +41,8 @@ if TYPE_CHECKING:
 _RAW_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name": "crc32c"}]
 #: Attribute marking an array whose dtype the first written block will fix.
 _PENDING = "shardwren_dtype_pending"
+#: Mapped chunk reads fault their pages in at once (Linux), not one by one.
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 #: Compression choices; "none" (checksum only) measured fastest end to end on a
 #: local store (README, "ShardedMatrix storage").
 COMPRESSORS = ("none", "zstd", "lz4")
@@ -317,8 +320,19 @@ class ShardedMatrix:
         i, j = self._o((i, j))
         return f"{self.key}/c/{i}/{j}"
 
-    def get_block(self, i: int, j: int) -> np.ndarray:
+    def get_block(self, i: int, j: int, copy: bool = True) -> np.ndarray:
         """Read block ``(i, j)``.
+
+        Parameters
+        ----------
+        i, j : int
+            Block indices.
+        copy : bool
+            With False, an uncompressed block in a local store comes back as a
+            read-only view of the chunk file mapped into memory (verified like a
+            copy): no fresh memory, and processes reading the same block share the
+            page cache's pages. Chunks are replaced atomically (by rename), so a
+            mapped block keeps its contents. Elsewhere False makes no difference.
 
         Raises
         ------
@@ -336,7 +350,7 @@ class ShardedMatrix:
             raise missing
         bi, bj = self._o((i, j))
         if self._raw:  # one open() both reads the block and says whether it exists
-            block = self._read_raw_chunk(i, j, bi, bj)
+            block = self._read_raw_chunk(i, j, bi, bj, mapped=not copy)
             if block is not None:
                 _iostats.add_read(block.nbytes)
                 return block.T if self._transposed else block
@@ -355,9 +369,11 @@ class ShardedMatrix:
         _iostats.add_read(block.nbytes)
         return block.T if self._transposed else block
 
-    def _read_raw_chunk(self, i: int, j: int, bi: int, bj: int) -> np.ndarray | None:
+    def _read_raw_chunk(self, i: int, j: int, bi: int, bj: int,
+                        mapped: bool = False) -> np.ndarray | None:
         """Read a chunk file directly: zarr's own layout (full chunk, little-endian
-        bytes, crc32c appended), verified, into a writable array. None if absent."""
+        bytes, crc32c appended), verified, into a writable array, or with
+        ``mapped`` a read-only mapping of the file. None if absent."""
         import crc32c
 
         path = os.path.join(self.store.root, self.key, "c", str(bi), str(bj))
@@ -366,12 +382,17 @@ class ShardedMatrix:
         size = chunk[0] * chunk[1] * dtype.itemsize
         try:
             with open(path, "rb") as fh:
-                buf = bytearray(size + 4)
-                got = fh.readinto(buf)
+                if mapped:
+                    got = os.fstat(fh.fileno()).st_size
+                    buf = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED | _POPULATE,
+                                    prot=mmap.PROT_READ) if got == size + 4 else b""
+                else:
+                    buf = bytearray(size + 4)
+                    got = fh.readinto(buf)
         except FileNotFoundError:
             return None
         view = memoryview(buf)
-        if got != size + 4 or crc32c.crc32c(view[:size]) != int.from_bytes(buf[size:], "little"):
+        if got != size + 4 or crc32c.crc32c(view[:size]) != int.from_bytes(view[size:], "little"):
             raise CorruptBlockError(
                 f"block ({i}, {j}) of matrix {self.key!r} in {self.store.url} is corrupt: its "
                 "crc32c checksum does not match; write it again (put_block) or recompute it")
