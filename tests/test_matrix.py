@@ -174,7 +174,7 @@ def test_plain_zarr_and_dask_read_it(store):
         np.testing.assert_array_equal(da.from_zarr(url, **opts).compute(), X)
 
 
-def test_corruption_is_detected_with_block_index(tmp_path):
+def test_corruption_is_detected_with_block_index(tmp_path, monkeypatch):
     store = shardwren.open_store(f"file://{tmp_path}")
     m = ShardedMatrix.from_numpy(rand((20, 20), "float64"), "k", [10, 10], store=store)
     path = tmp_path / "k" / "c" / "1" / "0"
@@ -183,12 +183,16 @@ def test_corruption_is_detected_with_block_index(tmp_path):
     path.write_bytes(bytes(raw))
     with pytest.raises(CorruptBlockError, match=r"block \(1, 0\).*'k'"):
         m.get_block(1, 0)
+    monkeypatch.setattr(shardwren.matrix, "MAP_MIN_BYTES", 0)
     with pytest.raises(CorruptBlockError, match=r"block \(1, 0\).*'k'"):
         m.get_block(1, 0, copy=False)  # the mapped read checks the same checksum
     m.get_block(0, 0)  # the others are fine
 
 
-def test_mapped_block_reads_are_read_only_views_that_survive_rewrites(tmp_path):
+def test_mapped_block_reads_are_read_only_views_that_survive_rewrites(tmp_path, monkeypatch):
+    import shardwren.matrix
+
+    monkeypatch.setattr(shardwren.matrix, "MAP_MIN_BYTES", 0)
     X = rand((25, 7), "float32")
     m = ShardedMatrix.from_numpy(X, "k", [10, 4], store=f"file://{tmp_path}")
     for i, j in m.block_idxs:  # ragged edge blocks included
@@ -203,6 +207,11 @@ def test_mapped_block_reads_are_read_only_views_that_survive_rewrites(tmp_path):
     with pytest.raises(BlockNotFoundError):
         ShardedMatrix("e", shape=(4, 4), shard_sizes=[2, 2], dtype="float32",
                       store=f"file://{tmp_path}").get_block(0, 0, copy=False)
+
+
+def test_small_blocks_are_read_not_mapped(tmp_path):
+    m = ShardedMatrix.from_numpy(rand((20, 20), "float64"), "k", [10, 10], store=f"file://{tmp_path}")
+    assert m.get_block(0, 0, copy=False).flags.writeable  # no mapping, no descriptor held
 
 
 def test_shard_matrix_via_executor(executor, tmp_path):

@@ -43,6 +43,9 @@ _RAW_CODECS = [{"name": "bytes", "configuration": {"endian": "little"}}, {"name"
 _PENDING = "shardwren_dtype_pending"
 #: Mapped chunk reads fault their pages in at once (Linux), not one by one.
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+#: Smaller chunks are read, not mapped: each mapping keeps a file descriptor open
+#: (Python's mmap holds a duplicate), and small reads are cheap anyway.
+MAP_MIN_BYTES = 4 << 20
 #: Compression choices; "none" (checksum only) measured fastest end to end on a
 #: local store (README, "ShardedMatrix storage").
 COMPRESSORS = ("none", "zstd", "lz4")
@@ -382,7 +385,7 @@ class ShardedMatrix:
         size = chunk[0] * chunk[1] * dtype.itemsize
         try:
             with open(path, "rb") as fh:
-                if mapped:
+                if mapped and size >= MAP_MIN_BYTES:
                     got = os.fstat(fh.fileno()).st_size
                     buf = mmap.mmap(fh.fileno(), 0, flags=mmap.MAP_SHARED | _POPULATE,
                                     prot=mmap.PROT_READ) if got == size + 4 else b""
