@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -114,23 +115,29 @@ class Store:
         _iostats.add_read(len(data))
         return data
 
-    def put(self, key: str, data: bytes) -> None:
-        """Store ``data`` at ``key``; atomic on local disk (temporary file + rename)."""
+    def put(self, key: str, data: bytes | Sequence[Any]) -> None:
+        """Store ``data`` at ``key``; atomic on local disk (temporary file + rename).
+
+        ``data`` may be a sequence of byte buffers (memoryviews of arrays, say),
+        stored one after the other without first being joined into a copy.
+        """
         path = self.path(key)
-        _iostats.add_written(len(data))
+        parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+        _iostats.add_written(sum(memoryview(p).nbytes for p in parts))
         try:
             if self.is_local:
                 os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
                 tmp = f"{path}.{uuid.uuid4().hex}.partial"
                 try:
                     with open(tmp, "wb") as fh:
-                        fh.write(data)
+                        for part in parts:
+                            fh.write(part)
                     os.replace(tmp, path)
                 finally:
                     if os.path.exists(tmp):
                         os.unlink(tmp)
             else:
-                self.fs.pipe_file(path, bytes(data))
+                self.fs.pipe_file(path, b"".join(parts))
         except OSError as exc:
             raise write_error(exc, self.url, key) from None
 
