@@ -351,13 +351,13 @@ def _pruned_block(index: PrunedIndex, Q: ShardedMatrix, i: int, r0: int, r1: int
     """Rows r0:r1 of query block i against the training set, in one pass.
 
     Per training block: bounds by one GEMM; the block's k smallest-bound rows
-    get exact distances, which lower the running tau (the k-th smallest exact
-    distance seen, an upper bound on the true k-th neighbour distance); rows
-    whose bound is at most the running tau are collected. Since tau only falls,
-    the collection holds every row whose bound is at most the final tau, and so
-    every true neighbour (bound <= distance <= tau). The collected rows with
-    bound <= final tau (the survivors) get exact distances; their k best, ties
-    to the smaller index, are the answer.
+    whose bound is under the running tau (the k-th smallest exact distance
+    seen, an upper bound on the true k-th neighbour distance) get exact
+    distances, which lower tau; rows whose bound is at most tau are collected.
+    Since tau only falls, the collection holds every row whose bound is at most
+    the final tau, and so every true neighbour (bound <= distance <= tau). The
+    collected rows with bound <= final tau (the survivors) get exact distances;
+    their k best, ties to the smaller index, are the answer.
     """
     block = _cached(("query", index.token, Q.key, i), lambda: Q.get_block(i, 0, copy=False))
     Q64 = block[r0:r1].astype(np.float64)
