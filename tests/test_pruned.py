@@ -121,3 +121,32 @@ def test_classifier_fit_builds_the_index_once(executor):
 def test_bad_method(executor):
     with pytest.raises(ValueError, match="method must be"):
         knn(np.ones((5, 2)), np.ones((2, 2)), executor=executor, method="fast")
+
+
+def test_randomized_principal_directions_match_the_exact_ones():
+    # Low-rank structure plus noise, like images: the randomized subspace iteration
+    # must capture (nearly) the variance of the exact top directions, orthonormally.
+    rng = np.random.default_rng(3)
+    X = (rng.standard_normal((3000, 40)) * np.linspace(30, 3, 40)) @ rng.standard_normal((40, 300))
+    X = (X + rng.standard_normal(X.shape)).astype(np.float32)
+    mean = X.mean(axis=0, dtype=np.float64)
+    Xc = X - mean
+    G = Xc.T.astype(np.float64) @ Xc
+    best = np.linalg.eigvalsh(G)[::-1]
+    P = pruned._principal(X, mean, 300, None)
+    assert P.shape == (128, 300)
+    np.testing.assert_allclose(P @ P.T, np.eye(128), atol=1e-12)
+    for m in (16, 32, 64, 128):
+        captured = np.trace(P[:m] @ G @ P[:m].T)
+        assert captured >= 0.999 * best[:m].sum()
+
+
+def test_orthonormal_falls_back_when_cholesky_cannot():
+    rng = np.random.default_rng(4)
+    Y = rng.standard_normal((50, 6))
+    Y[:, 5] = Y[:, 4]  # rank-deficient: Y^T Y is singular
+    Q = pruned._orthonormal(Y)
+    np.testing.assert_allclose(Q.T @ Q, np.eye(6), atol=1e-10)
+    Q = pruned._orthonormal(Y[:, :5])  # the Cholesky path
+    np.testing.assert_allclose(Q.T @ Q, np.eye(5), atol=1e-10)
+    np.testing.assert_allclose(Q @ (Q.T @ Y[:, :5]), Y[:, :5], atol=1e-10)  # same span

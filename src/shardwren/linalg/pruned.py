@@ -219,9 +219,13 @@ def _orthonormal(Y: np.ndarray) -> np.ndarray:
     Householder QR when Y is too ill-conditioned for it."""
     try:
         L = np.linalg.cholesky(Y.T @ Y)
-        return np.linalg.solve(L, Y.T).T
+        Q = np.linalg.solve(L, Y.T).T
+        # Near-singular Y can pass the factorisation and still lose orthogonality.
+        if np.abs(Q.T @ Q - np.eye(Y.shape[1])).max() < 1e-8:
+            return Q
     except np.linalg.LinAlgError:
-        return np.linalg.qr(Y)[0]
+        pass
+    return np.linalg.qr(Y)[0]
 
 
 def _principal(sample: np.ndarray, mean: np.ndarray, d: int, m: int | None,
