@@ -33,3 +33,36 @@ def test_labels():
     assert [policy.label(e) for e in (WorkerCrashedError("a"), TaskTimeoutError("b"),
                                       TaskMemoryError("c"), ConnectionError("d"), KeyError("e"))] \
         == ["crashed", "timeout", "memory", "storage", "error"]
+
+
+def _raised_from(outer: BaseException, inner: BaseException) -> BaseException:
+    try:
+        try:
+            raise inner
+        except BaseException as exc:
+            raise outer from exc
+    except BaseException as exc:  # noqa: BLE001
+        return exc
+
+
+def test_object_store_network_errors_are_transient():
+    botocore = pytest.importorskip("botocore.exceptions")
+    aiohttp = pytest.importorskip("aiohttp")
+    endpoint = botocore.EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+    closed = botocore.ConnectionClosedError(endpoint_url="http://127.0.0.1:9")
+    for exc in (endpoint, closed, aiohttp.ServerDisconnectedError(),
+                aiohttp.ClientPayloadError("cut short"),
+                _raised_from(OSError("s3fs re-raised it"), endpoint)):
+        assert policy.is_transient(exc), exc
+        assert policy.should_retry(exc, 1, 2)
+        assert policy.label(exc) == "storage"
+    # botocore's errors that are the caller's fault are final
+    assert not policy.should_retry(botocore.ParamValidationError(report="bad"), 1, 2)
+    assert not policy.should_retry(_raised_from(OSError("no"), ValueError("bad")), 1, 2)
+
+
+def test_transient_names_match_only_their_library():
+    ConnectionError_ = type("ConnectionError", (Exception,), {"__module__": "mylib.errors"})
+    assert not policy.is_transient(ConnectionError_("not botocore's"))
+    lookalike = type("HTTPClientError", (Exception,), {"__module__": "botocore.exceptions"})
+    assert policy.is_transient(lookalike("matched by module and name"))

@@ -15,8 +15,29 @@ from .errors import TaskMemoryError, TaskTimeoutError, WorkerCrashedError
 #: Failures that are not the task's own doing, so a second run can succeed.
 RETRYABLE: tuple[type[BaseException], ...] = (WorkerCrashedError, TaskTimeoutError,
                                               ConnectionError)
+#: Network failures of object-store clients that are not builtin ConnectionErrors,
+#: as (module, class name) anywhere in an exception's MRO: matched by name so that
+#: the policy needs neither library installed.
+TRANSIENT_NETWORK: frozenset[tuple[str, str]] = frozenset({
+    ("botocore.exceptions", "ConnectionError"),      # endpoint unreachable, connect timeout
+    ("botocore.exceptions", "HTTPClientError"),      # connection closed, read timeout
+    ("aiohttp.client_exceptions", "ClientConnectionError"),  # server disconnected, ...
+    ("aiohttp.client_exceptions", "ClientPayloadError"),     # body cut short
+})
 #: Never retried, even when listed in retry_on: running again cannot help.
 FINAL: tuple[type[BaseException], ...] = (TaskMemoryError,)
+
+
+def is_transient(exc: BaseException) -> bool:
+    """Whether ``exc``, or an exception it was raised from, is a network failure
+    (s3fs, for one, re-raises botocore's errors as OSError)."""
+    seen = 0
+    while exc is not None and seen < 8:
+        if isinstance(exc, ConnectionError) or any(
+                (k.__module__, k.__name__) in TRANSIENT_NETWORK for k in type(exc).__mro__):
+            return True
+        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+    return False
 
 
 def label(exc: BaseException) -> str:
@@ -27,7 +48,7 @@ def label(exc: BaseException) -> str:
         return "timeout"
     if isinstance(exc, TaskMemoryError):
         return "memory"
-    if isinstance(exc, ConnectionError):
+    if is_transient(exc):
         return "storage"
     return "error"
 
@@ -37,7 +58,7 @@ def should_retry(exc: BaseException, attempt: int, retries: int,
     """Whether a task that failed with ``exc`` on attempt ``attempt`` (1-based) runs again."""
     if attempt > retries or isinstance(exc, FINAL):
         return False
-    return isinstance(exc, RETRYABLE + tuple(retry_on))
+    return isinstance(exc, RETRYABLE + tuple(retry_on)) or is_transient(exc)
 
 
 def backup_candidates(now: float, running: Sequence[tuple[int, float]],
