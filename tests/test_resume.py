@@ -94,3 +94,23 @@ def test_knn_resume_reuses_saved_tiles(executor):
     np.testing.assert_array_equal(d1, d2)
     with pytest.raises(ValueError, match="key="):
         knn(T, Q, 1, executor=executor, resume=True)
+
+
+def test_pruned_knn_resume_reuses_saved_query_slices(executor):
+    rng = np.random.default_rng(2)
+    centres = rng.normal(0, 10, (20, 32))
+    data = (centres[rng.integers(0, 20, 6500)] + rng.normal(0, 1, (6500, 32))).astype(np.float32)
+    T = ShardedMatrix.from_numpy(data[:4000], "pt", (1000, 32), store=executor.store)
+    Q = ShardedMatrix.from_numpy(data[4000:], "pq", (1000, 32), store=executor.store)
+    tm = {}
+    d1, i1 = knn(T, Q, 2, executor=executor, method="pruned", resume=True, key="pjob", timings=tm)
+    assert tm["pruning"] and tm["tasks"] == 3  # query slices of 1,000 rows
+    parts = executor.store.list("pjob/parts")
+    assert len(parts) == 3
+    executor.store.delete(parts[1])
+    tm2 = {}
+    d2, i2 = knn(T, Q, 2, executor=executor, method="pruned", resume=True, key="pjob", timings=tm2)
+    assert tm2["tasks"] == 1
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)
+    np.testing.assert_array_equal(i1, knn(T, Q, 2, executor=executor, method="brute")[1])

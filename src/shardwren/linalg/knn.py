@@ -245,7 +245,7 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
     resume : bool
         Keep each tile's partial result in the store under ``<key>/parts/``; a
         later call with the same ``key`` (after the driver died, say) reuses them
-        and computes only the missing tiles. Brute-force path.
+        and computes only the missing tiles (or, on the pruned path, query slices).
     key : str, optional
         The job's name in the store, needed with ``resume``.
 
@@ -287,10 +287,12 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
                            why=index.info.get("reason"))
             if index.Z is not None:
                 t2 = time.perf_counter()
-                dist, ind, surv, fs = pruned.query(index, Q, k, ex, exclude_self, progress)
+                jobs = len(ex.history)
+                dist, ind, surv, ran = pruned.query(index, Q, k, ex, exclude_self, progress,
+                                                    resume, key)
                 timings.update(shard=t1 - t0, query=time.perf_counter() - t2, survivors=surv,
-                               survivors_per_query=surv / Q.shape[0], tasks=len(fs),
-                               peak_rss=max(f.stats.get("peak_rss", 0) for f in fs))
+                               survivors_per_query=surv / Q.shape[0], tasks=ran,
+                               peak_rss=_peak_rss(ex, jobs))
                 return dist, ind
         cols = varying_columns(T, ex, progress)
         t2 = time.perf_counter()
@@ -306,12 +308,16 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
                                          tiles, key, "tile", resume, progress)
         t3 = time.perf_counter()
         dist, ind = _assemble(results, Q, k)
-        recs = [r for h in list(ex.history)[jobs:] for r in h[2]]
         timings.update(shard=t1 - t0, columns=t2 - t1, tiles=t3 - t2,
                        merge=time.perf_counter() - t3, tasks=ran + T.grid[0],
-                       constant_columns=int(cols.const_idx.size),
-                       peak_rss=max((r.get("peak_rss") or 0 for r in recs), default=0))
+                       constant_columns=int(cols.const_idx.size), peak_rss=_peak_rss(ex, jobs))
     return dist, ind
+
+
+def _peak_rss(ex: Executor, jobs: int) -> int:
+    """The largest per-task peak RSS among the jobs run since ``len(ex.history)`` was ``jobs``."""
+    recs = [r for h in list(ex.history)[jobs:] for r in h[2]]
+    return max((r.get("peak_rss") or 0 for r in recs), default=0)
 
 
 def _assemble(results: list, Q: ShardedMatrix, k: int) -> tuple[np.ndarray, np.ndarray]:

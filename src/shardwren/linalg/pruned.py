@@ -41,7 +41,7 @@ import numpy as np
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import new_token, sq_norms
+from ._common import new_token, run_resumable, sq_norms
 from .knn import _cached, _gemm_nt
 
 U32 = float(np.finfo(np.float32).eps) / 2
@@ -419,17 +419,24 @@ def _as_f32_ceiling(tau: np.ndarray) -> np.ndarray:
 
 
 def query(index: PrunedIndex, Q: ShardedMatrix, k: int, executor: Executor,
-          exclude_self: bool = False, progress: bool | None = None):
-    """Exact k-NN of every row of Q using the index; returns (distances, indices, survivors)."""
+          exclude_self: bool = False, progress: bool | None = None, resume: bool = False,
+          key: str | None = None):
+    """Exact k-NN of every row of Q using the index.
+
+    Returns (distances, indices, survivors, tasks run). With ``resume``, each query
+    slice's answer is kept under ``<key>/parts/`` and reused by a later call: the
+    answers are exact, so they do not depend on the projection that found them.
+    """
     pieces = [(i, r, min(r + QUERY_ROWS, Q.block_shape(i, 0)[0]))
               for i in range(Q.grid[0]) for r in range(0, Q.block_shape(i, 0)[0], QUERY_ROWS)]
-    fs = executor.starmap(lambda i, r0, r1: _pruned_block(index, Q, i, r0, r1, k, exclude_self),
-                          pieces)
+    results, ran = run_resumable(
+        executor, lambda i, r0, r1: _pruned_block(index, Q, i, r0, r1, k, exclude_self),
+        pieces, key, "pruned", resume, progress)
     dist = np.empty((Q.shape[0], k), dtype=np.float64)
     ind = np.empty((Q.shape[0], k), dtype=np.int64)
     survivors = 0
-    for start, d, x, s in get_all_results(fs, progress=progress):
+    for start, d, x, s in results:
         dist[start:start + len(d)] = d
         ind[start:start + len(d)] = x
         survivors += s
-    return dist, ind, survivors, fs
+    return dist, ind, survivors, ran
