@@ -21,7 +21,7 @@ def test_help_explains(runner):
     assert out.exit_code == 0 and "knn" in out.output and "demo" in out.output
     out = runner.invoke(cli.main, ["knn", "--help"])
     for opt in ("--dataset", "--k", "--block-size", "--workers", "--backend", "--store",
-                "--materialize-distances", "--train-vs-train", "--data-dir"):
+                "--materialize-distances", "--train-vs-train", "--data-dir", "--method", "pruned"):
         assert opt in out.output
 
 
@@ -45,6 +45,8 @@ def test_demo_falls_back_to_digits(runner, monkeypatch):
     assert out.exit_code == 0, out.output
     assert "scikit-learn's 8x8 digits" in out.output
     assert "1. 100 tasks" in out.output and "the same accuracy" in out.output
+    assert "4. the same with pruning" in out.output and "auto k-NN" in out.output
+    assert "DIFFERENT" not in out.output
 
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("SHARDWREN_DATA_DIR", "/x"), "mnist")),
@@ -54,3 +56,17 @@ def test_knn_command_on_mnist(runner):
     assert out.exit_code == 0, out.output
     assert "accuracy 0.9691 on 10000 points" in out.output
     assert "tiles" in out.output and "tasks" in out.output
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("SHARDWREN_DATA_DIR", "/x"), "mnist")),
+                    reason="MNIST not available: set SHARDWREN_DATA_DIR")
+def test_knn_command_pruned_on_mnist(runner):
+    out = runner.invoke(cli.main, ["knn", "--dataset", "mnist", "--method", "pruned"])
+    assert out.exit_code == 0, out.output
+    assert "accuracy 0.9691 on 10000 points" in out.output
+    assert "pruned (exact;" in out.output and "fit" in out.output and "query" in out.output
+
+
+def test_knn_command_refuses_pruned_materialised(runner):
+    out = runner.invoke(cli.main, ["knn", "--materialize-distances", "--method", "pruned"])
+    assert out.exit_code != 0 and "drop --method" in out.output

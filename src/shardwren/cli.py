@@ -50,7 +50,8 @@ def _report_times(phases: dict[str, float]) -> str:
 
 
 def run_knn(ex: shardwren.Executor, data: tuple, k: int, block_size: int,
-            materialize: bool, train_vs_train: bool, progress: bool | None) -> dict[str, Any]:
+            materialize: bool, train_vs_train: bool, progress: bool | None,
+            method: str = "brute") -> dict[str, Any]:
     """Run one k-NN job and return its figures (also printed)."""
     from .linalg import argmin, knn, pairwise_sq_euclidean
     from .linalg.knn import vote
@@ -81,11 +82,17 @@ def run_knn(ex: shardwren.Executor, data: tuple, k: int, block_size: int,
         else:
             timings: dict[str, Any] = {}
             t = time.perf_counter()
-            _, idx = knn(T, None if train_vs_train else Q, k, executor=ex,
+            _, idx = knn(T, None if train_vs_train else Q, k, executor=ex, method=method,
                          exclude_self=train_vs_train, progress=progress, timings=timings)
-            phases.update(columns=timings["columns"], tiles=timings["tiles"], merge=timings["merge"])
+            phases.update({p: timings[p] for p in ("fit", "query", "columns", "tiles", "merge")
+                           if p in timings})
             out["tasks"] = timings["tasks"]
-            what = f"{k}-NN fused" + (" (leave-one-out)" if train_vs_train else "")
+            pruned = timings.get("pruning")
+            what = (f"{k}-NN pruned (exact; {timings['survivors_per_query']:.1f} of "
+                    f"{T.shape[0]} training points per query needed a distance)" if pruned
+                    else f"{k}-NN fused") + (" (leave-one-out)" if train_vs_train else "")
+            if method == "auto" and not pruned:
+                what += f" (auto chose brute force: {timings.get('why')})"
     finally:
         T.delete()
         if Q is not T:
@@ -111,24 +118,32 @@ def run_knn(ex: shardwren.Executor, data: tuple, k: int, block_size: int,
 @click.option("--train-vs-train", is_flag=True,
               help="Neighbours of the training set itself, leaving each point out "
                    "(with --materialize-distances: the tutorial's training accuracy).")
+@click.option("--method", type=click.Choice(["brute", "pruned", "auto"]), default="brute",
+              show_default=True,
+              help="brute: every distance, one GEMM per tile. pruned: exact too, but skips the "
+                   "distances that provably cannot matter (PCA lower bounds). auto: pruned when a "
+                   "sample shows it pays off.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder holding the dataset's IDX files (or its parent).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a timeline PNG of the job's main map (one bar per task).")
 @_executor_options
-def knn(dataset, k, block_size, materialize_distances, train_vs_train, data_dir, plot_path,
-        workers, backend, store) -> None:
+def knn(dataset, k, block_size, materialize_distances, train_vs_train, method, data_dir,
+        plot_path, workers, backend, store) -> None:
     """Exact k-nearest-neighbour classification of MNIST or Fashion-MNIST.
 
     Prints the accuracy, the time of each phase and the number of tasks run.
     """
+    if materialize_distances and method != "brute":
+        raise click.UsageError("--materialize-distances is the tutorial's brute-force algorithm; "
+                               "drop --method")
     t = time.perf_counter()
     data = _load(dataset, data_dir)
     click.echo(f"{dataset}: {data[0].shape[0]} training and {data[2].shape[0]} test images of "
                f"{data[0].shape[1]} pixels, loaded in {time.perf_counter() - t:.2f} s")
     with shardwren.default_executor(backend=backend, store=store, workers=workers) as ex:
         click.echo(f"executor: {ex.backend.name}, {ex.parallelism} workers, store {ex.store.url}")
-        run_knn(ex, data, k, block_size, materialize_distances, train_vs_train, None)
+        run_knn(ex, data, k, block_size, materialize_distances, train_vs_train, None, method)
         if plot_path:
             job_id, name, recs = max(ex.history, key=lambda h: len(h[2]))
             from . import plot
@@ -184,7 +199,8 @@ def demo(data_dir, workers, backend, store) -> None:
     2. its nearest-neighbour pipeline: data sharded into the store, the distance
        matrix written blockwise by one map, its argmin by another;
     3. the same answer from shardwren's fused k-NN, which never writes the
-       distance matrix.
+       distance matrix;
+    4. the same answer again, skipping the distances that provably cannot matter.
     """
     name, data, block = _demo_data(data_dir)
     with shardwren.default_executor(backend=backend, store=store, workers=workers) as ex:
@@ -194,9 +210,14 @@ def demo(data_dir, workers, backend, store) -> None:
         slow = run_knn(ex, data, 1, block, True, False, None)
         click.echo("3. the same with shardwren's fused k-NN:")
         fast = run_knn(ex, data, 1, block, False, False, None)
+        click.echo("4. the same with pruning (method='auto'):")
+        pruned = run_knn(ex, data, 1, block, False, False, None, "auto")
     same = "the same accuracy" if slow["accuracy"] == fast["accuracy"] else "DIFFERENT accuracies"
     click.echo(f"fused k-NN: {slow['total'] / fast['total']:.1f}x faster than the tutorial's "
                f"algorithm, {same}, and no distance matrix written.")
+    same = "the same accuracy" if pruned["accuracy"] == fast["accuracy"] else "DIFFERENT accuracies"
+    click.echo(f"auto k-NN: {slow['total'] / pruned['total']:.1f}x faster than the tutorial's "
+               f"algorithm, {same}.")
 
 
 def _url_matrix(url: str):

@@ -46,14 +46,16 @@ from .knn import _cached, _gemm_nt
 
 U32 = float(np.finfo(np.float32).eps) / 2
 M_CHOICES = (16, 32, 64, 128)
-#: Costs in GEMM multiply-add equivalents, measured on the development machine: a
-#: survivor's exact float64 distance (a gather of two rows) costs about 300 per
-#: feature; each elementwise pass over a bound tile (argmin, compare) about 100
-#: per element.
-GATHER_PENALTY = 300.0
-PASS_COST = 100.0
-#: "auto" prunes when the model's cost is at most this fraction of brute force's
-#: (the model overestimates: on MNIST it says 0.74 where the measured query phase is 0.58).
+#: Costs in float32 GEMM multiply-add equivalents (8 ps each at the sgemm limit),
+#: measured per phase on the development machine: an exact float64 distance (a
+#: gather of two rows) costs about 120 per feature (1 ns); the passes over a bound
+#: tile (argmin, compare, flat scan) about 40 per element (0.3 ns).
+GATHER_PENALTY = 120.0
+PASS_COST = 40.0
+#: "auto" prunes when the model's cost is at most this fraction of brute force's.
+#: The model tracks the query phase (MNIST: 0.31 modelled, 0.31 measured; Fashion-
+#: MNIST: 0.52 modelled from a pessimistic sample, 0.43 measured); the margin
+#: covers the fit, which it leaves out.
 AUTO_THRESHOLD = 0.8
 #: ... and gives up after the quick look at a quarter of the sample above this.
 QUICK_REJECT = 3.0
@@ -173,12 +175,15 @@ def _sample_rows(T: ShardedMatrix, rows: int, seed: int = 0) -> np.ndarray:
 
 
 def choose_m(sample: np.ndarray, mean: np.ndarray, P_full: np.ndarray, n_train: int, k: int,
-             queries: int = 96) -> tuple[int | None, dict[str, Any]]:
+             queries: int = 96, blocks: int = 1) -> tuple[int | None, dict[str, Any]]:
     """Pick the projection size from a sample, or ``None`` when brute force is cheaper.
 
     The sample's first ``queries`` rows act as queries against the rest; their
     exact k-th neighbour distance there (an over-estimate of the one in the full
-    set, so the estimate is conservative) gives each m's survivor rate.
+    set, so the estimate is conservative) gives each m's survivor rate. Per
+    query, the modelled cost is the bound GEMM, the passes over its tiles, exact
+    distances for the survivors and for up to k candidates per training block
+    (``blocks`` of them), against brute force's GEMM.
     """
     d = sample.shape[1]
     # An estimate, not part of the exactness argument: float32 is plenty.
@@ -203,8 +208,8 @@ def choose_m(sample: np.ndarray, mean: np.ndarray, P_full: np.ndarray, n_train: 
         lb = nq[:, None] + nr[None, :] - 2 * (yq[:, :m] @ yr[:, :m].T + rq[:, None] * rr[None, :])
         rate = float(np.mean(lb <= tau[:, None]))
         rates[m] = rate
-        costs[m] = (2 * n_train * (m + 4) + 2 * PASS_COST * n_train
-                    + rate * n_train * d * GATHER_PENALTY)
+        costs[m] = (n_train * (m + 4) + PASS_COST * n_train
+                    + (rate * n_train + k * blocks) * d * GATHER_PENALTY)
     best = min(costs, key=costs.get)
     info = {"survivor_rate": rates, "cost_vs_brute": {m: c / brute for m, c in costs.items()}}
     info["beats_brute"] = costs[best] <= AUTO_THRESHOLD * brute
@@ -277,7 +282,8 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
         # (random data models at hundreds of times brute force), before the full fit.
         quick = sample[: max(len(sample) // 4, 4 * k + 256)]
         qmean = quick.mean(axis=0, dtype=np.float64)
-        qm, qinfo = choose_m(quick, qmean, _principal(quick, qmean, d, None), n, k)
+        qm, qinfo = choose_m(quick, qmean, _principal(quick, qmean, d, None), n, k,
+                             blocks=T.grid[0])
         if qm is not None and min(qinfo["cost_vs_brute"].values()) > QUICK_REJECT:
             qinfo.update(fit_s=time.perf_counter() - t0, quick_reject=True)
             return PrunedIndex(T, qmean, np.zeros((0, d)), None, 0.0, qinfo)
@@ -286,7 +292,7 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
     P_full = _principal(sample, mean, d, m)
     t_pca = time.perf_counter()
     if m is None:
-        m, info = choose_m(sample, mean, P_full, n, k)
+        m, info = choose_m(sample, mean, P_full, n, k, blocks=T.grid[0])
     info.update(sample_s=t_sample - t0, pca_s=t_pca - t_sample,
                 choose_s=time.perf_counter() - t_pca)
     if m is not None and allow_brute and not info.get("beats_brute", True):
