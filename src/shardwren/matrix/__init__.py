@@ -331,11 +331,12 @@ class ShardedMatrix:
         i, j : int
             Block indices.
         copy : bool
-            With False, an uncompressed block in a local store comes back as a
-            read-only view of the chunk file mapped into memory (verified like a
-            copy): no fresh memory, and processes reading the same block share the
-            page cache's pages. Chunks are replaced atomically (by rename), so a
-            mapped block keeps its contents. Elsewhere False makes no difference.
+            With False, a large (>= 4 MiB) uncompressed block in a local store
+            comes back as a read-only view of the chunk file mapped into memory
+            (verified like a copy): no fresh memory, and processes reading the same
+            block share the page cache's pages. Chunks are replaced atomically (by
+            rename), so a mapped block keeps its contents. Otherwise False makes
+            no difference. Either way, treat the block as read-only.
 
         Raises
         ------
@@ -415,7 +416,7 @@ class ShardedMatrix:
         else:
             full = np.full(self._shard_sizes, self._fill or 0, dtype=dtype)
             full[:stored.shape[0], :stored.shape[1]] = stored
-        data = memoryview(full).cast("B")
+        data = memoryview(full.reshape(-1).view(np.uint8))  # any dtype, complex included
         self.store.put(self._chunk_key(i, j), [data, crc32c.crc32c(data).to_bytes(4, "little")])
 
     def put_block(self, i: int, j: int, block: Any) -> None:
