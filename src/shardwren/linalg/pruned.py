@@ -128,12 +128,13 @@ def _augment_train(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float) -> 
     return b
 
 
-def exact_sq_dist(Q64: np.ndarray, X64: np.ndarray, qs: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """``sum((Q[qs] - X[xs])**2, axis=1)`` in float64, in pair chunks to bound memory."""
+def exact_sq_dist(Q64: np.ndarray, X: np.ndarray, qs: np.ndarray, xs: np.ndarray) -> np.ndarray:
+    """``sum((Q64[qs] - X[xs])**2, axis=1)`` in float64 (X's rows converted to it
+    first), in pair chunks of a few MB so that temporaries stay in cache."""
     out = np.empty(len(qs), dtype=np.float64)
     step = max(1, (4 << 20) // (8 * max(1, Q64.shape[1])))
     for s in range(0, len(qs), step):
-        diff = Q64[qs[s:s + step]] - X64[xs[s:s + step]]
+        diff = Q64[qs[s:s + step]] - X[xs[s:s + step]]
         out[s:s + step] = sq_norms(diff)
     return out
 
