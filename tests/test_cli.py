@@ -51,20 +51,13 @@ def test_demo_falls_back_to_digits(runner, monkeypatch):
 
 @pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("SHARDWREN_DATA_DIR", "/x"), "mnist")),
                     reason="MNIST not available: set SHARDWREN_DATA_DIR")
-def test_knn_command_on_mnist(runner):
-    out = runner.invoke(cli.main, ["knn", "--dataset", "mnist", "--k", "1"])
+@pytest.mark.parametrize("method,phases", [("brute", ("tiles",)), ("pruned", ("pruned (exact;", "fit", "query"))])
+def test_knn_command_on_mnist(runner, method, phases):
+    out = runner.invoke(cli.main, ["knn", "--dataset", "mnist", "--k", "1", "--method", method])
     assert out.exit_code == 0, out.output
-    assert "accuracy 0.9691 on 10000 points" in out.output
-    assert "tiles" in out.output and "tasks" in out.output
-
-
-@pytest.mark.skipif(not os.path.isdir(os.path.join(os.environ.get("SHARDWREN_DATA_DIR", "/x"), "mnist")),
-                    reason="MNIST not available: set SHARDWREN_DATA_DIR")
-def test_knn_command_pruned_on_mnist(runner):
-    out = runner.invoke(cli.main, ["knn", "--dataset", "mnist", "--method", "pruned"])
-    assert out.exit_code == 0, out.output
-    assert "accuracy 0.9691 on 10000 points" in out.output
-    assert "pruned (exact;" in out.output and "fit" in out.output and "query" in out.output
+    assert "accuracy 0.9691 on 10000 points" in out.output and "tasks" in out.output
+    for phase in phases:
+        assert phase in out.output
 
 
 def test_knn_command_refuses_pruned_materialised(runner):
