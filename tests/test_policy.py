@@ -66,3 +66,20 @@ def test_transient_names_match_only_their_library():
     assert not policy.is_transient(ConnectionError_("not botocore's"))
     lookalike = type("HTTPClientError", (Exception,), {"__module__": "botocore.exceptions"})
     assert policy.is_transient(lookalike("matched by module and name"))
+
+
+def test_the_network_error_behind_a_remote_oserror_is_retried(executor):
+    botocore = pytest.importorskip("botocore.exceptions")
+
+    def flaky_read(_):
+        try:
+            raise botocore.EndpointConnectionError(endpoint_url="http://127.0.0.1:9")
+        except Exception as err:
+            raise OSError("s3fs re-raised it") from err  # as s3fs's translate_boto_error does
+
+    fut = executor.map(flaky_read, [0], retries=1)[0]
+    with pytest.raises(OSError, match="s3fs re-raised it"):
+        fut.result()
+    assert fut.stats["attempt"] == 2  # retried once: the chain reached the driver
+    assert fut.stats["failures"] == ["OSError: s3fs re-raised it"]
+    assert policy.label(fut.exception()) == "storage"

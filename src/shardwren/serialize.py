@@ -139,28 +139,47 @@ def loads(data: bytes) -> Any:
     return pickle.loads(data)
 
 
+def _chain(exc: BaseException, limit: int = 8) -> list[BaseException]:
+    """The exceptions ``exc`` was raised from or while handling, nearest first."""
+    out: list[BaseException] = []
+    cur = exc.__cause__ or exc.__context__
+    while cur is not None and len(out) < limit:
+        out.append(cur)
+        cur = cur.__cause__ or cur.__context__
+    return out
+
+
 def dumps_exception(exc: BaseException) -> bytes:
-    """Pickle a task's exception with its traceback text, keeping its type when possible."""
+    """Pickle a task's exception with its traceback text, keeping its type when possible.
+
+    The exceptions it was raised from travel too when they pickle (pickling drops
+    ``__cause__``): the retry policy looks down the chain, e.g. for the network
+    error behind an s3fs ``OSError``.
+    """
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    for payload in ((exc, tb, _chain(exc)), (exc, tb, [])):
+        try:
+            data = pickle.dumps(payload, protocol=PROTOCOL)
+            pickle.loads(data)  # types that pickle but do not unpickle are common
+            return data
+        except Exception:
+            pass
     try:
-        payload = pickle.dumps((exc, tb), protocol=PROTOCOL)
-        pickle.loads(payload)  # types that pickle but do not unpickle are common
-        return payload
-    except Exception:
-        pass
-    try:
-        return cloudpickle.dumps((exc, tb), protocol=PROTOCOL)
+        return cloudpickle.dumps((exc, tb, []), protocol=PROTOCOL)
     except Exception:
         stand_in = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-        return pickle.dumps((stand_in, tb), protocol=PROTOCOL)
+        return pickle.dumps((stand_in, tb, []), protocol=PROTOCOL)
 
 
 def loads_exception(data: bytes) -> BaseException:
     """Rebuild a task's exception with the remote traceback attached as ``__cause__``."""
     try:
-        exc, tb = pickle.loads(data)
+        exc, tb, chain = pickle.loads(data)
     except Exception as err:  # the exception's class may not exist in the driver
         return RemoteError(f"a task failed and its exception could not be rebuilt here: {err}")
-    exc.__cause__ = RemoteTraceback(f'\n"""\n{tb}"""')
+    exc.__cause__ = link = RemoteTraceback(f'\n"""\n{tb}"""')
+    for earlier in chain:  # reachable for the policy; not printed twice (tb has them)
+        link.__context__, link.__suppress_context__ = earlier, True
+        link = earlier
     return exc
 
