@@ -10,20 +10,27 @@ exact distance among its candidates (the training points with the smallest
 bounds); every training point whose bound exceeds ``tau`` cannot be a neighbour,
 and only the rest (the survivors) get exact distances.
 
-Exactness is proven, not hoped:
+Exactness is proven, not hoped (u is float32's unit roundoff, gamma_n = nu / (1 - nu)):
 
-* ``P``, ``y``, ``r`` and ``s`` are computed in float64; only the bound's GEMM runs
-  in float32, on augmented vectors whose dot product is the bound minus a margin::
+* ``P`` is orthonormal in float64; ``s = |x~|`` and ``n = s^2`` are computed in
+  float64. The projection is a float32 GEMM: ``y^ = fl32(fl32(x~) P32^T)`` has
+  ``|y^ - y| <= eps s`` with ``eps = 1.001 sqrt(m) (gamma_d + 2u)``. Then
+  ``y.y' <= y^.y^' + 3 eps s s'``, and the residual is replaced by the upper bound
+  ``r+ = sqrt(max(n - |y^|^2, 0) + 3 eps n) >= r``, so
+  ``|q - x|^2 >= n_q + n_x - 2 (y^_q.y^_x + r+_q r+_x) - 1.5 eps (s_q + s_x)^2``
+  (using ``6 s s' <= 1.5 (s + s')^2``): the "bound" below;
+* the bound's GEMM runs in float32 on augmented vectors whose dot product is the
+  bound minus a margin (``C = C_gemm + 1.5 eps``)::
 
-      a_q = [-2 y_q, -2 r_q, -2 C s_q, (1 - C) |q~|^2, 1]
-      b_x = [y_x, r_x, s_x, 1, (1 - C) |x~|^2]
-      a_q . b_x = bound - C (s_q + s_x)^2
+      a_q = [-2 y^_q, -2 r+_q, -2 C s_q, (1 - C) n_q, 1]
+      b_x = [y^_x, r+_x, s_x, 1, (1 - C) n_x]
+      a_q . b_x = bound - C_gemm (s_q + s_x)^2
 
-* the float32 error of that dot product is at most ``(gamma_{m+4} + 2u)(1 + C)(s_q + s_x)^2``
-  (rounding of the inputs to float32, then a length-(m+4) dot product, with
-  ``sum |a_i b_i| <= (1 + C)(s_q + s_x)^2`` by Cauchy-Schwarz), and the float64
-  steps add at most ``1e-8 s_q s_x`` (the residual's square root), so
-  ``C = 2 (gamma_{m+4} + 2u) + 1e-7`` makes the computed value a true lower bound;
+* the float32 error of that dot product is at most
+  ``(gamma_{m+4} + 2u)(1 + 6 eps)(1 + C)(s_q + s_x)^2`` (rounding of the inputs to
+  float32, then a length-(m+4) dot product, with ``|(y^, r+)|^2 <= (1 + 6 eps) n``
+  and Cauchy-Schwarz), and the float64 steps add at most ``1e-8 s_q s_x``, so
+  ``C_gemm = 2 (gamma_{m+4} + 2u) + 1e-7`` makes the computed value a true lower bound;
 * exact distances are computed in float64 as ``sum((q - x)^2)``, the same
   arithmetic as the float64 brute force the tests compare against (exact for
   integer data such as MNIST pixels), and ties go to the smaller index.
@@ -64,11 +71,19 @@ QUERY_ROWS = 1000
 _RAW = None
 
 
-def margin_constant(m: int) -> float:
-    """The ``C`` of the module docstring for an ``m``-dimensional projection."""
-    L = m + 4
-    gamma = L * U32 / (1 - L * U32)
-    return 2 * (gamma + 2 * U32) + 1e-7
+def _gamma(n: int) -> float:
+    return n * U32 / (1 - n * U32)
+
+
+def projection_error(m: int, d: int) -> float:
+    """``eps`` of the module docstring: the float32 projection of ``d`` features onto
+    ``m`` directions is off by at most ``eps |x~|`` (Euclidean norm)."""
+    return 1.001 * np.sqrt(m) * (_gamma(d) + 2 * U32)
+
+
+def margin_constant(m: int, d: int) -> float:
+    """The ``C`` of the module docstring for ``d`` features projected onto ``m`` directions."""
+    return 2 * (_gamma(m + 4) + 2 * U32) + 1e-7 + 1.5 * projection_error(m, d)
 
 
 @dataclass
@@ -89,19 +104,24 @@ class PrunedIndex:
 
 
 def _project(X: np.ndarray, mean: np.ndarray, P: np.ndarray, rows: int = 1024):
-    """``(y, r, s, n)`` of the module docstring for every row of X, in float64.
+    """``(y^, r+, s, n)`` of the module docstring for every row of X.
 
-    Works through X in row chunks: float64 copies of a whole block are large
-    fresh allocations, and first-touching memory is slow on virtual machines.
+    ``y^`` comes from a float32 GEMM (four times a float64 one's speed), the
+    norms from float64. Works through X in row chunks: float64 copies of a whole
+    block are large fresh allocations, and first-touching memory is slow on
+    virtual machines.
     """
-    y = np.empty((len(X), P.shape[0]))
+    m, d = P.shape
+    P32 = P.astype(np.float32)
+    y = np.empty((len(X), m), dtype=np.float32)
     n = np.empty(len(X))
     for i in range(0, len(X), rows):
         Xc = np.subtract(X[i:i + rows], mean, dtype=np.float64)
-        np.matmul(Xc, P.T, out=y[i:i + rows])
         n[i:i + rows] = sq_norms(Xc)
-    r = np.sqrt(np.maximum(n - sq_norms(y), 0))
-    return y, r, np.sqrt(n), n
+        np.matmul(Xc.astype(np.float32), P32.T, out=y[i:i + rows])
+    y64 = y.astype(np.float64)
+    r = np.sqrt(np.maximum(n - sq_norms(y64), 0) + 3 * projection_error(m, d) * n)
+    return y64, r, np.sqrt(n), n
 
 
 def _augment_query(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float) -> np.ndarray:
@@ -303,7 +323,7 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
         info["fit_s"] = t1 - t0
         return PrunedIndex(T, mean, P_full[:0], None, 0.0, info)
     P = np.ascontiguousarray(P_full[:m])
-    C = margin_constant(m)
+    C = margin_constant(m, d)
     Z = ShardedMatrix(f"tmp/pruned-{new_token()[:12]}", shape=(n, m + 4),
                       shard_sizes=(T.shard_sizes[0], m + 4), dtype=np.float32, store=T.store)
     token = new_token()
