@@ -70,13 +70,8 @@ def executor(tmp_path_factory):
     ex.shutdown()
 
 
-@pytest.fixture(scope="session")
-def dask_cluster(s3_endpoint, tmp_path_factory):
-    """A real `dask scheduler` and two `dask worker` processes on 127.0.0.1.
-
-    Workers see the tests folder on their PYTHONPATH (as a cluster would have
-    the user's code installed) and the moto S3 endpoint in their environment.
-    """
+def _dask_cluster(tmp_path_factory, workers: int, nthreads: int):
+    """Start a real `dask scheduler` and ``workers`` `dask worker` processes on 127.0.0.1."""
     pytest.importorskip("distributed")
     import subprocess
     import sys
@@ -95,17 +90,17 @@ def dask_cluster(s3_endpoint, tmp_path_factory):
     procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
                                "--no-dashboard"], env=env,
                               stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
-    for i in range(2):
+    for i in range(workers):
         procs.append(subprocess.Popen(
-            [dask, "worker", address, "--host", "127.0.0.1", "--nthreads", "1", "--nworkers", "1",
-             "--no-dashboard", "--memory-limit", "4GB", "--name", f"w{i}"],
+            [dask, "worker", address, "--host", "127.0.0.1", "--nthreads", str(nthreads),
+             "--nworkers", "1", "--no-dashboard", "--memory-limit", "4GB", "--name", f"w{i}"],
             env=env, stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT))
     try:
         deadline = time.time() + 90
         while True:
             try:
                 with Client(address, timeout=5) as c:
-                    c.wait_for_workers(2, timeout=60)
+                    c.wait_for_workers(workers, timeout=60)
                 break
             except (OSError, TimeoutError):
                 if time.time() > deadline:
@@ -120,3 +115,20 @@ def dask_cluster(s3_endpoint, tmp_path_factory):
                 p.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 p.kill()
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(s3_endpoint, tmp_path_factory):
+    """A real `dask scheduler` and two single-threaded `dask worker` processes on 127.0.0.1.
+
+    Workers see the tests folder on their PYTHONPATH (as a cluster would have
+    the user's code installed) and the moto S3 endpoint in their environment.
+    """
+    yield from _dask_cluster(tmp_path_factory, workers=2, nthreads=1)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster_threaded(s3_endpoint, tmp_path_factory):
+    """One `dask worker` running four task threads in one process (``--nthreads 4``),
+    as clusters commonly do: worker-side caches and per-task state must hold under threads."""
+    yield from _dask_cluster(tmp_path_factory, workers=1, nthreads=4)
