@@ -10,6 +10,18 @@ import pytest
 
 import shardwren
 
+try:  # property-based tests: reproducible by default, `HYPOTHESIS_PROFILE=thorough` digs deeper
+    from hypothesis import HealthCheck, settings
+
+    _quiet = [HealthCheck.too_slow, HealthCheck.function_scoped_fixture]
+    settings.register_profile("default", deadline=None, max_examples=40, derandomize=True,
+                              suppress_health_check=_quiet)
+    settings.register_profile("thorough", deadline=None, max_examples=500,
+                              suppress_health_check=_quiet)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+except ImportError:
+    pass
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -132,3 +144,25 @@ def dask_cluster_threaded(s3_endpoint, tmp_path_factory):
     """One `dask worker` running four task threads in one process (``--nthreads 4``),
     as clusters commonly do: worker-side caches and per-task state must hold under threads."""
     yield from _dask_cluster(tmp_path_factory, workers=1, nthreads=4)
+
+
+def _dataset(name: str):
+    from shardwren import datasets
+    from shardwren.errors import DatasetNotFoundError
+
+    try:
+        return datasets.load(name, download=False)
+    except DatasetNotFoundError:
+        pytest.skip(f"{name} not available: set SHARDWREN_DATA_DIR to a folder holding {name}/")
+
+
+@pytest.fixture(scope="session")
+def mnist():
+    """MNIST as (X_train, y_train, X_test, y_test), float32 pixels; skips when absent."""
+    return _dataset("mnist")
+
+
+@pytest.fixture(scope="session")
+def fashion_mnist():
+    """Fashion-MNIST, like ``mnist``."""
+    return _dataset("fashion-mnist")

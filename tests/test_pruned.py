@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -10,15 +9,11 @@ import pytest
 from shardwren.linalg import KNeighborsClassifier, knn
 from shardwren.linalg import pruned
 
+from reference import reference_knn
+
 
 def brute64(train, query, k, exclude_self=False):
-    """Float64 brute force, sum((q - x)^2), ties to the smaller index."""
-    train64, query64 = train.astype(np.float64), query.astype(np.float64)
-    D = np.stack([np.einsum("ij,ij->i", q - train64, q - train64) for q in query64])
-    if exclude_self:
-        np.fill_diagonal(D, np.inf)
-    idx = np.array([np.lexsort((np.arange(len(row)), row))[:k] for row in D])
-    return np.take_along_axis(D, idx, 1), idx
+    return reference_knn(train, query, k, exclude_self)
 
 
 def check(executor, train, query, k, exclude_self=False, block=None):
@@ -29,32 +24,19 @@ def check(executor, train, query, k, exclude_self=False, block=None):
     np.testing.assert_array_equal(d, rd)
 
 
-def _mnist():
-    path = os.path.join(os.environ.get("SHARDWREN_DATA_DIR", "/nonexistent"), "mnist")
-    if not os.path.isdir(path):
-        pytest.skip("MNIST not available: set SHARDWREN_DATA_DIR")
-    from shardwren.datasets import load_mnist
-
-    return load_mnist(download=False)
-
-
 @pytest.mark.parametrize("k", [1, 3, 5])
-def test_mnist_subset_exact(executor, k):
-    X, _, Xt, _ = _mnist()
+def test_mnist_subset_exact(executor, mnist, k):
+    X, _, Xt, _ = mnist
     check(executor, X[:6000], Xt[:600], k, block=1500)
 
 
-def test_mnist_leave_one_out_exact(executor):
-    X, _, _, _ = _mnist()
+def test_mnist_leave_one_out_exact(executor, mnist):
+    X, _, _, _ = mnist
     check(executor, X[:3000], None, 1, exclude_self=True, block=1000)
 
 
-def test_fashion_mnist_subset_exact(executor):
-    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    from shardwren.datasets import load_fashion_mnist
-
-    X, _, Xt, _ = load_fashion_mnist(download=False)
+def test_fashion_mnist_subset_exact(executor, fashion_mnist):
+    X, _, Xt, _ = fashion_mnist
     check(executor, X[:5000], Xt[:500], 3, block=2000)
 
 
@@ -93,12 +75,13 @@ def test_margin_makes_a_true_lower_bound(noise, offset, qnoise):
     Xc = X.astype(np.float64) - mean
     P = np.linalg.eigh(Xc.T @ Xc)[1][:, ::-1].T[:16]
     C = pruned.margin_constant(16, 100)
-    lb = pruned._augment_query(Q.astype(np.float64), mean, P, C) @ \
-        pruned._augment_train(X.astype(np.float64), mean, P, C).T
     D = ((Q[:, None, :].astype(np.float64) - X[None]) ** 2).sum(-1)
-    assert (lb <= D).all()
-    if noise:
-        assert (lb >= 0.5 * D).mean() > 0.5  # and not vacuous
+    for scale in (1.0, pruned._scale_for(X, mean)):  # bounds hold in scaled units too
+        lb = pruned._augment_query(Q.astype(np.float64), mean, P, C, scale) @ \
+            pruned._augment_train(X.astype(np.float64), mean, P, C, scale).T
+        assert (lb <= scale ** 2 * D).all()
+        if noise:
+            assert (lb >= 0.5 * scale ** 2 * D).mean() > 0.5  # and not vacuous
 
 
 def test_auto_falls_back_to_brute_on_gaussian(executor):
@@ -111,8 +94,8 @@ def test_auto_falls_back_to_brute_on_gaussian(executor):
     np.testing.assert_array_equal(i, brute64(train, query, 1)[1])
 
 
-def test_classifier_fit_builds_the_index_once(executor):
-    X, y, Xt, yt = _mnist()
+def test_classifier_fit_builds_the_index_once(executor, mnist):
+    X, y, Xt, yt = mnist
     clf = KNeighborsClassifier(1, executor=executor, method="pruned", block_size=2000)
     clf.fit(X[:8000], y[:8000])
     index = clf._index

@@ -91,6 +91,10 @@ class StoreWriteError(ShardwrenError, OSError):
     """The store refused a write: read-only, full, or out of quota."""
 
 
+class NonFiniteInputError(ShardwrenError, ValueError):
+    """An input holds NaN or infinity where finite numbers are needed."""
+
+
 class CorruptBlockError(ShardwrenError, ValueError):
     """Stored bytes fail their checksum."""
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import numbers
 import uuid
-from collections import OrderedDict
 from typing import Any, Iterator
 
 import numpy as np
@@ -26,9 +26,13 @@ def executor_for(executor: Executor | None) -> Iterator[Executor]:
         yield ex
 
 
-def sq_norms(X: np.ndarray) -> np.ndarray:
-    """Squared Euclidean norm of each row."""
-    return np.einsum("ij,ij->i", X, X)
+def check_k(k: Any, name: str = "k") -> int:
+    """``k`` as an int: a TypeError for non-integers (1.5, "3", True), ValueError below 1."""
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {k!r} of type {type(k).__name__}")
+    if k < 1:
+        raise ValueError(f"{name} must be at least 1, got {k}")
+    return int(k)
 
 
 def check_numeric(X: Any, name: str) -> None:
@@ -67,8 +71,8 @@ class Inputs:
         if X.ndim != 2:
             raise ShapeMismatchError(f"{name} must be a 2-D matrix (samples x features), got shape {X.shape}")
         check_numeric(X, name)
-        if X.dtype.kind != "f":
-            X = X.astype(np.float32)
+        # The dtype is kept (uint8 pixels stay 4x smaller than float32): the kernels
+        # convert blocks as they need, exactly, and never through a narrower type.
         require_shared(self.executor.store, self.executor)
         rows = rows or self.block_rows or DEFAULT_BLOCK
         cols = cols or X.shape[1]
@@ -88,31 +92,6 @@ class Inputs:
                           shard_sizes=shard_sizes, dtype=dtype, store=self.executor.store)
         self._scratch.append(m)
         return m
-
-
-class BlockCache:
-    """Input blocks kept by a worker across the tasks of one call, bounded in bytes.
-
-    Keys carry a per-call token, so a later call never sees blocks of a matrix
-    that was rewritten in between (object ids are not enough: CPython reuses them).
-    """
-
-    def __init__(self, max_bytes: int):
-        self.max_bytes = max_bytes
-        self._items: OrderedDict = OrderedDict()
-        self._bytes = 0
-
-    def get(self, key: tuple, make):
-        if key in self._items:
-            self._items.move_to_end(key)
-            return self._items[key]
-        value = make()
-        self._items[key] = value
-        self._bytes += value.nbytes
-        while self._bytes > self.max_bytes and len(self._items) > 1:
-            _, old = self._items.popitem(last=False)
-            self._bytes -= old.nbytes
-        return value
 
 
 def todo(out: ShardedMatrix, idxs: list, resume: bool) -> list:

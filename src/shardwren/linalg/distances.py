@@ -11,15 +11,22 @@ from ..errors import ShapeMismatchError
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import Inputs, check_features, executor_for, require_shared, sq_norms, todo
+from ._common import Inputs, check_features, executor_for, require_shared, todo
+from .kernels import sq_dist_tile
+from .knn import check_finite
+
+
+def distance_dtype(A: ShardedMatrix, B: ShardedMatrix) -> np.dtype:
+    """The dtype of D: numpy's promotion of the inputs with float32 (float32 for
+    float32, float16 and 8/16-bit integers; float64 for float64 and wider integers)."""
+    return np.result_type(A.dtype or np.float64, B.dtype or np.float64, np.float32)
 
 
 def _distance_block(A: ShardedMatrix, B: ShardedMatrix, D: ShardedMatrix, i: int, j: int) -> int:
     a, b = A.get_block(i, 0, copy=False), B.get_block(j, 0, copy=False)
-    dtype = np.result_type(a.dtype, b.dtype, np.float32)
-    a, b = a.astype(dtype, copy=False), b.astype(dtype, copy=False)
-    block = sq_norms(a)[:, None] - 2 * (a @ b.T) + sq_norms(b)[None, :]
-    np.maximum(block, 0, out=block)  # rounding can make tiny distances negative
+    check_finite(a, i * A.shard_sizes[0], f"matrix {A.key!r}")
+    check_finite(b, j * B.shard_sizes[0], f"matrix {B.key!r}")
+    block = sq_dist_tile(a, b, D.dtype)
     D.put_block(i, j, block)
     return block.nbytes
 
@@ -50,7 +57,12 @@ def pairwise_sq_euclidean(A: Any, B: Any, out: ShardedMatrix | None = None,
     Returns
     -------
     ShardedMatrix
-        The (m, n) distance matrix.
+        The (m, n) distance matrix, in float32 for float32, float16 and 8/16-bit
+        integer inputs and float64 for float64 and wider integers (numpy's promotion
+        with float32). Every entry is within the relative error of summing
+        ``sum((a - b)**2)`` directly in that type (``gamma_{d+2}``, about ``(d + 2) u``),
+        whatever the data's offset or scale: see
+        :func:`shardwren.linalg.kernels.sq_dist_tile`.
     """
     with executor_for(executor) as ex, Inputs(ex, block_size) as inputs:
         A_m, B_m = inputs.matrix(A, "A"), inputs.matrix(B, "B")
@@ -61,7 +73,8 @@ def pairwise_sq_euclidean(A: Any, B: Any, out: ShardedMatrix | None = None,
             if resume and not key:
                 raise ValueError("resume=True needs the output's name: pass key= or out=")
             out = ShardedMatrix(key or f"distances-{uuid.uuid4().hex[:10]}", shape=shape,
-                                shard_sizes=blocks, store=ex.store)
+                                shard_sizes=blocks, dtype=distance_dtype(A_m, B_m),
+                                store=ex.store)
         elif out.shape != shape or tuple(out.shard_sizes) != blocks:
             raise ShapeMismatchError(
                 f"out has shape {out.shape} and blocks {out.shard_sizes}; the distance matrix "

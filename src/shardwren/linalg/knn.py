@@ -1,214 +1,300 @@
 """Exact k-nearest neighbours that never materialise the distance matrix.
 
 Each task takes one tile (a block of queries against a block of training rows),
-computes its squared distances with a single float32 GEMM and keeps only each
-query's k best; the partial results of a query block are merged in a tree.
+estimates its squared distances with a float32 GEMM, keeps the few candidates that
+the estimate cannot rule out, and gives those exact float64 distances; only each
+query's k best leave the task, and the partial results of a query block are
+merged in a tree. Ties go to the smaller training index.
 
-Work-saving choices that keep results exact:
+Why the answer is exact, on any finite input
+--------------------------------------------
+Notation: ``u = 2**-24`` (float32's unit roundoff), ``gamma_n = n u / (1 - n u)``,
+and ``D(q, t) = sum_i (q_i - t_i)**2`` over the float64 values of the data, the
+quantity the float64 reference ranks by.
 
-* **constant columns dropped**: a column constant across the training set adds
-  the same amount to every distance of a query (MNIST has 67 all-zero pixels), so
-  the GEMM skips it and the amount is added back to the reported distances;
-* **one augmented GEMM**: ``[q, 1] . [-2t, |t|^2] = |t|^2 - 2 q.t``, so the
-  distance tile (up to the per-query constant ``|q|^2``) comes out of the GEMM
-  with no extra pass over it;
-* **symmetry** for train-vs-train: each unordered block pair is computed once and
-  serves both blocks' rows.
+1. *Preparation* (one pass over the training set, in parallel): per column the
+   minimum, maximum and mean ``mu`` in float64. Columns constant over the training
+   set add the same amount ``c_q`` to every distance of a query, so they are
+   dropped from the estimate (d' columns remain). The kept columns are centred on
+   ``mu`` and scaled by a power of two ``s`` (exact) so that every training value
+   lies in [-1, 1]: no float32 overflow, negligible underflow, and the cancellation
+   of uncentred data (``|t|**2 - 2 q.t`` with huge norms) is gone.
+2. *Estimate*: with ``x~ = fl32(s (x - mu))`` (error at most ``(u + 2 u64) |s (x - mu)|``
+   per element, plus ``TINY32`` below the normal range), one float32 GEMM of
+   ``[q~, 1, fl32(|q~|**2)]`` with ``[-2 t~, fl32(|t~|**2), 1]`` gives ``S``, and
+   ``|S - s**2 (D - c_q)| <= E = C (|q~| + |t~|)**2 + A`` with
+   ``C = 1.01 (2 e + e**2 + gamma_{d'+2} (1 + u) + 2 u)``, ``e = u + 2 u64``
+   (input rounding moves the distance by at most ``(2 e + e**2)(|q~| + |t~|)**2``;
+   the GEMM is a length ``d' + 2`` dot product whose absolute terms sum to at most
+   ``(|q~| + |t~|)**2``; two norms are rounded to float32) and ``A`` an absolute
+   term for underflow (about ``1e-42``). ``|q~|`` and ``|t~|`` come from float64.
+3. *Certification*: let ``kth`` be the k-th smallest ``S`` of a query in the tile
+   and ``E_q`` the bound with the block's largest ``|t~|``. Every training row whose
+   exact distance is at most the tile's k-th smallest exact distance has
+   ``S <= kth + 2 E_q``; the window also covers float64's own rounding of the exact
+   distances (``gamma_{d+2}(u64)`` relative), so a row the float64 reference would rank
+   among the k best, ties included, is always a candidate. Candidates are
+   ``S <= ceil32(kth + window)``.
+4. *Exact step*: every candidate's distance is computed in float64 as
+   ``sum((q - t)**2)`` with numpy's pairwise summation: bitwise the reference's value.
+   The tile keeps each query's k best (ties to the smaller index) and the merge of
+   tiles does the same, so neighbours and distances equal the float64 reference's.
 
-Ties go to the smaller training index, so results are deterministic.
+On centred data such as MNIST the window is a few thousandths of the gaps between
+neighbours, so about k candidates per query and tile get exact distances. Data far
+from the training set (queries offset by many training spreads) widens the window
+and costs more exact distances, never exactness; a query too far away for float32
+(``|q~| > 1e17``) has every row of the tile as a candidate.
+
+Work-saving choices: constant columns dropped; one augmented GEMM per tile, in row
+chunks that stay in cache for the selection passes; for train-vs-train each
+unordered block pair is computed once and serves both blocks' rows.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..errors import NonFiniteInputError
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import Inputs, check_features, executor_for, new_token, run_resumable, sq_norms
+from ._cache import CACHE
+from ._common import (
+    Inputs,
+    check_features,
+    check_k,
+    executor_for,
+    new_token,
+    run_resumable,
+)
+from .kernels import (
+    PAD_INDEX,
+    TINY32,
+    U32,
+    U64,
+    Partial,
+    best_k,
+    ceil_f32,
+    exact_sq_dist,
+    gamma,
+    gemm_nt,
+    merge,
+    topk_rows,
+    tree_merge,
+    vote,
+    window_candidates,
+)
 
-Partial = tuple[np.ndarray, np.ndarray]  # (squared distances, indices), each (n, k)
+__all__ = ["KNeighborsClassifier", "Prep", "knn", "merge", "topk_rows", "tree_merge", "vote"]
+
+#: Query rows per GEMM chunk: a chunk of distances (rows x 4000 floats) stays in
+#: cache for the selection passes that follow it.
+CHUNK_ROWS = 1024
+#: Queries whose scaled norm exceeds this are too far from the training set for
+#: float32 estimates: every training row is their candidate.
+WIDE = 1e17
 
 
-class Columns(NamedTuple):
-    """Which feature columns vary across the training set."""
+class Prep(NamedTuple):
+    """What the preparation pass learns about the training set (see the module docstring)."""
 
-    kept: np.ndarray | None  # indices of varying columns; None = all
+    kept: np.ndarray | None   # indices of varying columns; None = all
     const_idx: np.ndarray     # indices of constant columns
-    const_val: np.ndarray     # their values
-    token: str = ""           # unique per call: keys worker caches (object ids get reused)
+    const_val: np.ndarray     # their values (float64)
+    mean: np.ndarray          # float64 mean of the kept columns
+    scale: float              # power of two: s (x - mu) lies in [-1, 1] for training rows
+    C: float                  # relative error constant of the estimate
+    token: str = ""           # unique per call: keys worker caches
 
 
-# --- pure kernels (no I/O; tested directly) ---------------------------------------------
+def error_constant(d_kept: int) -> float:
+    """``C`` of the module docstring for ``d_kept`` columns in the GEMM."""
+    e = U32 + 2 * U64
+    return 1.01 * (2 * e + e * e + gamma(d_kept + 2) * (1 + U32) + 2 * U32)
 
 
-def topk_rows(S: np.ndarray, k: int, offset: int = 0) -> Partial:
-    """The k smallest entries of each row of S, sorted, ties to the smaller column.
-
-    Returns values and column indices (plus ``offset``), each of shape (rows, min(k, cols)).
-    """
-    n, m = S.shape
-    k = min(k, m)
-    if k == 1:
-        idx = np.argmin(S, axis=1)[:, None]  # first occurrence: smallest index on ties
-    else:
-        idx = np.argpartition(S, k - 1, axis=1)[:, :k] if k < m else np.tile(np.arange(m), (n, 1))
-        kth = np.take_along_axis(S, idx, 1).max(axis=1)
-        # argpartition may drop a smaller index tied with the k-th value: redo those rows.
-        crowded = np.flatnonzero((S <= kth[:, None]).sum(axis=1) > k)
-        for r in crowded:
-            cand = np.flatnonzero(S[r] <= kth[r])
-            idx[r] = cand[np.lexsort((cand, S[r, cand]))[:k]]
-    vals = np.take_along_axis(S, idx, 1)
-    order = np.lexsort((idx, vals), axis=1)
-    return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1) + offset
+def absolute_error(d_kept: int, norms: np.ndarray | float) -> np.ndarray | float:
+    """``A`` of the module docstring: underflow in rounding and in the GEMM's products."""
+    return (d_kept + 4) * (np.asarray(norms) + 1) * 2 * TINY32
 
 
-def merge(a: Partial, b: Partial, k: int) -> Partial:
-    """Merge two partial top-k results for the same queries."""
-    vals = np.concatenate([a[0], b[0]], axis=1)
-    idx = np.concatenate([a[1], b[1]], axis=1)
-    order = np.lexsort((idx, vals), axis=1)[:, :k]
-    return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
-
-
-def tree_merge(parts: list[Partial], k: int) -> Partial:
-    """Merge partials pairwise, level by level (a balanced tree)."""
-    if not parts:
-        raise ValueError("nothing to merge")
-    while len(parts) > 1:
-        nxt = [merge(parts[i], parts[i + 1], k) for i in range(0, len(parts) - 1, 2)]
-        if len(parts) % 2:
-            nxt.append(parts[-1])
-        parts = nxt
-    return parts[0]
+def check_finite(X: np.ndarray, first_row: int, what: str) -> None:
+    """Raise :class:`NonFiniteInputError` naming the first NaN or infinity in X."""
+    if X.dtype.kind != "f" or np.isfinite(X).all():
+        return
+    r, c = np.argwhere(~np.isfinite(X))[0]
+    value = "NaN" if np.isnan(X[r, c]) else ("infinity" if X[r, c] > 0 else "-infinity")
+    raise NonFiniteInputError(
+        f"{what} contains {value} at row {first_row + int(r)}, column {int(c)}; distances "
+        "need finite values: drop or impute those rows first")
 
 
 # --- worker-side tile tasks ----------------------------------------------------------------
 
-# Prepared blocks, per worker process: a tile's neighbours in the task order often
-# reuse a block. Small and bounded, so memory per worker stays a few block pairs.
-_CACHE: OrderedDict = OrderedDict()
-_CACHE_ENTRIES = 5
 
+def _centred(X: np.ndarray, prep: Prep, rows: int = 1024) -> tuple[np.ndarray, np.ndarray]:
+    """``fl32(s (x - mu))`` over the kept columns, and each row's norm in float64.
 
-def _cached(key: tuple, make):
-    if key in _CACHE:
-        _CACHE.move_to_end(key)
-        return _CACHE[key]
-    value = make()
-    _CACHE[key] = value
-    while len(_CACHE) > _CACHE_ENTRIES:
-        _CACHE.popitem(last=False)
-    return value
-
-
-def _gemm_nt(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b.T`` into a reused per-worker buffer.
-
-    A fresh 64 MB result per tile costs page faults and zeroing on every task
-    (badly so under allocators tuned to return memory eagerly, as Dask's workers
-    are); reusing the buffer keeps the tile's cost the GEMM's. The caller must be
-    done with the previous result before the next call with the same shape.
+    In row chunks: float64 copies of a whole block are large fresh allocations,
+    and first-touching memory is slow on virtual machines.
     """
-    shape = (a.shape[0], b.shape[0])
-    buf = _cached(("scratch", shape), lambda: np.empty(shape, dtype=np.float32))
-    return np.matmul(a, b.T, out=buf)
+    d = X.shape[1] if prep.kept is None else len(prep.kept)
+    out = np.empty((len(X), d), dtype=np.float32)
+    norms = np.empty(len(X))
+    for r in range(0, len(X), rows):
+        part = X[r:r + rows] if prep.kept is None else X[r:r + rows][:, prep.kept]
+        c = np.subtract(part, prep.mean, dtype=np.float64)
+        c *= prep.scale
+        with np.errstate(over="ignore"):
+            out[r:r + rows] = c
+        c32 = out[r:r + rows].astype(np.float64)
+        norms[r:r + rows] = np.sqrt(np.einsum("ij,ij->i", c32, c32))
+    return out, norms
 
 
-def _finite_block(M: ShardedMatrix, i: int, what: str) -> np.ndarray:
-    X = M.get_block(i, 0, copy=False)
-    if X.dtype != np.float32:
-        X = X.astype(np.float32)
-    if not np.isfinite(X).all():
-        bad = np.argwhere(~np.isfinite(X))[0]
-        raise ValueError(
-            f"{what} contains NaN or infinity (row {i * M.shard_sizes[0] + bad[0]}, column {bad[1]}); "
-            "k-NN needs finite values: drop or impute those rows first")
-    return X
-
-
-def _train_side(T: ShardedMatrix, j: int, cols: Columns) -> np.ndarray:
-    """Training block j as ``[-2 t, |t|^2]`` over the varying columns."""
+def _left(M: ShardedMatrix, i: int, prep: Prep, what: str):
+    """Block i as GEMM rows ``[x~, 1, |x~|**2]``, their norms, the constant columns'
+    part of each row's distance, and the raw block."""
     def make():
-        X = _finite_block(T, j, "the training set")
-        Xk = X if cols.kept is None else X[:, cols.kept]
-        aug = np.empty((Xk.shape[0], Xk.shape[1] + 1), dtype=np.float32)
-        np.multiply(Xk, -2, out=aug[:, :-1])
-        aug[:, -1] = sq_norms(Xk)
-        return aug
+        raw = M.get_block(i, 0, copy=False)
+        check_finite(raw, i * M.shard_sizes[0], what)
+        x, norms = _centred(raw, prep)
+        form = np.empty((len(x), x.shape[1] + 2), dtype=np.float32)
+        form[:, :-2] = x
+        form[:, -2] = 1
+        with np.errstate(over="ignore"):
+            form[:, -1] = norms ** 2
+        rest = np.zeros(len(x))
+        if prep.const_idx.size:
+            diff = np.subtract(raw[:, prep.const_idx], prep.const_val, dtype=np.float64)
+            rest = np.einsum("ij,ij->i", diff, diff)
+        return form, norms, rest, raw
 
-    return _cached(("train", T.store.url, T.key, j, cols.token), make)
+    return CACHE.get(("knn-left", prep.token, M.store.url, M.key, i), make)
 
 
-def _query_side(Q: ShardedMatrix, i: int, cols: Columns) -> tuple[np.ndarray, np.ndarray]:
-    """Query block i as ``[q, 1]`` over the varying columns, and each row's |q - c|^2 rest."""
+def _right(T: ShardedMatrix, j: int, prep: Prep):
+    """Training block j as GEMM rows ``[-2 t~, |t~|**2, 1]``, the largest norm, and the raw block."""
     def make():
-        X = _finite_block(Q, i, "the query set")
-        Xk = X if cols.kept is None else X[:, cols.kept]
-        aug = np.empty((Xk.shape[0], Xk.shape[1] + 1), dtype=np.float32)
-        aug[:, :-1] = Xk
-        aug[:, -1] = 1
-        rest = sq_norms(Xk)
-        if cols.const_idx.size:
-            rest += sq_norms(X[:, cols.const_idx] - cols.const_val)
-        return aug, rest
+        raw = T.get_block(j, 0, copy=False)
+        check_finite(raw, j * T.shard_sizes[0], "the training set")
+        t, norms = _centred(raw, prep)
+        form = np.empty((len(t), t.shape[1] + 2), dtype=np.float32)
+        np.multiply(t, -2, out=form[:, :-2])
+        form[:, -2] = norms ** 2
+        form[:, -1] = 1
+        return form, norms, float(norms.max(initial=0.0)), raw
 
-    return _cached(("query", Q.store.url, Q.key, i, cols.token), make)
-
-
-def _query_tile(Q: ShardedMatrix, T: ShardedMatrix, i: int, j: int, k: int, cols: Columns):
-    q_aug, q_rest = _query_side(Q, i, cols)
-    t_aug = _train_side(T, j, cols)
-    S = _gemm_nt(q_aug, t_aug)  # |t|^2 - 2 q.t, straight out of the GEMM
-    vals, idx = topk_rows(S, k, offset=j * T.shard_sizes[0])
-    vals += q_rest[:, None]
-    np.maximum(vals, 0, out=vals)
-    return i, vals, idx
+    return CACHE.get(("knn-right", prep.token, T.store.url, T.key, j), make)
 
 
-def _pair_tile(T: ShardedMatrix, i: int, j: int, k: int, cols: Columns, exclude_self: bool):
-    """Block pair (i, j), i <= j, of train-vs-train: partials for both blocks' rows."""
-    a_aug, a_rest = _query_side(T, i, cols)
-    D = _gemm_nt(a_aug, _train_side(T, j, cols))
-    D += a_rest[:, None]  # now the full squared distances
-    np.maximum(D, 0, out=D)
-    b = T.shard_sizes[0]
-    if i == j and exclude_self:
-        np.fill_diagonal(D, np.inf)
-    out = [(i, *topk_rows(D, k, offset=j * b))]
+def _window(kth: np.ndarray, norms: np.ndarray, other_max: float, rest: np.ndarray,
+            prep: Prep, d_kept: int) -> np.ndarray:
+    """The float32 threshold ``ceil32(kth + window)`` of step 3 (module docstring)."""
+    kth = kth.astype(np.float64)
+    E = prep.C * (norms + other_max) ** 2 + absolute_error(d_kept, norms + other_max)
+    # float64's rounding of the exact distances, measured on the k-th's upper bound.
+    d_full = np.abs(kth) + E + norms ** 2 + prep.scale ** 2 * rest
+    thr = kth + 2 * E + 2 * gamma(d_kept + len(prep.const_idx) + 2, U64) * d_full
+    thr += 8 * U64 * np.abs(thr)  # the rounding of this float64 arithmetic itself
+    out = ceil_f32(thr)
+    out[~(norms <= WIDE)] = np.inf
+    return out
+
+
+def _wide_pairs(norms: np.ndarray, n_other: int) -> tuple[np.ndarray, np.ndarray]:
+    """All pairs of the rows too far away for float32 estimates (rare)."""
+    wide = np.flatnonzero(~(norms <= WIDE))
+    return np.repeat(wide, n_other), np.tile(np.arange(n_other), len(wide))
+
+
+def _query_tile(Q: ShardedMatrix, T: ShardedMatrix, i: int, j: int, k: int, prep: Prep):
+    """Exact partial k-NN of query block i against training block j."""
+    q_form, q_norms, q_rest, q_raw = _left(Q, i, prep, "the query set")
+    t_form, _, t_max, t_raw = _right(T, j, prep)
+    d_kept = q_form.shape[1] - 2
+    nq, nt = len(q_form), len(t_form)
+    qs, ts = [], []
+    for r0 in range(0, nq, CHUNK_ROWS):
+        r1 = min(nq, r0 + CHUNK_ROWS)
+        S = gemm_nt(q_form[r0:r1], t_form)
+        rows, cols = window_candidates(
+            S, k, lambda kth: _window(kth, q_norms[r0:r1], t_max, q_rest[r0:r1], prep, d_kept))
+        qs.append(rows + r0)
+        ts.append(cols)
+    wq, wt = _wide_pairs(q_norms, nt)
+    qs, ts = np.concatenate(qs + [wq]), np.concatenate(ts + [wt])
+    if len(wq):
+        keep = np.unique(qs * nt + ts)
+        qs, ts = keep // nt, keep % nt
+    ds = exact_sq_dist(q_raw, t_raw, qs, ts)
+    vals, idx = best_k(qs, ts + j * T.shard_sizes[0], ds, nq, k)
+    return i, vals, idx, len(ds)
+
+
+def _pair_tile(T: ShardedMatrix, i: int, j: int, k: int, prep: Prep, exclude_self: bool):
+    """Block pair (i, j), i <= j, of train-vs-train: exact partials for both blocks' rows."""
+    a_form, a_norms, _, a_raw = _left(T, i, prep, "the training set")
+    b_form, b_norms, b_max, b_raw = _right(T, j, prep)
+    d_kept = a_form.shape[1] - 2
+    na, nb = len(a_form), len(b_form)
+    S = gemm_nt(a_form, b_form)
+    diagonal = i == j and exclude_self
+    if diagonal:
+        np.fill_diagonal(S, np.inf)
+    zeros_a, zeros_b = np.zeros(na), np.zeros(nb)
+    rows, cols = window_candidates(
+        S, k, lambda kth: _window(kth, a_norms, b_max, zeros_a, prep, d_kept))
+    flat = [rows * nb + cols]
     if i != j:
-        out.append((j, *topk_rows(D.T, k, offset=i * b)))
+        a_max = float(a_norms.max(initial=0.0))
+        rows, cols = window_candidates(
+            S, k, lambda kth: _window(kth, b_norms, a_max, zeros_b, prep, d_kept), axis=0)
+        flat.append(rows * nb + cols)
+    wa, wb = _wide_pairs(a_norms, nb)  # cannot happen for training rows; kept for symmetry
+    pairs = np.unique(np.concatenate(flat + [wa * nb + wb]))
+    ra, rb = pairs // nb, pairs % nb
+    if diagonal:
+        off = ra != rb
+        ra, rb = ra[off], rb[off]
+    ds = exact_sq_dist(a_raw, b_raw, ra, rb)
+    bs = T.shard_sizes[0]
+    out = [(i, *best_k(ra, rb + j * bs, ds, na, k), len(ds))]
+    if i != j:
+        out.append((j, *best_k(rb, ra + i * bs, ds, nb, k), 0))
     return out
 
 
 # --- driver side -----------------------------------------------------------------------------
 
 
-def _column_stats(T: ShardedMatrix, j: int) -> tuple[np.ndarray, np.ndarray]:
+def _column_stats(T: ShardedMatrix, j: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     X = T.get_block(j, 0, copy=False)
-    return X.min(axis=0), X.max(axis=0)
+    lo, hi = X.min(axis=0).astype(np.float64), X.max(axis=0).astype(np.float64)
+    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
+        check_finite(X, j * T.shard_sizes[0], "the training set")
+    return lo, hi, X.sum(axis=0, dtype=np.float64)
 
 
-def varying_columns(T: ShardedMatrix, executor: Executor, progress: bool | None = None) -> Columns:
-    """Find the columns that are constant across the training set (one pass, in parallel)."""
+def prepare(T: ShardedMatrix, executor: Executor, progress: bool | None = None) -> Prep:
+    """Step 1 of the module docstring: column ranges and means (one pass, in parallel)."""
     res = get_all_results(executor.map(lambda j: _column_stats(T, j), range(T.grid[0])),
                           progress=progress)
     lo = np.min([r[0] for r in res], axis=0)
     hi = np.max([r[1] for r in res], axis=0)
-    if not (np.isfinite(lo).all() and np.isfinite(hi).all()):
-        raise ValueError("the training set contains NaN or infinity; k-NN needs finite values: "
-                         "drop or impute those rows first")
+    mean = np.sum([r[2] for r in res], axis=0) / T.shape[0]
     const = lo == hi
-    token = new_token()
-    if not const.any():
-        return Columns(None, np.zeros(0, np.int64), np.zeros(0, np.float32), token)
-    return Columns(np.flatnonzero(~const), np.flatnonzero(const), lo[const].astype(np.float32),
-                   token)
+    kept = np.flatnonzero(~const)
+    mu = mean[kept]
+    spread = np.maximum(hi[kept] - mu, mu - lo[kept]).max(initial=0.0)
+    # A power of two, so that scaling is exact: s * spread < 1.
+    scale = float(np.ldexp(1.0, -int(np.frexp(spread)[1]))) if spread > 0 else 1.0
+    return Prep(None if not const.any() else kept, np.flatnonzero(const), lo[const], mu,
+                scale, error_constant(len(kept)), new_token())
 
 
 def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = None,
@@ -232,9 +318,12 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
     block_size : int, optional
         Rows per block when sharding array inputs (default 4000).
     timings : dict, optional
-        Filled with seconds per phase and the number of tasks run.
+        Filled with seconds per phase, the number of tasks run and, on the brute
+        path, ``exact_per_query``: how many exact float64 distances the
+        certification needed per query (about k per tile on centred data).
     method : {"brute", "pruned", "auto"}
-        ``"brute"``: every distance, float32 GEMM (symmetry for train-vs-train).
+        ``"brute"``: every distance estimated by a float32 GEMM, certified and
+        re-ranked in float64 (symmetry for train-vs-train).
         ``"pruned"``: provable lower bounds from a PCA projection skip most
         distances; survivors get exact float64 distances
         (:mod:`shardwren.linalg.pruned`). ``"auto"``: pruned when a sample shows
@@ -251,15 +340,26 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
 
     Returns
     -------
-    distances : array (m, k)
-        Squared Euclidean distances, ascending: float32 from the brute path,
-        exact float64 from the pruned one.
+    distances : float64 array (m, k)
+        Squared Euclidean distances, ascending, on every path and for every input
+        dtype: ``sum((q - x)**2)`` evaluated in float64 from the data's float64 values,
+        bitwise equal to the float64 reference (``((Q[:, None] - X[None]) ** 2).sum(-1)``
+        with numpy). Integer and bool data up to 2**26 in magnitude (and uint8, int8,
+        int16, float16, float32 data of any value) give exactly the real distances
+        when they are below 2**53; int64 values beyond 2**53 are rounded to float64 as
+        the reference rounds them.
     indices : int64 array (m, k)
-        Training row indices; ties go to the smaller index.
+        Training row indices of the k nearest, those of the float64 reference; ties
+        go to the smaller index.
+
+    Raises
+    ------
+    TypeError
+        ``k`` is not an integer.
+    NonFiniteInputError
+        NaN or infinity in either set (a ``ValueError``), naming row and column.
     """
-    k = int(k)
-    if k < 1:
-        raise ValueError(f"k must be at least 1, got {k}")
+    k = check_k(k)
     symmetric = query is None or query is train
     if exclude_self and not symmetric:
         raise ValueError("exclude_self=True needs train-vs-train (leave query=None)")
@@ -294,23 +394,24 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
                                survivors_per_query=surv / Q.shape[0], tasks=ran,
                                peak_rss=_peak_rss(ex, jobs))
                 return dist, ind
-        cols = varying_columns(T, ex, progress)
+        prep = prepare(T, ex, progress)
         t2 = time.perf_counter()
         jobs = len(ex.history)
         if symmetric:
             pairs = [(i, j) for i in range(T.grid[0]) for j in range(i, T.grid[0])]
-            out, ran = run_resumable(ex, lambda i, j: _pair_tile(T, i, j, k, cols, exclude_self),
+            out, ran = run_resumable(ex, lambda i, j: _pair_tile(T, i, j, k, prep, exclude_self),
                                      pairs, key, "pair", resume, progress)
             results = [p for r in out for p in r]
         else:
             tiles = [(i, j) for i in range(Q.grid[0]) for j in range(T.grid[0])]
-            results, ran = run_resumable(ex, lambda i, j: _query_tile(Q, T, i, j, k, cols),
+            results, ran = run_resumable(ex, lambda i, j: _query_tile(Q, T, i, j, k, prep),
                                          tiles, key, "tile", resume, progress)
         t3 = time.perf_counter()
         dist, ind = _assemble(results, Q, k)
         timings.update(shard=t1 - t0, columns=t2 - t1, tiles=t3 - t2,
                        merge=time.perf_counter() - t3, tasks=ran + T.grid[0],
-                       constant_columns=int(cols.const_idx.size), peak_rss=_peak_rss(ex, jobs))
+                       exact_per_query=sum(r[3] for r in results) / Q.shape[0],
+                       constant_columns=int(prep.const_idx.size), peak_rss=_peak_rss(ex, jobs))
     return dist, ind
 
 
@@ -322,31 +423,18 @@ def _peak_rss(ex: Executor, jobs: int) -> int:
 
 def _assemble(results: list, Q: ShardedMatrix, k: int) -> tuple[np.ndarray, np.ndarray]:
     by_block: dict[int, list[Partial]] = {}
-    for i, vals, idx in results:
+    for i, vals, idx, _ in results:
         by_block.setdefault(i, []).append((vals, idx))
-    dist = np.empty((Q.shape[0], k), dtype=np.float32)
+    dist = np.empty((Q.shape[0], k), dtype=np.float64)
     ind = np.empty((Q.shape[0], k), dtype=np.int64)
     b = Q.shard_sizes[0]
     for i, parts in by_block.items():
         vals, idx = tree_merge(parts, k)
         dist[i * b:i * b + len(vals)] = vals
         ind[i * b:i * b + len(vals)] = idx
+    if (ind == PAD_INDEX).any():  # every query has k real neighbours: k <= rows was checked
+        raise AssertionError("k-NN merge lost neighbours; please report this bug")
     return dist, ind
-
-
-def vote(labels: np.ndarray) -> np.ndarray:
-    """Majority vote over each row of neighbour labels (nearest first).
-
-    Ties between labels with equal counts go to the label whose first
-    occurrence is nearest (for k=1 this is plain 1-NN).
-    """
-    labels = np.asarray(labels)
-    out = np.empty(labels.shape[0], dtype=labels.dtype)
-    for r, row in enumerate(labels):
-        values, first, counts = np.unique(row, return_index=True, return_counts=True)
-        best = np.lexsort((first, -counts))[0]
-        out[r] = values[best]
-    return out
 
 
 class KNeighborsClassifier:

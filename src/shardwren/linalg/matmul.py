@@ -18,7 +18,8 @@ from ..errors import MemoryPlanError, ShapeMismatchError
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import BlockCache, Inputs, executor_for, new_token, todo
+from ._cache import CACHE
+from ._common import Inputs, executor_for, new_token, todo
 
 
 @dataclass
@@ -157,12 +158,6 @@ def _gemm_acc(acc: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
          overwrite_c=True)
 
 
-#: Worker-side cache of matmul input blocks: neighbouring output blocks reuse a
-#: block-row of A or a block-column of B, which saves store reads (it matters on
-#: S3; on a local disk the page cache does most of it). Bounded, keyed per call.
-_INPUTS = BlockCache(512 << 20)
-
-
 def _matmul_block(A: ShardedMatrix, B: ShardedMatrix, C: ShardedMatrix, i: int, j: int,
                   ls: range, token: str = "") -> int:
     """One output block: the sum over l of A[i, l] @ B[l, j], accumulated in place."""
@@ -170,9 +165,11 @@ def _matmul_block(A: ShardedMatrix, B: ShardedMatrix, C: ShardedMatrix, i: int, 
     acc = np.zeros(C.block_shape(i, j), dtype=dt)
     for l in ls:
         # Mapped reads (copy=False) share the page cache: no fresh memory per block.
-        a = _INPUTS.get((token, "A", i, l),
+        # Neighbouring output blocks reuse a block-row of A or a block-column of B,
+        # so the worker's cache saves store reads (it matters on S3).
+        a = CACHE.get(("matmul", token, "A", i, l),
                         lambda: A.get_block(i, l, copy=False).astype(dt, copy=False))
-        b = _INPUTS.get((token, "B", l, j),
+        b = CACHE.get(("matmul", token, "B", l, j),
                         lambda: B.get_block(l, j, copy=False).astype(dt, copy=False))
         _gemm_acc(acc, a, b)
     C.put_block(i, j, acc)

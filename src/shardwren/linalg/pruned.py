@@ -31,15 +31,23 @@ Exactness is proven, not hoped (u is float32's unit roundoff, gamma_n = nu / (1 
   float32, then a length-(m+4) dot product, with ``|(y^, r+)|^2 <= (1 + 6 eps) n``
   and Cauchy-Schwarz), and the float64 steps add at most ``1e-8 s_q s_x``, so
   ``C_gemm = 2 (gamma_{m+4} + 2u) + 1e-7`` makes the computed value a true lower bound;
-* exact distances are computed in float64 as ``sum((q - x)^2)``, the same
-  arithmetic as the float64 brute force the tests compare against (exact for
-  integer data such as MNIST pixels), and ties go to the smaller index.
+* everything above is homogeneous of degree 2, so it holds in *scaled units*: the
+  centred data is multiplied by a power of two ``sigma`` (exact) that brings the
+  sample's values into [-1, 1], and bounds are compared with ``sigma**2 tau``. Then
+  float32 cannot overflow for any row with ``s <= 1e15`` (scaled); a row beyond that
+  (an outlier, or a query far from the training set) gets the bound ``-inf``, so
+  it is always a candidate. Float32 underflow adds absolute errors below
+  ``(m + d + 8) 2**-150`` times values at most ``max(1, s_q, s_x)``: relative to
+  ``(s_q + s_x)**2`` they are inside the ``1e-7`` slack of ``C_gemm``, and the rest is
+  covered by subtracting ``1e-30`` from every bound;
+* exact distances are computed in float64 as ``sum((q - x)^2)`` with the float64
+  reference's own arithmetic (:func:`shardwren.linalg.kernels.exact_sq_dist`), and
+  ties go to the smaller index: neighbours and distances are the reference's.
 """
 
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,10 +56,11 @@ import numpy as np
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import new_token, run_resumable, sq_norms
-from .knn import _cached, _gemm_nt
+from ._cache import CACHE
+from ._common import new_token, run_resumable
+from .kernels import U32, ceil_f32, exact_sq_dist, gamma, gemm_nt, sq_norms
+from .knn import check_finite
 
-U32 = float(np.finfo(np.float32).eps) / 2
 M_CHOICES = (16, 32, 64, 128)
 #: Costs in float32 GEMM multiply-add equivalents (8 ps each at the sgemm limit),
 #: measured per phase on the development machine: an exact float64 distance (a
@@ -68,22 +77,22 @@ AUTO_THRESHOLD = 0.8
 QUICK_REJECT = 3.0
 #: Query rows per task: small enough to balance the workers, large enough for GEMMs.
 QUERY_ROWS = 1000
-_RAW = None
-
-
-def _gamma(n: int) -> float:
-    return n * U32 / (1 - n * U32)
+#: Rows whose scaled centred norm exceeds this are too far out for float32 bounds:
+#: their bound is -inf, so they are always candidates (exact, just not pruned).
+WIDE = 1e15
+#: Absolute slack for float32 underflow in scaled units (see the module docstring).
+UNDERFLOW_SLACK = 1e-30
 
 
 def projection_error(m: int, d: int) -> float:
     """``eps`` of the module docstring: the float32 projection of ``d`` features onto
     ``m`` directions is off by at most ``eps |x~|`` (Euclidean norm)."""
-    return 1.001 * np.sqrt(m) * (_gamma(d) + 2 * U32)
+    return 1.001 * np.sqrt(m) * (gamma(d) + 2 * U32)
 
 
 def margin_constant(m: int, d: int) -> float:
     """The ``C`` of the module docstring for ``d`` features projected onto ``m`` directions."""
-    return 2 * (_gamma(m + 4) + 2 * U32) + 1e-7 + 1.5 * projection_error(m, d)
+    return 2 * (gamma(m + 4) + 2 * U32) + 1e-7 + 1.5 * projection_error(m, d)
 
 
 @dataclass
@@ -97,19 +106,21 @@ class PrunedIndex:
     C: float
     info: dict[str, Any] = field(default_factory=dict)
     token: str = field(default_factory=new_token)  # keys worker caches for this index
+    scale: float = 1.0        # power of two applied to centred data (module docstring)
 
     @property
     def m(self) -> int:
         return self.P.shape[0]
 
 
-def _project(X: np.ndarray, mean: np.ndarray, P: np.ndarray, rows: int = 1024):
-    """``(y^, r+, s, n)`` of the module docstring for every row of X.
+def _project(X: np.ndarray, mean: np.ndarray, P: np.ndarray, scale: float, rows: int = 1024):
+    """``(y^, r+, s, n)`` of the module docstring for every row of X, in scaled units.
 
     ``y^`` comes from a float32 GEMM (four times a float64 one's speed), the
     norms from float64. Works through X in row chunks: float64 copies of a whole
     block are large fresh allocations, and first-touching memory is slow on
-    virtual machines.
+    virtual machines. Rows beyond :data:`WIDE` get non-finite values here and are
+    made always-candidates by the callers.
     """
     m, d = P.shape
     P32 = P.astype(np.float32)
@@ -117,64 +128,81 @@ def _project(X: np.ndarray, mean: np.ndarray, P: np.ndarray, rows: int = 1024):
     n = np.empty(len(X))
     for i in range(0, len(X), rows):
         Xc = np.subtract(X[i:i + rows], mean, dtype=np.float64)
+        Xc *= scale
         n[i:i + rows] = sq_norms(Xc)
-        np.matmul(Xc.astype(np.float32), P32.T, out=y[i:i + rows])
+        with np.errstate(over="ignore", invalid="ignore"):
+            np.matmul(Xc.astype(np.float32), P32.T, out=y[i:i + rows])
     y64 = y.astype(np.float64)
-    r = np.sqrt(np.maximum(n - sq_norms(y64), 0) + 3 * projection_error(m, d) * n)
+    with np.errstate(over="ignore", invalid="ignore"):
+        r = np.sqrt(np.maximum(n - sq_norms(y64), 0) + 3 * projection_error(m, d) * n)
     return y64, r, np.sqrt(n), n
 
 
-def _augment_query(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float) -> np.ndarray:
+def _augment_query(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float,
+                   scale: float) -> np.ndarray:
     """``a_q`` of the module docstring for every row of X (float32)."""
-    y, r, s, n = _project(X, mean, P)
+    y, r, s, n = _project(X, mean, P, scale)
     a = np.empty((len(X), P.shape[0] + 4), dtype=np.float32)
     a[:, :-4] = -2 * y
     a[:, -4] = -2 * r
     a[:, -3] = -2 * C * s
-    a[:, -2] = (1 - C) * n
+    a[:, -2] = (1 - C) * n - UNDERFLOW_SLACK
     a[:, -1] = 1
+    wide = ~(s <= WIDE)
+    if wide.any():  # bound -inf against every row: all are candidates
+        a[wide] = 0
+        a[wide, -2] = -np.inf
+        a[wide, -1] = 1
     return a
 
 
-def _augment_train(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float) -> np.ndarray:
+def _augment_train(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float,
+                   scale: float) -> np.ndarray:
     """``b_x`` of the module docstring for every row of X (float32)."""
-    y, r, s, n = _project(X, mean, P)
+    y, r, s, n = _project(X, mean, P, scale)
     b = np.empty((len(X), P.shape[0] + 4), dtype=np.float32)
     b[:, :-4] = y
     b[:, -4] = r
     b[:, -3] = s
     b[:, -2] = 1
     b[:, -1] = (1 - C) * n
+    wide = ~(s <= WIDE)
+    if wide.any():  # bound -inf for every query: always a candidate
+        b[wide] = 0
+        b[wide, -2] = 1
+        b[wide, -1] = -np.inf
     return b
-
-
-def exact_sq_dist(Q64: np.ndarray, X: np.ndarray, qs: np.ndarray, xs: np.ndarray) -> np.ndarray:
-    """``sum((Q64[qs] - X[xs])**2, axis=1)`` in float64 (X's rows converted to it
-    first), in pair chunks of a few MB so that temporaries stay in cache."""
-    out = np.empty(len(qs), dtype=np.float64)
-    step = max(1, (4 << 20) // (8 * max(1, Q64.shape[1])))
-    for s in range(0, len(qs), step):
-        diff = Q64[qs[s:s + step]] - X[xs[s:s + step]]
-        out[s:s + step] = sq_norms(diff)
-    return out
 
 
 # --- fit ------------------------------------------------------------------------------------
 
 
-def _project_block(T: ShardedMatrix, Z: ShardedMatrix, j: int, mean, P, C, token: str) -> int:
+def _project_block(T: ShardedMatrix, Z: ShardedMatrix, j: int, mean, P, C, scale,
+                   token: str) -> int:
     """Project training block j; the worker keeps the raw and projected blocks cached
     for the queries that follow (they are read here anyway)."""
     raw = T.get_block(j, 0, copy=False)
-    z = _augment_train(raw, mean, P, C)
+    check_finite(raw, j * T.shard_sizes[0], "the training set")
+    z = _augment_train(raw, mean, P, C, scale)
     Z.put_block(j, 0, z)
-    _raw_cache().get((token, j), lambda: raw)
-    _z_put((token, j), z)
+    CACHE.put(("pruned-raw", token, j), raw)
+    CACHE.put(("pruned-z", token, j), z)
     return 0
 
 
+def _scale_for(sample: np.ndarray, mean: np.ndarray) -> float:
+    """A power of two bringing the sample's centred values into [-1, 1] (within 2**+-500,
+    so that its square stays a finite float64)."""
+    spread = float(np.max(np.abs(sample - mean), initial=0.0))
+    if not spread > 0:
+        return 1.0
+    return float(np.ldexp(1.0, int(np.clip(-np.frexp(spread)[1], -500, 500))))
+
+
 def _sample_rows(T: ShardedMatrix, rows: int, seed: int = 0) -> np.ndarray:
-    """About ``rows`` training rows, in random order, as float32 (an estimate's input).
+    """About ``rows`` training rows, in random order (an estimate's input): float32
+    when the data converts to it exactly (float32, float16, 8- and 16-bit integers),
+    float64 otherwise.
 
     Rows are gathered from (mapped) blocks spread over the matrix, so the only
     new memory is the sample itself.
@@ -183,10 +211,14 @@ def _sample_rows(T: ShardedMatrix, rows: int, seed: int = 0) -> np.ndarray:
     rng = np.random.default_rng(seed)
     # at least two blocks, so that data stored in some order still gives a fair sample
     take = max(1, min(g, max(2, -(-rows // T.shard_sizes[0]))))
-    blocks = [T.get_block(int(j), 0, copy=False) for j in sorted(rng.choice(g, take, replace=False))]
+    chosen = sorted(int(j) for j in rng.choice(g, take, replace=False))
+    blocks = [T.get_block(j, 0, copy=False) for j in chosen]
+    for j, b in zip(chosen, blocks):
+        check_finite(b, j * T.shard_sizes[0], "the training set")
     total = sum(len(b) for b in blocks)
     pick = rng.permutation(total)[:rows]
-    out = np.empty((len(pick), T.shape[1]), dtype=np.float32)
+    exact32 = np.can_cast(blocks[0].dtype, np.float32, "safe")
+    out = np.empty((len(pick), T.shape[1]), dtype=np.float32 if exact32 else np.float64)
     start = 0
     for b in blocks:
         mine = np.flatnonzero((pick >= start) & (pick < start + len(b)))
@@ -297,6 +329,10 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
     t0 = time.perf_counter()
     n, d = T.shape
     sample = _sample_rows(T, sample_rows)
+    # Any shift keeps the bound valid; the sample's mean is as good as the full one.
+    mean = sample.mean(axis=0, dtype=np.float64)
+    scale = _scale_for(sample, mean)
+    sample, smean = _for_estimates(sample, mean, scale)
     t_sample = time.perf_counter()
     info: dict[str, Any] = {}
     if m is None and allow_brute:
@@ -308,13 +344,11 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
                              blocks=T.grid[0])
         if qm is not None and min(qinfo["cost_vs_brute"].values()) > QUICK_REJECT:
             qinfo.update(fit_s=time.perf_counter() - t0, quick_reject=True)
-            return PrunedIndex(T, qmean, np.zeros((0, d)), None, 0.0, qinfo)
-    # Any shift keeps the bound valid; the sample's mean is as good as the full one.
-    mean = sample.mean(axis=0, dtype=np.float64)
-    P_full = _principal(sample, mean, d, m)
+            return PrunedIndex(T, mean, np.zeros((0, d)), None, 0.0, qinfo)
+    P_full = _principal(sample, smean, d, m)
     t_pca = time.perf_counter()
     if m is None:
-        m, info = choose_m(sample, mean, P_full, n, k, blocks=T.grid[0])
+        m, info = choose_m(sample, smean, P_full, n, k, blocks=T.grid[0])
     info.update(sample_s=t_sample - t0, pca_s=t_pca - t_sample,
                 choose_s=time.perf_counter() - t_pca)
     if m is not None and allow_brute and not info.get("beats_brute", True):
@@ -328,49 +362,42 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
     Z = ShardedMatrix(f"tmp/pruned-{new_token()[:12]}", shape=(n, m + 4),
                       shard_sizes=(T.shard_sizes[0], m + 4), dtype=np.float32, store=T.store)
     token = new_token()
-    get_all_results(executor.map(lambda j: _project_block(T, Z, j, mean, P, C, token),
+    get_all_results(executor.map(lambda j: _project_block(T, Z, j, mean, P, C, scale, token),
                                  range(T.grid[0])), progress=progress)
     info.update(m=m, fit_s=time.perf_counter() - t0, project_s=time.perf_counter() - t1)
-    return PrunedIndex(T, mean, P, Z, C, info, token)
+    return PrunedIndex(T, mean, P, Z, C, info, token, scale)
+
+
+def _for_estimates(sample: np.ndarray, mean: np.ndarray,
+                   scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """The sample as the float32 estimates (PCA, survivor rates) can use it, and its mean.
+
+    Those estimates work in float32 on the sample minus its mean. Data that float32
+    holds well is passed as it is (no fresh copy); float64 data, or data whose spread
+    is extreme, is centred in float64 and scaled first, so float32 neither overflows
+    nor loses the spread to a large offset. (Estimates only: exactness never depends
+    on them.)
+    """
+    spread = 1.0 / scale
+    if sample.dtype == np.float32 and 1e-10 < spread < 1e10:
+        return sample, mean
+    out = np.subtract(sample, mean, dtype=np.float64)
+    out *= scale
+    return out.astype(np.float32), np.zeros_like(mean)
 
 
 # --- queries --------------------------------------------------------------------------------
 
 
-_Z_CACHE: OrderedDict = OrderedDict()
-
-
-def _z_put(key: tuple, block: np.ndarray) -> None:
-    _Z_CACHE[key] = block
-    _Z_CACHE.move_to_end(key)
-    while sum(b.nbytes for b in _Z_CACHE.values()) > 256 << 20:
-        _Z_CACHE.popitem(last=False)
-
-
 def _z_block(index: PrunedIndex, j: int) -> np.ndarray:
-    """Projected training block j; these are small (m + 4 columns), so a worker keeps
-    up to 256 MiB of them across tasks."""
-    key = (index.token, j)
-    if key in _Z_CACHE:
-        _Z_CACHE.move_to_end(key)
-        return _Z_CACHE[key]
-    block = index.Z.get_block(j, 0, copy=False)
-    _z_put(key, block)
-    return block
-
-
-def _raw_cache():
-    global _RAW
-    if _RAW is None:
-        from ._common import BlockCache
-
-        _RAW = BlockCache(512 << 20)
-    return _RAW
+    """Projected training block j (small: m + 4 columns), kept by the worker across tasks."""
+    return CACHE.get(("pruned-z", index.token, j), lambda: index.Z.get_block(j, 0, copy=False))
 
 
 def _raw_block(index: PrunedIndex, j: int) -> np.ndarray:
     """Raw training block j, kept by the worker (bounded) for the call's other tasks."""
-    return _raw_cache().get((index.token, j), lambda: index.train.get_block(j, 0, copy=False))
+    return CACHE.get(("pruned-raw", index.token, j),
+                     lambda: index.train.get_block(j, 0, copy=False))
 
 
 def _keep_best(vals: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -391,10 +418,13 @@ def _pruned_block(index: PrunedIndex, Q: ShardedMatrix, i: int, r0: int, r1: int
     collected rows with bound <= final tau (the survivors) get exact distances;
     their k best, ties to the smaller index, are the answer.
     """
-    block = _cached(("query", index.token, Q.key, i), lambda: Q.get_block(i, 0, copy=False))
+    block = CACHE.get(("pruned-query", index.token, Q.store.url, Q.key, i),
+                      lambda: Q.get_block(i, 0, copy=False))
+    check_finite(block[r0:r1], i * Q.shard_sizes[0] + r0, "the query set")
     Q64 = block[r0:r1].astype(np.float64)
     nq = len(Q64)
-    a = _augment_query(Q64, index.mean, index.P, index.C)
+    a = _augment_query(Q64, index.mean, index.P, index.C, index.scale)
+    s2 = index.scale ** 2  # bounds are in scaled units, exact distances are not
     T = index.train
     bt = T.shard_sizes[0]
     q_global = i * Q.shard_sizes[0] + r0 + np.arange(nq)
@@ -403,7 +433,7 @@ def _pruned_block(index: PrunedIndex, Q: ShardedMatrix, i: int, r0: int, r1: int
     best_i = np.full((nq, k), -1, dtype=np.int64)
     got_q, got_x, got_lb = [], [], []
     for j in range(T.grid[0]):
-        lb = _gemm_nt(a, _z_block(index, j))
+        lb = gemm_nt(a, _z_block(index, j))
         lo, nb = j * bt, lb.shape[1]
         if exclude_self:
             own = (q_global >= lo) & (q_global < lo + nb)
@@ -413,20 +443,20 @@ def _pruned_block(index: PrunedIndex, Q: ShardedMatrix, i: int, r0: int, r1: int
         # Only candidates whose bound is under the running tau can lower it (their
         # distance is at least their bound): exact distances for those alone.
         cand = np.take_along_axis(lb, idx, 1)
-        qs, cols = np.nonzero(cand < _as_f32_ceiling(best_d[:, -1])[:, None])
+        qs, cols = np.nonzero(cand < ceil_f32(best_d[:, -1] * s2)[:, None])
         if len(qs):
             d = np.full(idx.shape, np.inf)
             d[qs, cols] = exact_sq_dist(Q64, _raw_block(index, j), qs, idx[qs, cols])
             best_d, best_i = _keep_best(np.concatenate([best_d, d], 1),
                                         np.concatenate([best_i, idx + lo], 1), k)
-        tau32 = _as_f32_ceiling(best_d[:, -1])
+        tau32 = ceil_f32(best_d[:, -1] * s2)
         # One compare and a flat scan: far cheaper than a 2-D nonzero or row gathers.
         flat = np.flatnonzero(lb <= tau32[:, None])
         got_q.append(flat // nb)
         got_x.append(flat % nb + lo)
         got_lb.append(lb.ravel()[flat])
     qs, xs, lbs = (np.concatenate(v) for v in (got_q, got_x, got_lb))
-    keep = lbs <= _as_f32_ceiling(best_d[:, -1])[qs]
+    keep = lbs <= ceil_f32(best_d[:, -1] * s2)[qs]
     qs, xs = qs[keep], xs[keep]
     ds = np.empty(len(qs))
     blocks = xs // bt
@@ -437,13 +467,6 @@ def _pruned_block(index: PrunedIndex, Q: ShardedMatrix, i: int, r0: int, r1: int
     qs, xs, ds = qs[order], xs[order], ds[order]
     pos = np.searchsorted(qs, rows)[:, None] + np.arange(k)[None, :]
     return i * Q.shard_sizes[0] + r0, ds[pos], xs[pos], len(qs)
-
-
-def _as_f32_ceiling(tau: np.ndarray) -> np.ndarray:
-    """The smallest float32 values not below ``tau``: comparing a float32 bound
-    against them never drops a row whose bound is at most tau."""
-    t = tau.astype(np.float32)
-    return np.where(t.astype(np.float64) < tau, np.nextafter(t, np.float32(np.inf)), t)
 
 
 def query(index: PrunedIndex, Q: ShardedMatrix, k: int, executor: Executor,

@@ -1,0 +1,335 @@
+"""Numeric kernels shared by the block algorithms (pure functions: no I/O, no executor).
+
+* exact distances: :func:`exact_sq_dist` evaluates ``sum((q - x)**2)`` in float64 with
+  the same arithmetic as the float64 reference ``((Q[:, None] - X[None]) ** 2).sum(-1)``
+  (numpy's pairwise summation along the contiguous feature axis), so the distances
+  every k-NN path returns are bitwise those of the reference;
+* selection and merging of top-k partial results (ties to the smaller index);
+* the float32 GEMM into a per-thread buffer, and rounding-error constants for
+  the certified bounds (Higham, *Accuracy and Stability of Numerical Algorithms*,
+  ch. 3: a length-n dot product in any summation order, with or without FMA, is off
+  by at most ``gamma_n sum |x_i y_i|``, ``gamma_n = n u / (1 - n u)``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._cache import scratch
+
+Partial = tuple[np.ndarray, np.ndarray]  # (squared distances, indices), each (n, k)
+
+#: Unit roundoffs.
+U32 = float(np.finfo(np.float32).eps) / 2
+U64 = float(np.finfo(np.float64).eps) / 2
+#: Spacing of float32's subnormals: the largest absolute error of an underflowing
+#: float32 result is half of it.
+TINY32 = float(np.finfo(np.float32).smallest_subnormal)
+#: Index used to pad partial results that hold fewer than k real neighbours; it
+#: sorts after every real index, so a pad never wins a tie.
+PAD_INDEX = np.iinfo(np.int64).max
+
+
+def gamma(n: int, u: float = U32) -> float:
+    """``gamma_n = n u / (1 - n u)``: relative error bound of a length-n dot product."""
+    return n * u / (1 - n * u)
+
+
+def ceil_f32(x: np.ndarray) -> np.ndarray:
+    """The smallest float32 values not below ``x`` (float64): comparing a float32
+    quantity against them never drops one that is at most ``x``."""
+    x = np.asarray(x, dtype=np.float64)
+    with np.errstate(over="ignore"):
+        t = x.astype(np.float32)
+    return np.where(t.astype(np.float64) < x, np.nextafter(t, np.float32(np.inf)), t)
+
+
+def gemm_nt(a: np.ndarray, b: np.ndarray, slot: str = "gemm") -> np.ndarray:
+    """``a @ b.T`` into this thread's reusable buffer (see :func:`._cache.scratch`).
+
+    The result is overwritten by the thread's next call with the same ``slot``.
+    """
+    out = scratch((a.shape[0], b.shape[0]), np.result_type(a.dtype, b.dtype), slot)
+    return np.matmul(a, b.T, out=out)
+
+
+def exact_sq_dist(A: np.ndarray, B: np.ndarray, ia: np.ndarray, ib: np.ndarray,
+                  chunk_bytes: int = 256 << 10) -> np.ndarray:
+    """``sum((A[ia] - B[ib]) ** 2, axis=1)`` in float64, for row pairs ``(ia, ib)``.
+
+    Rows of any numeric dtype are converted to float64 (exactly, up to int64
+    values beyond 2**53, which round as in the reference), subtracted, squared and
+    summed with numpy's pairwise summation: bitwise the float64 reference.
+    Works through the pairs in chunks small enough to stay in cache, in two
+    reused float64 buffers (converting on assignment is several times faster than
+    a mixed-type subtraction).
+    """
+    ia, ib = np.asarray(ia), np.asarray(ib)
+    out = np.empty(len(ia), dtype=np.float64)
+    d = A.shape[1]
+    if d == 0 or len(ia) == 0:
+        out[:] = 0
+        return out
+    step = max(1, chunk_bytes // (8 * d))
+    abuf = np.empty((min(step, len(ia)), d))
+    bbuf = np.empty_like(abuf)
+    for s in range(0, len(ia), step):
+        sa, sb = ia[s:s + step], ib[s:s + step]
+        a, b = abuf[:len(sa)], bbuf[:len(sa)]
+        a[...] = A[sa]
+        b[...] = B[sb]
+        np.subtract(a, b, out=a)
+        np.square(a, out=a)
+        out[s:s + len(sa)] = a.sum(axis=1)
+    return out
+
+
+def best_k(qs: np.ndarray, xs: np.ndarray, ds: np.ndarray, n: int, k: int) -> Partial:
+    """Each of ``n`` queries' k best ``(distance, index)`` among the pairs given.
+
+    ``qs`` are query rows in ``range(n)``, ``xs`` the candidates' (global) indices,
+    ``ds`` their distances. Ties go to the smaller index. Queries with fewer than
+    k pairs are padded with ``(inf, PAD_INDEX)``.
+    """
+    order = np.lexsort((xs, ds, qs))
+    qs, xs, ds = qs[order], xs[order], ds[order]
+    start = np.searchsorted(qs, np.arange(n))
+    count = np.diff(np.append(start, len(qs)))
+    pos = start[:, None] + np.arange(k)[None, :]
+    ok = np.arange(k)[None, :] < count[:, None]
+    pos = np.where(ok, pos, 0)
+    if len(qs) == 0:
+        return np.full((n, k), np.inf), np.full((n, k), PAD_INDEX, dtype=np.int64)
+    vals = np.where(ok, ds[pos], np.inf)
+    idx = np.where(ok, xs[pos], PAD_INDEX).astype(np.int64)
+    return vals, idx
+
+
+def topk_rows(S: np.ndarray, k: int, offset: int = 0) -> Partial:
+    """The k smallest entries of each row of S, sorted, ties to the smaller column.
+
+    Returns values and column indices (plus ``offset``), each of shape (rows, min(k, cols)).
+    """
+    n, m = S.shape
+    k = min(k, m)
+    if k == 1:
+        idx = np.argmin(S, axis=1)[:, None]  # first occurrence: smallest index on ties
+    else:
+        idx = np.argpartition(S, k - 1, axis=1)[:, :k] if k < m else np.tile(np.arange(m), (n, 1))
+        kth = np.take_along_axis(S, idx, 1).max(axis=1)
+        # argpartition may drop a smaller index tied with the k-th value: redo those rows.
+        crowded = np.flatnonzero((S <= kth[:, None]).sum(axis=1) > k)
+        for r in crowded:
+            cand = np.flatnonzero(S[r] <= kth[r])
+            idx[r] = cand[np.lexsort((cand, S[r, cand]))[:k]]
+    vals = np.take_along_axis(S, idx, 1)
+    order = np.lexsort((idx, vals), axis=1)
+    return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1) + offset
+
+
+def merge(a: Partial, b: Partial, k: int) -> Partial:
+    """Merge two partial top-k results for the same queries (ties to the smaller index)."""
+    vals = np.concatenate([a[0], b[0]], axis=1)
+    idx = np.concatenate([a[1], b[1]], axis=1)
+    order = np.lexsort((idx, vals), axis=1)[:, :k]
+    return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
+
+
+def tree_merge(parts: list[Partial], k: int) -> Partial:
+    """Merge partials pairwise, level by level (a balanced tree)."""
+    if not parts:
+        raise ValueError("nothing to merge")
+    while len(parts) > 1:
+        nxt = [merge(parts[i], parts[i + 1], k) for i in range(0, len(parts) - 1, 2)]
+        if len(parts) % 2:
+            nxt.append(parts[-1])
+        parts = nxt
+    return parts[0]
+
+
+def vote(labels: np.ndarray) -> np.ndarray:
+    """Majority vote over each row of neighbour labels (nearest first).
+
+    Ties between labels with equal counts go to the label whose first
+    occurrence is nearest (for k=1 this is plain 1-NN).
+    """
+    labels = np.asarray(labels)
+    out = np.empty(labels.shape[0], dtype=labels.dtype)
+    for r, row in enumerate(labels):
+        values, first, counts = np.unique(row, return_index=True, return_counts=True)
+        best = np.lexsort((first, -counts))[0]
+        out[r] = values[best]
+    return out
+
+
+def sq_norms(X: np.ndarray) -> np.ndarray:
+    """Squared Euclidean norm of each row (in X's dtype)."""
+    return np.einsum("ij,ij->i", X, X)
+
+
+# --- certified distance tiles (the tutorial's materialised D) ------------------------------
+
+#: Long double's unit roundoff (2**-64 on x86; float64's where the type is an alias).
+ULD = float(np.finfo(np.longdouble).eps) / 2
+#: Rows per chunk of a distance tile: a chunk's float64 temporaries stay in cache.
+TILE_ROWS = 512
+
+
+def _norms_ld(X: np.ndarray) -> np.ndarray:
+    """Squared row norms of float64 X summed in long double, rounded to float64."""
+    Xl = X.astype(np.longdouble)
+    return np.einsum("ij,ij->i", Xl, Xl).astype(np.float64)
+
+
+def _split(X: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray]:
+    """``X = hi + lo`` exactly, where each row of ``hi`` holds integers of at most
+    ``bits`` bits times one power of two (``2**e``, ``e >= -500``): products of two such
+    rows, and their sums over up to ``2**(53 - 2 bits)`` columns, are exact in float64."""
+    top = np.abs(X).max(axis=1, initial=0.0)
+    e = np.maximum(np.frexp(top)[1] - bits, -500)
+    unit = np.ldexp(1.0, e)[:, None]
+    hi = np.rint(X / unit) * unit
+    return hi, X - hi
+
+
+def sq_dist_tile(a: np.ndarray, b: np.ndarray, out_dtype: np.dtype) -> np.ndarray:
+    """Squared Euclidean distances between the rows of ``a`` and ``b``, certified.
+
+    Every entry's relative error is at most ``gamma_{d+2}`` of ``out_dtype``, what
+    summing ``sum((a_i - b_j)**2)`` directly in that type can promise, for any finite
+    input: no cancellation on uncentred data.
+
+    How: both blocks are centred on ``a``'s mean and scaled by a power of two in
+    float64; distances come from ``|a|**2 + |b|**2 - 2 a.b`` with the norms summed in
+    long double. For a float32 result one float64 GEMM suffices (its error,
+    ``gamma_d |a||b|`` in float64, is far below float32's rounding except for
+    near-duplicate pairs). For a float64 result the GEMM is split (Ozaki's scheme):
+    ``a = hi + lo`` with ``hi`` short enough that ``hi_a . hi_b`` is computed exactly,
+    and ``hi_a . lo_b + lo_a . b`` carries a 2**-20 smaller error. Each entry then
+    gets a rigorous error bound ``E`` (centring, norms, GEMM, the final sum, underflow);
+    entries whose bound is not within the promise (near-duplicates, mostly) are
+    recomputed directly from the raw rows in float64 (:func:`exact_sq_dist`).
+    """
+    out_dtype = np.dtype(out_dtype)
+    n, d = a.shape
+    m = b.shape[0]
+    out = np.empty((n, m), dtype=out_dtype)
+    if n == 0 or m == 0:
+        return out
+    mu = a.mean(axis=0, dtype=np.float64)
+    ac = np.subtract(a, mu, dtype=np.float64)
+    bc = np.subtract(b, mu, dtype=np.float64)
+    top = max(float(np.abs(ac).max(initial=0.0)), float(np.abs(bc).max(initial=0.0)))
+    s = float(np.ldexp(1.0, -int(np.frexp(top)[1]))) if top > 0 else 1.0
+    s = min(max(s, 2.0 ** -500), 2.0 ** 500)
+    ac *= s
+    bc *= s
+    na, nb = _norms_ld(ac), _norms_ld(bc)
+    an, bn = np.sqrt(na), np.sqrt(nb)
+    u_out = float(np.finfo(out_dtype).eps) / 2
+    # Allowed relative error before the final rounding to out_dtype.
+    allowed = gamma(d + 2, u_out) - (u_out if out_dtype != np.float64 else 0.0)
+    e = U64 * 1.01  # centring: |fl(x - mu) - (x - mu)| <= u64 |x - mu|
+    rest = 1.02 * (2 * e + e * e + 6 * U64 + d * ULD + U64) + 1e-300
+    tiny = 4 * (2 * d + 10) * 2.0 ** -1074
+    split = out_dtype == np.float64
+    if split:
+        bits = max(1, (53 - int(np.ceil(np.log2(max(d, 2))))) // 2)
+        a_hi, a_lo = _split(ac, bits)
+        b_hi, b_lo = _split(bc, bits)
+        a_pair = np.concatenate([a_hi, a_lo], axis=1)
+        b_pair = np.concatenate([b_lo, bc], axis=1)
+        a_hn, a_ln = np.linalg.norm(a_hi, axis=1), np.linalg.norm(a_lo, axis=1)
+        b_ln = np.linalg.norm(b_lo, axis=1)
+        g2 = gamma(2 * d, U64) * 1.01
+    for r0 in range(0, n, TILE_ROWS):
+        r1 = min(n, r0 + TILE_ROWS)
+        if split:
+            G = a_hi[r0:r1] @ b_hi.T
+            G += a_pair[r0:r1] @ b_pair.T
+            E = g2 * (np.multiply.outer(a_hn[r0:r1], b_ln) + np.multiply.outer(a_ln[r0:r1], bn))
+            E *= 2
+            E += 2.02 * U64 * np.abs(G)  # the rounding of hi.hi + rest
+        else:
+            G = ac[r0:r1] @ bc.T
+            E = np.multiply.outer(an[r0:r1], bn)
+            E *= 2 * gamma(d, U64) * 1.01
+        S = np.add.outer(an[r0:r1], bn)
+        np.square(S, out=S)
+        E += rest * S + tiny * (1 + S)
+        Dh = np.add.outer(na[r0:r1], nb)
+        Dh -= 2 * G
+        bad = np.flatnonzero(~(E <= allowed * (Dh - E)))
+        Dh /= s * s
+        chunk = out[r0:r1]
+        chunk[...] = Dh
+        if len(bad):
+            rows, cols = bad // m, bad % m
+            chunk.reshape(-1)[bad] = exact_sq_dist(a, b, rows + r0, cols)
+    return out
+
+
+# --- candidate selection ------------------------------------------------------------------
+
+#: Elements per group in :func:`window_candidates`' first pass.
+GROUP = 16
+
+
+def _group_min(S: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
+    """Minima over groups of ``GROUP`` strided entries along ``axis`` (no copy of S).
+
+    For rows (axis 1) with ``W = n // GROUP``: ``gm[r, w] = min_g S[r, w + g W]``;
+    for columns (axis 0) likewise over rows. Entries past ``GROUP * W`` are left out
+    (the caller handles that short tail directly). Returns ``(gm, W)``.
+    """
+    n = S.shape[axis]
+    W = n // GROUP
+    if W == 0:
+        return (S[:, :0] if axis == 1 else S[:0]), 0
+    if axis == 1:
+        main = S[:, :GROUP * W]
+        if S.flags.c_contiguous and n == GROUP * W:
+            return main.reshape(S.shape[0], GROUP, W).min(axis=1), W
+        return np.minimum.reduce([main[:, g * W:(g + 1) * W] for g in range(GROUP)]), W
+    # Rows of a C-ordered S: GROUP contiguous slabs of W rows each.
+    return S[:GROUP * W].reshape(GROUP, W, S.shape[1]).min(axis=0), W
+
+
+def window_candidates(S: np.ndarray, k: int, threshold, axis: int = 1
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """Entries of ``S`` (float32) within each row's (``axis=1``) or column's window.
+
+    ``threshold(kth)`` maps an upper bound on each line's k-th smallest entry to
+    the float32 threshold of that line; every entry at most its line's threshold
+    is returned, as ``(rows, cols)`` index arrays (a superset is never wrong for
+    the callers: they re-rank exactly). One pass computes minima over groups of
+    :data:`GROUP` entries; the k-th smallest group minimum bounds the line's k-th
+    smallest entry from above; only the few groups whose minimum is under the
+    threshold are looked into. About half the cost of a compare over all of S.
+    """
+    n_lines, n = (S.shape[0], S.shape[1]) if axis == 1 else (S.shape[1], S.shape[0])
+    gm, W = _group_min(S, axis)
+    tail = S[:, GROUP * W:] if axis == 1 else S[GROUP * W:]
+    gm_lines = gm if axis == 1 else gm.T  # (lines, W)
+    tail_lines = tail if axis == 1 else tail.T  # (lines, n - GROUP W), short
+    if k > W // 4 or n <= GROUP:
+        # Few groups: the plain way (partition over the whole line).
+        full = S if axis == 1 else S.T
+        kth = np.full(n_lines, np.inf, dtype=np.float32) if k > n else (
+            full.min(axis=1) if k == 1 else np.partition(full, k - 1, axis=1)[:, k - 1])
+        thr = threshold(kth)
+        lines, others = np.nonzero(full <= thr[:, None])
+    else:
+        both = np.concatenate([gm_lines, tail_lines], axis=1) if tail_lines.shape[1] else gm_lines
+        kth = both.min(axis=1) if k == 1 else np.partition(both, k - 1, axis=1)[:, k - 1]
+        thr = threshold(kth)
+        gl, gw = np.nonzero(gm_lines <= thr[:, None])
+        members = gw[:, None] + W * np.arange(GROUP)[None, :]        # (hits, GROUP)
+        vals = S[gl[:, None], members] if axis == 1 else S[members, gl[:, None]]
+        hit = vals <= thr[gl][:, None]
+        lines, others = np.broadcast_to(gl[:, None], hit.shape)[hit], members[hit]
+        if tail_lines.shape[1]:
+            tl, tc = np.nonzero(tail_lines <= thr[:, None])
+            lines = np.concatenate([lines, tl])
+            others = np.concatenate([others, tc + GROUP * W])
+    return (lines, others) if axis == 1 else (others, lines)
