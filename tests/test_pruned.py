@@ -99,7 +99,7 @@ def test_classifier_fit_builds_the_index_once(executor, mnist):
     clf = KNeighborsClassifier(1, executor=executor, method="pruned", block_size=2000)
     clf.fit(X[:8000], y[:8000])
     index = clf._index
-    assert index is not None and index.Z is not None
+    assert index is not None and index.pruning
     a = clf.predict(Xt[:300])
     b = clf.predict(Xt[300:600])
     assert clf._index is index  # reused across queries

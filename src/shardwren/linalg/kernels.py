@@ -295,6 +295,38 @@ def _group_min(S: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
     return S[:GROUP * W].reshape(GROUP, W, S.shape[1]).min(axis=0), W
 
 
+def below(S: np.ndarray, thr: np.ndarray, axis: int = 1,
+          gm: tuple[np.ndarray, int] | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """``(rows, cols)`` of the entries of ``S`` at most their row's (``axis=1``) or
+    column's (``axis=0``) threshold ``thr``.
+
+    One pass computes minima over groups of :data:`GROUP` entries (or takes them
+    from ``gm``); only the few groups whose minimum is under the threshold are
+    looked into. About half the cost of a compare over all of S, and no pass at
+    all over S's entries beyond that when nothing is under the threshold.
+    """
+    if gm is None:
+        gm = _group_min(S, axis)
+    g, W = gm
+    n = S.shape[axis]
+    if W == 0:
+        full = S if axis == 1 else S.T
+        lines, others = np.nonzero(full <= thr[:, None])
+        return (lines, others) if axis == 1 else (others, lines)
+    gm_lines = g if axis == 1 else g.T  # (lines, W)
+    gl, gw = np.nonzero(gm_lines <= thr[:, None])
+    members = gw[:, None] + W * np.arange(GROUP)[None, :]        # (hits, GROUP)
+    vals = S[gl[:, None], members] if axis == 1 else S[members, gl[:, None]]
+    hit = vals <= thr[gl][:, None]
+    lines, others = np.broadcast_to(gl[:, None], hit.shape)[hit], members[hit]
+    if n > GROUP * W:  # the short tail the groups leave out
+        tail = S[:, GROUP * W:] if axis == 1 else S[GROUP * W:].T
+        tl, tc = np.nonzero(tail <= thr[:, None])
+        lines = np.concatenate([lines, tl])
+        others = np.concatenate([others, tc + GROUP * W])
+    return (lines, others) if axis == 1 else (others, lines)
+
+
 def window_candidates(S: np.ndarray, k: int, threshold, axis: int = 1
                       ) -> tuple[np.ndarray, np.ndarray]:
     """Entries of ``S`` (float32) within each row's (``axis=1``) or column's window.
@@ -302,34 +334,20 @@ def window_candidates(S: np.ndarray, k: int, threshold, axis: int = 1
     ``threshold(kth)`` maps an upper bound on each line's k-th smallest entry to
     the float32 threshold of that line; every entry at most its line's threshold
     is returned, as ``(rows, cols)`` index arrays (a superset is never wrong for
-    the callers: they re-rank exactly). One pass computes minima over groups of
-    :data:`GROUP` entries; the k-th smallest group minimum bounds the line's k-th
-    smallest entry from above; only the few groups whose minimum is under the
-    threshold are looked into. About half the cost of a compare over all of S.
+    the callers: they re-rank exactly). The group minima of :func:`below` give the
+    bound: the k-th smallest group minimum is at least the line's k-th smallest entry.
     """
     n_lines, n = (S.shape[0], S.shape[1]) if axis == 1 else (S.shape[1], S.shape[0])
-    gm, W = _group_min(S, axis)
-    tail = S[:, GROUP * W:] if axis == 1 else S[GROUP * W:]
-    gm_lines = gm if axis == 1 else gm.T  # (lines, W)
-    tail_lines = tail if axis == 1 else tail.T  # (lines, n - GROUP W), short
+    g, W = _group_min(S, axis)
     if k > W // 4 or n <= GROUP:
         # Few groups: the plain way (partition over the whole line).
         full = S if axis == 1 else S.T
         kth = np.full(n_lines, np.inf, dtype=np.float32) if k > n else (
             full.min(axis=1) if k == 1 else np.partition(full, k - 1, axis=1)[:, k - 1])
-        thr = threshold(kth)
-        lines, others = np.nonzero(full <= thr[:, None])
-    else:
-        both = np.concatenate([gm_lines, tail_lines], axis=1) if tail_lines.shape[1] else gm_lines
-        kth = both.min(axis=1) if k == 1 else np.partition(both, k - 1, axis=1)[:, k - 1]
-        thr = threshold(kth)
-        gl, gw = np.nonzero(gm_lines <= thr[:, None])
-        members = gw[:, None] + W * np.arange(GROUP)[None, :]        # (hits, GROUP)
-        vals = S[gl[:, None], members] if axis == 1 else S[members, gl[:, None]]
-        hit = vals <= thr[gl][:, None]
-        lines, others = np.broadcast_to(gl[:, None], hit.shape)[hit], members[hit]
-        if tail_lines.shape[1]:
-            tl, tc = np.nonzero(tail_lines <= thr[:, None])
-            lines = np.concatenate([lines, tl])
-            others = np.concatenate([others, tc + GROUP * W])
-    return (lines, others) if axis == 1 else (others, lines)
+        lines, others = np.nonzero(full <= threshold(kth)[:, None])
+        return (lines, others) if axis == 1 else (others, lines)
+    gm_lines = g if axis == 1 else g.T
+    tail = S[:, GROUP * W:] if axis == 1 else S[GROUP * W:].T
+    both = np.concatenate([gm_lines, tail], axis=1) if tail.shape[1] else gm_lines
+    kth = both.min(axis=1) if k == 1 else np.partition(both, k - 1, axis=1)[:, k - 1]
+    return below(S, threshold(kth), axis, (g, W))

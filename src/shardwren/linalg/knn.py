@@ -382,16 +382,16 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
 
             if index is None or index.train is not T and index.train.key != T.key:
                 index = pruned.fit(T, ex, k=k, allow_brute=method == "auto", progress=progress)
-                inputs.adopt(index.Z)
-            timings.update(fit=time.perf_counter() - t1, m=index.m, pruning=index.Z is not None,
+            timings.update(fit=time.perf_counter() - t1, m=index.m, pruning=index.pruning,
                            why=index.info.get("reason"))
-            if index.Z is not None:
+            if index.pruning:
                 t2 = time.perf_counter()
                 jobs = len(ex.history)
                 dist, ind, surv, ran = pruned.query(index, Q, k, ex, exclude_self, progress,
                                                     resume, key)
                 timings.update(shard=t1 - t0, query=time.perf_counter() - t2, survivors=surv,
-                               survivors_per_query=surv / Q.shape[0], tasks=ran,
+                               survivors_per_query=surv / Q.shape[0],
+                               exact_per_query=surv / Q.shape[0], tasks=ran,
                                peak_rss=_peak_rss(ex, jobs))
                 return dist, ind
         prep = prepare(T, ex, progress)
@@ -485,7 +485,6 @@ class KNeighborsClassifier:
             self._X = self._inputs.matrix(X, "train")
             self._index = pruned.fit(self._X, self.executor, k=self.n_neighbors,
                                      allow_brute=self.method == "auto")
-            self._inputs.adopt(self._index.Z)
         return self
 
     def close(self) -> None:

@@ -54,11 +54,21 @@ from typing import Any
 import numpy as np
 
 from ..executor import Executor
-from ..futures import get_all_results
 from ..matrix import ShardedMatrix
 from ._cache import CACHE
 from ._common import new_token, run_resumable
-from .kernels import U32, ceil_f32, exact_sq_dist, gamma, gemm_nt, sq_norms
+from .kernels import (
+    PAD_INDEX,
+    U32,
+    below,
+    best_k,
+    ceil_f32,
+    exact_sq_dist,
+    gamma,
+    gemm_nt,
+    merge,
+    sq_norms,
+)
 from .knn import check_finite
 
 M_CHOICES = (16, 32, 64, 128)
@@ -75,8 +85,6 @@ PASS_COST = 40.0
 AUTO_THRESHOLD = 0.8
 #: ... and gives up after the quick look at a quarter of the sample above this.
 QUICK_REJECT = 3.0
-#: Query rows per task: small enough to balance the workers, large enough for GEMMs.
-QUERY_ROWS = 1000
 #: Rows whose scaled centred norm exceeds this are too far out for float32 bounds:
 #: their bound is -inf, so they are always candidates (exact, just not pruned).
 WIDE = 1e15
@@ -101,8 +109,7 @@ class PrunedIndex:
 
     train: ShardedMatrix
     mean: np.ndarray          # (d,) float64
-    P: np.ndarray             # (m, d) float64, orthonormal rows
-    Z: ShardedMatrix | None   # (n, m + 4) float32: b_x for every training row
+    P: np.ndarray             # (m, d) float64, orthonormal rows; m = 0: brute force wins
     C: float
     info: dict[str, Any] = field(default_factory=dict)
     token: str = field(default_factory=new_token)  # keys worker caches for this index
@@ -111,6 +118,11 @@ class PrunedIndex:
     @property
     def m(self) -> int:
         return self.P.shape[0]
+
+    @property
+    def pruning(self) -> bool:
+        """False when :func:`fit` found that brute force is cheaper for this data."""
+        return self.m > 0
 
 
 def _project(X: np.ndarray, mean: np.ndarray, P: np.ndarray, scale: float, rows: int = 1024):
@@ -175,19 +187,6 @@ def _augment_train(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float,
 
 
 # --- fit ------------------------------------------------------------------------------------
-
-
-def _project_block(T: ShardedMatrix, Z: ShardedMatrix, j: int, mean, P, C, scale,
-                   token: str) -> int:
-    """Project training block j; the worker keeps the raw and projected blocks cached
-    for the queries that follow (they are read here anyway)."""
-    raw = T.get_block(j, 0, copy=False)
-    check_finite(raw, j * T.shard_sizes[0], "the training set")
-    z = _augment_train(raw, mean, P, C, scale)
-    Z.put_block(j, 0, z)
-    CACHE.put(("pruned-raw", token, j), raw)
-    CACHE.put(("pruned-z", token, j), z)
-    return 0
 
 
 def _scale_for(sample: np.ndarray, mean: np.ndarray) -> float:
@@ -324,7 +323,8 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
 
     With ``m=None`` the size is chosen from the data (a sampled survivor rate and
     a cost model). With ``allow_brute`` and no size that beats brute force, the
-    index has ``Z=None`` and ``info["reason"]`` says why.
+    index has ``pruning`` False and ``info["reason"]`` says why. Only a sample is
+    read: queries project each training block as they read it (once per job).
     """
     t0 = time.perf_counter()
     n, d = T.shape
@@ -344,7 +344,7 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
                              blocks=T.grid[0])
         if qm is not None and min(qinfo["cost_vs_brute"].values()) > QUICK_REJECT:
             qinfo.update(fit_s=time.perf_counter() - t0, quick_reject=True)
-            return PrunedIndex(T, mean, np.zeros((0, d)), None, 0.0, qinfo)
+            return PrunedIndex(T, mean, np.zeros((0, d)), 0.0, qinfo)
     P_full = _principal(sample, smean, d, m)
     t_pca = time.perf_counter()
     if m is None:
@@ -353,19 +353,12 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
                 choose_s=time.perf_counter() - t_pca)
     if m is not None and allow_brute and not info.get("beats_brute", True):
         m = None
-    t1 = time.perf_counter()
     if m is None:
-        info["fit_s"] = t1 - t0
-        return PrunedIndex(T, mean, P_full[:0], None, 0.0, info)
+        info["fit_s"] = time.perf_counter() - t0
+        return PrunedIndex(T, mean, P_full[:0], 0.0, info)
     P = np.ascontiguousarray(P_full[:m])
-    C = margin_constant(m, d)
-    Z = ShardedMatrix(f"tmp/pruned-{new_token()[:12]}", shape=(n, m + 4),
-                      shard_sizes=(T.shard_sizes[0], m + 4), dtype=np.float32, store=T.store)
-    token = new_token()
-    get_all_results(executor.map(lambda j: _project_block(T, Z, j, mean, P, C, scale, token),
-                                 range(T.grid[0])), progress=progress)
-    info.update(m=m, fit_s=time.perf_counter() - t0, project_s=time.perf_counter() - t1)
-    return PrunedIndex(T, mean, P, Z, C, info, token, scale)
+    info.update(m=m, fit_s=time.perf_counter() - t0)
+    return PrunedIndex(T, mean, P, margin_constant(m, d), info, new_token(), scale)
 
 
 def _for_estimates(sample: np.ndarray, mean: np.ndarray,
@@ -387,107 +380,156 @@ def _for_estimates(sample: np.ndarray, mean: np.ndarray,
 
 
 # --- queries --------------------------------------------------------------------------------
+#
+# Plan (one pass over the training data per query group, whatever N):
+#
+# 1. tau0: each query's exact k nearest among a few training blocks spread over the
+#    set (the sample blocks), by the same kernel started with tau = inf. Their
+#    k-th distance is an upper bound on the true k-th neighbour distance.
+# 2. ranges: the other training blocks, in contiguous ranges, one task per (query
+#    group, range). A task reads each of its blocks once, projects it (b_x), and for
+#    every query of the group computes the bounds by one GEMM per query chunk; rows
+#    whose bound is at most the query's running tau get exact distances, which
+#    lower tau. Every true neighbour has bound <= distance <= tau at every moment,
+#    so it is always a candidate; the task returns each query's k best (exact).
+# 3. the driver merges the partial results as they arrive (ties to the smaller
+#    index): its memory is the queries' k best, independent of N.
+
+#: Rows per query chunk in a task's bound GEMM: the bound tile (chunk x block) stays
+#: a few MB.
+QUERY_CHUNK = 1024
+#: Queries per group: every training block is read once per group.
+GROUP_ROWS = 20000
+#: Training blocks per range task (fewer when needed to keep the workers busy).
+RANGE_BLOCKS = 16
 
 
-def _z_block(index: PrunedIndex, j: int) -> np.ndarray:
-    """Projected training block j (small: m + 4 columns), kept by the worker across tasks."""
-    return CACHE.get(("pruned-z", index.token, j), lambda: index.Z.get_block(j, 0, copy=False))
+def _queries(index: PrunedIndex, Q: ShardedMatrix, q0: int, q1: int):
+    """Query rows q0:q1: their a_q (float32), raw rows, and the worker's cache of both."""
+    def make():
+        bq = Q.shard_sizes[0]
+        raw = np.concatenate([Q.get_block(i, 0, copy=False)[max(q0 - i * bq, 0):q1 - i * bq]
+                              for i in range(q0 // bq, -(-q1 // bq))])
+        check_finite(raw, q0, "the query set")
+        return _augment_query(raw, index.mean, index.P, index.C, index.scale), raw
+
+    return CACHE.get(("pruned-q", index.token, Q.store.url, Q.key, q0, q1), make)
 
 
-def _raw_block(index: PrunedIndex, j: int) -> np.ndarray:
-    """Raw training block j, kept by the worker (bounded) for the call's other tasks."""
-    return CACHE.get(("pruned-raw", index.token, j),
-                     lambda: index.train.get_block(j, 0, copy=False))
+def _train_block(index: PrunedIndex, j: int):
+    """Training block j: its b_x rows (projected here, as it is read) and the raw block."""
+    def make():
+        raw = index.train.get_block(j, 0, copy=False)
+        check_finite(raw, j * index.train.shard_sizes[0], "the training set")
+        return _augment_train(raw, index.mean, index.P, index.C, index.scale), raw
+
+    return CACHE.get(("pruned-t", index.token, j), make)
 
 
-def _keep_best(vals: np.ndarray, idx: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    order = np.lexsort((idx, vals), axis=1)[:, :k]
-    return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
+def _range_task(index: PrunedIndex, Q: ShardedMatrix, q0: int, q1: int, blocks: list[int],
+                k: int, tau0: np.ndarray | None, exclude_self: bool):
+    """Exact k-NN of query rows q0:q1 among the training ``blocks`` (module notes above).
 
-
-def _pruned_block(index: PrunedIndex, Q: ShardedMatrix, i: int, r0: int, r1: int, k: int,
-                  exclude_self: bool):
-    """Rows r0:r1 of query block i against the training set, in one pass.
-
-    Per training block: bounds by one GEMM; the block's k smallest-bound rows
-    whose bound is under the running tau (the k-th smallest exact distance
-    seen, an upper bound on the true k-th neighbour distance) get exact
-    distances, which lower tau; rows whose bound is at most tau are collected.
-    Since tau only falls, the collection holds every row whose bound is at most
-    the final tau, and so every true neighbour (bound <= distance <= tau). The
-    collected rows with bound <= final tau (the survivors) get exact distances;
-    their k best, ties to the smaller index, are the answer.
+    Returns ``(q0, distances (n, k), indices (n, k), exact distances computed)``;
+    queries with fewer than k neighbours within ``tau0`` get ``(inf, PAD_INDEX)`` pads.
     """
-    block = CACHE.get(("pruned-query", index.token, Q.store.url, Q.key, i),
-                      lambda: Q.get_block(i, 0, copy=False))
-    check_finite(block[r0:r1], i * Q.shard_sizes[0] + r0, "the query set")
-    Q64 = block[r0:r1].astype(np.float64)
-    nq = len(Q64)
-    a = _augment_query(Q64, index.mean, index.P, index.C, index.scale)
+    a, q_raw = _queries(index, Q, q0, q1)
+    n = q1 - q0
     s2 = index.scale ** 2  # bounds are in scaled units, exact distances are not
-    T = index.train
-    bt = T.shard_sizes[0]
-    q_global = i * Q.shard_sizes[0] + r0 + np.arange(nq)
-    rows = np.arange(nq)
-    best_d = np.full((nq, k), np.inf)
-    best_i = np.full((nq, k), -1, dtype=np.int64)
-    got_q, got_x, got_lb = [], [], []
-    for j in range(T.grid[0]):
-        lb = gemm_nt(a, _z_block(index, j))
-        lo, nb = j * bt, lb.shape[1]
-        if exclude_self:
-            own = (q_global >= lo) & (q_global < lo + nb)
-            lb[rows[own], q_global[own] - lo] = np.inf
-        kk = min(k, nb)
-        idx = np.argmin(lb, axis=1)[:, None] if kk == 1 else np.argpartition(lb, kk - 1, axis=1)[:, :kk]
-        # Only candidates whose bound is under the running tau can lower it (their
-        # distance is at least their bound): exact distances for those alone.
-        cand = np.take_along_axis(lb, idx, 1)
-        qs, cols = np.nonzero(cand < ceil_f32(best_d[:, -1] * s2)[:, None])
-        if len(qs):
-            d = np.full(idx.shape, np.inf)
-            d[qs, cols] = exact_sq_dist(Q64, _raw_block(index, j), qs, idx[qs, cols])
-            best_d, best_i = _keep_best(np.concatenate([best_d, d], 1),
-                                        np.concatenate([best_i, idx + lo], 1), k)
-        tau32 = ceil_f32(best_d[:, -1] * s2)
-        # One compare and a flat scan: far cheaper than a 2-D nonzero or row gathers.
-        flat = np.flatnonzero(lb <= tau32[:, None])
-        got_q.append(flat // nb)
-        got_x.append(flat % nb + lo)
-        got_lb.append(lb.ravel()[flat])
-    qs, xs, lbs = (np.concatenate(v) for v in (got_q, got_x, got_lb))
-    keep = lbs <= ceil_f32(best_d[:, -1] * s2)[qs]
-    qs, xs = qs[keep], xs[keep]
-    ds = np.empty(len(qs))
-    blocks = xs // bt
-    for j in np.unique(blocks):
-        sel = np.flatnonzero(blocks == j)
-        ds[sel] = exact_sq_dist(Q64, _raw_block(index, int(j)), qs[sel], xs[sel] - j * bt)
-    order = np.lexsort((xs, ds, qs))
-    qs, xs, ds = qs[order], xs[order], ds[order]
-    pos = np.searchsorted(qs, rows)[:, None] + np.arange(k)[None, :]
-    return i * Q.shard_sizes[0] + r0, ds[pos], xs[pos], len(qs)
+    tau = np.full(n, np.inf) if tau0 is None else np.array(tau0, dtype=np.float64)
+    best_d = np.full((n, k), np.inf)
+    best_i = np.full((n, k), PAD_INDEX, dtype=np.int64)
+    bt = index.train.shard_sizes[0]
+    exact = 0
+    for j in blocks:
+        z, raw = _train_block(index, j)
+        lo, nb = j * bt, len(z)
+        for c0 in range(0, n, QUERY_CHUNK):
+            c1 = min(n, c0 + QUERY_CHUNK)
+            lb = gemm_nt(a[c0:c1], z)
+            if exclude_self:
+                own = np.arange(q0 + c0, q0 + c1)
+                mine = (own >= lo) & (own < lo + nb)
+                lb[np.flatnonzero(mine), own[mine] - lo] = np.inf
+            rows, cols = below(lb, ceil_f32(tau[c0:c1] * s2))
+            if exclude_self:  # an infinite tau admits the infinite bounds set above too
+                keep = rows + (q0 + c0) != cols + lo
+                rows, cols = rows[keep], cols[keep]
+            if not len(rows):
+                continue
+            ds = exact_sq_dist(q_raw, raw, rows + c0, cols)
+            exact += len(ds)
+            # The rows touched: their current k best and the new exact distances.
+            touched = np.unique(rows)
+            local = np.searchsorted(touched, rows)
+            t_glob = touched + c0
+            qs = np.concatenate([np.repeat(np.arange(len(touched)), k), local])
+            xs = np.concatenate([best_i[t_glob].ravel(), cols + lo])
+            dd = np.concatenate([best_d[t_glob].ravel(), ds])
+            best_d[t_glob], best_i[t_glob] = best_k(qs, xs, dd, len(touched), k)
+            tau[t_glob] = np.minimum(tau[t_glob], best_d[t_glob, -1])
+    return q0, best_d, best_i, exact
+
+
+def _spread(n_blocks: int, take: int) -> list[int]:
+    """``take`` block indices spread evenly over ``range(n_blocks)``."""
+    return sorted({int(round(x)) for x in np.linspace(0, n_blocks - 1, take)})
+
+
+def plan_query(index: PrunedIndex, Q: ShardedMatrix, parallelism: int):
+    """The two maps of a query: (sample-phase tasks, range-phase tasks), as
+    ``(q0, q1, blocks)`` items, and the sample blocks. Pure: no I/O."""
+    nt = index.train.grid[0]
+    nq = Q.shape[0]
+    groups = [(g, min(nq, g + GROUP_ROWS)) for g in range(0, nq, GROUP_ROWS)]
+    n_sample = min(nt, max(1, round(nt ** 0.5 / 2)))
+    sample = _spread(nt, n_sample)
+    rest = [j for j in range(nt) if j not in set(sample)]
+    # Phase 1 is split over queries so that every worker has a share of it.
+    splits = max(1, min(parallelism, -(-nq // 256)))
+    phase1 = [(q0 + (q1 - q0) * s // splits, q0 + (q1 - q0) * (s + 1) // splits, sample)
+              for q0, q1 in groups for s in range(splits)]
+    per = max(1, min(RANGE_BLOCKS, -(-len(rest) // max(1, 2 * parallelism // len(groups)))))
+    ranges = [rest[r:r + per] for r in range(0, len(rest), per)]
+    phase2 = [(q0, q1, blocks) for q0, q1 in groups for blocks in ranges]
+    return phase1, phase2, sample
 
 
 def query(index: PrunedIndex, Q: ShardedMatrix, k: int, executor: Executor,
           exclude_self: bool = False, progress: bool | None = None, resume: bool = False,
           key: str | None = None):
-    """Exact k-NN of every row of Q using the index.
+    """Exact k-NN of every row of Q using the index (plan above).
 
-    Returns (distances, indices, survivors, tasks run). With ``resume``, each query
-    slice's answer is kept under ``<key>/parts/`` and reused by a later call: the
-    answers are exact, so they do not depend on the projection that found them.
+    Returns (distances, indices, exact distances computed, tasks run). With
+    ``resume``, each task's answer is kept under ``<key>/parts/`` and reused by a
+    later call: the answers are exact, so they do not depend on the projection
+    that found them.
     """
-    pieces = [(i, r, min(r + QUERY_ROWS, Q.block_shape(i, 0)[0]))
-              for i in range(Q.grid[0]) for r in range(0, Q.block_shape(i, 0)[0], QUERY_ROWS)]
-    results, ran = run_resumable(
-        executor, lambda i, r0, r1: _pruned_block(index, Q, i, r0, r1, k, exclude_self),
-        pieces, key, "pruned", resume, progress)
-    dist = np.empty((Q.shape[0], k), dtype=np.float64)
-    ind = np.empty((Q.shape[0], k), dtype=np.int64)
-    survivors = 0
-    for start, d, x, s in results:
-        dist[start:start + len(d)] = d
-        ind[start:start + len(d)] = x
-        survivors += s
-    return dist, ind, survivors, ran
+    phase1, phase2, _ = plan_query(index, Q, executor.parallelism)
+    nq = Q.shape[0]
+    dist = np.full((nq, k), np.inf)
+    ind = np.full((nq, k), PAD_INDEX, dtype=np.int64)
+
+    def fold(results):
+        exact = 0
+        for q0, d, x, e in results:
+            n = len(d)
+            dist[q0:q0 + n], ind[q0:q0 + n] = merge((dist[q0:q0 + n], ind[q0:q0 + n]), (d, x), k)
+            exact += e
+        return exact
+
+    first, ran1 = run_resumable(
+        executor, lambda q0, q1, blocks: _range_task(index, Q, q0, q1, blocks, k, None,
+                                                     exclude_self),
+        phase1, key, "pruned-sample", resume, progress)
+    exact = fold(first)
+    del first
+    tau0 = dist[:, -1].copy()
+    second, ran2 = run_resumable(
+        executor, lambda q0, q1, blocks: _range_task(index, Q, q0, q1, blocks, k,
+                                                     tau0[q0:q1], exclude_self),
+        phase2, key, "pruned-range", resume, progress)
+    exact += fold(second)
+    if (ind == PAD_INDEX).any():
+        raise AssertionError("pruned k-NN lost neighbours; please report this bug")
+    return dist, ind, exact, ran1 + ran2
