@@ -137,3 +137,35 @@ def test_generate_mnist8m_prefix(tmp_path, mnist, executor):
     Xm.delete()
     Ym.delete()
     assert isinstance(Xm2, ShardedMatrix)
+
+
+def test_cli_knn_on_user_files(tmp_path, mnist):
+    from click.testing import CliRunner
+
+    import zarr
+
+    from shardwren import cli
+
+    from reference import reference_knn
+
+    X, y, Xt, yt = mnist
+    np.save(tmp_path / "X.npy", X[:3000])
+    np.save(tmp_path / "Q.npy", Xt[:200])
+    np.save(tmp_path / "y.npy", y[:3000])
+    np.save(tmp_path / "yt.npy", yt[:200])
+    out = tmp_path / "result.zarr"
+    res = CliRunner().invoke(cli.main, [
+        "knn", "--train", str(tmp_path / "X.npy"), "--query", str(tmp_path / "Q.npy"),
+        "--train-labels", str(tmp_path / "y.npy"), "--query-labels", str(tmp_path / "yt.npy"),
+        "--k", "3", "--block-size", "1000", "--out", str(out), "--workers", "2",
+        "--store", f"file://{tmp_path}/store"])
+    assert res.exit_code == 0, res.output
+    assert "accuracy" in res.output
+    g = zarr.open_group(str(out), mode="r")
+    rd, ri = reference_knn(X[:3000], Xt[:200], 3)
+    np.testing.assert_array_equal(g["indices"][:], ri)
+    np.testing.assert_array_equal(g["distances"][:], rd)
+    assert g["predictions"].shape == (200,)
+    assert not shardwren.open_store(f"file://{tmp_path}/store").list("tmp")  # scratch removed
+    bad = CliRunner().invoke(cli.main, ["knn", "--train", str(tmp_path / "nope.npy")])
+    assert bad.exit_code != 0 and "no such file" in bad.output

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -127,16 +128,49 @@ def run_knn(ex: shardwren.Executor, data: tuple, k: int, block_size: int,
               help="Folder holding the dataset's IDX files (or its parent).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
               help="Write a timeline PNG of the job's main map (one bar per task).")
+@click.option("--train", "train_path", default=None, metavar="PATH_OR_URL",
+              help="Your own training matrix instead of --dataset: a .npy file, an IDX file "
+                   "(.gz too), or a zarr array path or URL (s3://..., a shardwren matrix "
+                   "included, used in place). One row per sample.")
+@click.option("--query", "query_path", default=None, metavar="PATH_OR_URL",
+              help="Query matrix, same forms (default with --train: the training set itself, "
+                   "leaving each point out).")
+@click.option("--train-labels", default=None, metavar="PATH_OR_URL",
+              help="Labels of the training rows (.npy, IDX or zarr, one per row): predictions "
+                   "by majority vote of the k neighbours.")
+@click.option("--query-labels", default=None, metavar="PATH_OR_URL",
+              help="True labels of the queries: the accuracy is printed.")
+@click.option("--out", "out_path", default=None, metavar="ZARR_PATH_OR_URL",
+              help="Write distances, indices (and predictions) there as a zarr group.")
 @_executor_options
 def knn(dataset, k, block_size, materialize_distances, train_vs_train, method, data_dir,
-        plot_path, workers, backend, store) -> None:
-    """Exact k-nearest-neighbour classification of MNIST or Fashion-MNIST.
+        plot_path, train_path, query_path, train_labels, query_labels, out_path, workers,
+        backend, store) -> None:
+    """Exact k nearest neighbours: of MNIST or Fashion-MNIST, or of your own data.
 
-    Prints the accuracy, the time of each phase and the number of tasks run.
+    With --dataset (default mnist): classification of the test images, printing the
+    accuracy, the time of each phase and the number of tasks run.
+
+    With --train (and --query): neighbours of your own matrices, streamed into the
+    store a block at a time (they need not fit in memory), e.g.
+
+      shardwren knn --train X.npy --query Q.npy --train-labels y.npy --k 5 --out result.zarr
     """
     if materialize_distances and method != "brute":
         raise click.UsageError("--materialize-distances is the tutorial's brute-force algorithm; "
                                "drop --method")
+    if train_path is None and any((query_path, train_labels, query_labels, out_path)):
+        raise click.UsageError("--query, --train-labels, --query-labels and --out go with --train")
+    if train_path is not None:
+        if materialize_distances:
+            raise click.UsageError("--materialize-distances works with --dataset only")
+        try:
+            with shardwren.default_executor(backend=backend, store=store, workers=workers) as ex:
+                _user_knn(ex, train_path, query_path, train_labels, query_labels, out_path, k,
+                          block_size, method)
+        except (ShardwrenError, FileNotFoundError, ValueError) as exc:
+            raise click.ClickException(str(exc)) from None
+        return
     t = time.perf_counter()
     data = _load(dataset, data_dir)
     click.echo(f"{dataset}: {data[0].shape[0]} training and {data[2].shape[0]} test images of "
@@ -151,6 +185,79 @@ def knn(dataset, k, block_size, materialize_distances, train_vs_train, method, d
             plot.timeline(recs, plot_path, title=f"{dataset} {k}-NN: {len(recs)} tasks "
                                                  f"on {ex.parallelism} workers ({job_id})")
             click.echo(f"timeline of job {job_id} ({len(recs)} tasks) written to {plot_path}")
+
+
+def _matrix_input(path: str, name: str, ex: shardwren.Executor, block_size: int):
+    """``(matrix, scratch)``: a stored whole-row-block matrix is used in place; any other
+    source is streamed into the executor's store (``scratch``, deleted afterwards)."""
+    import uuid
+
+    from . import sources
+    from .matrix import open_url
+
+    lpath = path[7:] if path.startswith("file://") else path
+    looks_zarr = "://" in path or lpath.endswith(".zarr") or os.path.isdir(lpath)
+    if looks_zarr and not lpath.endswith(".npy"):
+        try:
+            url = path if "://" in path else "file://" + os.path.abspath(lpath)
+            m = open_url(url)
+            if m.shard_sizes[1] >= m.shape[1]:
+                return m, None
+        except (ShardwrenError, ValueError, FileNotFoundError, KeyError):
+            pass
+    click.echo(f"sharding {name} from {path} ...")
+    m = sources.shard(path, f"tmp/cli-{name}-{uuid.uuid4().hex[:8]}", block_rows=block_size,
+                      store=ex.store, progress=True)
+    return m, m
+
+
+def _labels(path: str, n: int, what: str) -> np.ndarray:
+    from . import sources
+
+    src = sources.open_source(path, what)
+    if src.shape[0] != n or src.shape[1] != 1:
+        raise click.ClickException(f"{what} {path} has shape {src.shape}; expected {n} labels")
+    return src.rows(0, n)[:, 0]
+
+
+def _user_knn(ex, train_path, query_path, train_labels, query_labels, out_path, k, block_size,
+              method) -> None:
+    from .linalg import knn
+    from .linalg.kernels import vote
+
+    click.echo(f"executor: {ex.backend.name}, {ex.parallelism} workers, store {ex.store.url}")
+    T, t_tmp = _matrix_input(train_path, "train", ex, block_size)
+    Q, q_tmp = (T, None) if query_path is None else _matrix_input(query_path, "query", ex,
+                                                                  block_size)
+    try:
+        timings: dict[str, Any] = {}
+        t = time.perf_counter()
+        dist, idx = knn(T, None if query_path is None else Q, k, executor=ex, method=method,
+                        exclude_self=query_path is None, timings=timings)
+        wall = time.perf_counter() - t
+        click.echo(f"{k}-NN of {Q.shape[0]} queries among {T.shape[0]} training rows "
+                   f"({T.shape[1]} features, {method}): {wall:.2f} s, {timings.get('tasks')} tasks"
+                   + (f", {timings['exact_per_query']:.1f} exact distances per query"
+                      if "exact_per_query" in timings else ""))
+        out = {"distances": dist, "indices": idx}
+        if train_labels:
+            y = _labels(train_labels, T.shape[0], "--train-labels")
+            out["predictions"] = vote(y[idx])
+            if query_labels:
+                truth = _labels(query_labels, Q.shape[0], "--query-labels")
+                click.echo(f"accuracy {np.mean(out['predictions'] == truth):.4f} "
+                           f"on {len(truth)} queries")
+        if out_path:
+            import zarr
+
+            group = zarr.open_group(out_path, mode="w")
+            for name, arr in out.items():
+                group.create_array(name, data=arr)
+            click.echo(f"wrote {', '.join(out)} to {out_path}")
+    finally:
+        for m in (t_tmp, q_tmp):
+            if m is not None:
+                m.delete()
 
 
 def _tutorial_section_1(ex: shardwren.Executor) -> None:
@@ -321,6 +428,41 @@ def jobs_show(store, job_id, plot_path) -> None:
 
         plot.timeline(recs, plot_path, title=f"job {meta['job_id']}: {meta['function']}")
         click.echo(f"timeline written to {plot_path}")
+
+
+@main.group("datasets")
+def datasets_group() -> None:
+    """Generate or inspect datasets."""
+
+
+@datasets_group.command("mnist8m")
+@click.option("--rows", type=int, default=8_100_000, show_default=True,
+              help="Rows to generate (a prefix of the 8.1 million).")
+@click.option("--key", default="mnist8m", show_default=True,
+              help="Writes matrices KEY/x (uint8 images) and KEY/y (labels).")
+@click.option("--block-size", type=int, default=4000, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None,
+              help="Folder holding MNIST's IDX files (or its parent).")
+@_executor_options
+def mnist8m_cmd(rows, key, block_size, seed, data_dir, workers, backend, store) -> None:
+    """MNIST plus deformed copies (infiMNIST-style), generated block by block by the workers.
+
+    Deterministic and resumable: an interrupted run keeps the blocks it wrote. A local
+    store without room for the data is refused before anything is written.
+    """
+    from . import mnist8m
+    from .sources import human_bytes
+
+    try:
+        with shardwren.default_executor(backend=backend, store=store, workers=workers) as ex:
+            t = time.perf_counter()
+            X, _ = mnist8m.generate(rows, key=key, executor=ex, block=block_size, seed=seed,
+                                    data_dir=data_dir, progress=True)
+    except ShardwrenError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(f"{X.store.url_for(key)}/x: {rows} x 784 uint8 ({human_bytes(rows * 784)}) "
+               f"and labels {key}/y, in {time.perf_counter() - t:.1f} s")
 
 
 if __name__ == "__main__":
