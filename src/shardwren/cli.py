@@ -465,5 +465,85 @@ def mnist8m_cmd(rows, key, block_size, seed, data_dir, workers, backend, store) 
                f"and labels {key}/y, in {time.perf_counter() - t:.1f} s")
 
 
+def _profile(name: str):
+    from . import capacity
+
+    if name == "local":
+        return capacity.local_profile()
+    if name in ("lambda", "aws-lambda"):
+        return capacity.LAMBDA
+    try:
+        return capacity.Profile.load(name)
+    except (OSError, ValueError, TypeError) as exc:
+        raise click.ClickException(f"--profile {name!r}: not local, lambda or a profile file "
+                                   f"({exc})") from None
+
+
+@main.group("plan")
+def plan_group() -> None:
+    """Predict a job's time, bytes, store requests, memory (and cost on Lambda) before running it.
+
+    Costs come from the per-task kernels measured on this machine (`shardwren plan
+    calibrate` saves them), or from the written-out assumptions of `--profile lambda`.
+    See docs/capacity.md for the model and how it compares with measured runs.
+    """
+
+
+@plan_group.command("calibrate")
+@_executor_options
+def plan_calibrate(workers, backend, store) -> None:
+    """Time the kernels on this machine's workers and save them as the local profile."""
+    from . import capacity
+
+    with shardwren.default_executor(backend=backend, store=store, workers=workers) as ex:
+        prof = capacity.calibrate(ex)
+    path = capacity.profile_path()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    prof.save(path)
+    for key, value in vars(prof).items():
+        click.echo(f"  {key}: {value}")
+    click.echo(f"saved to {path}")
+
+
+@plan_group.command("knn")
+@click.option("--train-rows", type=int, required=True)
+@click.option("--query-rows", type=int, required=True)
+@click.option("--features", type=int, default=784, show_default=True)
+@click.option("--k", "k", type=int, default=1, show_default=True)
+@click.option("--method", type=click.Choice(["brute", "pruned"]), default="pruned",
+              show_default=True)
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--block-size", type=int, default=4000, show_default=True)
+@click.option("--itemsize", type=int, default=4, show_default=True,
+              help="Bytes per stored value (1 for uint8 pixels).")
+@click.option("--exact-per-query", type=float, default=None,
+              help="Exact distances per query, from a measured run's timings.")
+@click.option("--profile", "profile_name", default="local", show_default=True,
+              help="local (calibrated or the development machine's), lambda, or a file.")
+def plan_knn(train_rows, query_rows, features, k, method, workers, block_size, itemsize,
+             exact_per_query, profile_name) -> None:
+    """Predicted cost of an exact k-NN job."""
+    from . import capacity
+
+    click.echo(str(capacity.knn(train_rows, query_rows, features, k, workers, method,
+                                _profile(profile_name), block_size, itemsize,
+                                exact_per_query=exact_per_query)))
+
+
+@plan_group.command("matmul")
+@click.option("--n", type=int, required=True, help="A is n x inner.")
+@click.option("--inner", type=int, default=None, help="Default: n.")
+@click.option("--m", "mcols", type=int, default=None, help="B is inner x m. Default: n.")
+@click.option("--workers", type=int, default=2, show_default=True)
+@click.option("--block-size", type=int, default=4096, show_default=True)
+@click.option("--profile", "profile_name", default="local", show_default=True)
+def plan_matmul(n, inner, mcols, workers, block_size, profile_name) -> None:
+    """Predicted cost of a blocked matmul."""
+    from . import capacity
+
+    click.echo(str(capacity.matmul(n, inner or n, mcols or n, workers, _profile(profile_name),
+                                   block_size)))
+
+
 if __name__ == "__main__":
     main()

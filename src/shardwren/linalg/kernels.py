@@ -53,6 +53,14 @@ def gemm_nt(a: np.ndarray, b: np.ndarray, slot: str = "gemm") -> np.ndarray:
     return np.matmul(a, b.T, out=out)
 
 
+def gemm(a: np.ndarray, b: np.ndarray, slot: str = "gemm") -> np.ndarray:
+    """``a @ b`` into this thread's reusable buffer (``b`` already transposed: with a
+    short inner dimension, sgemm runs up to twice as fast on a contiguous ``(k, n)``
+    right operand as on the transposed view of an ``(n, k)`` one)."""
+    out = scratch((a.shape[0], b.shape[1]), np.result_type(a.dtype, b.dtype), slot)
+    return np.matmul(a, b, out=out)
+
+
 def exact_sq_dist(A: np.ndarray, B: np.ndarray, ia: np.ndarray, ib: np.ndarray,
                   chunk_bytes: int = 256 << 10) -> np.ndarray:
     """``sum((A[ia] - B[ib]) ** 2, axis=1)`` in float64, for row pairs ``(ia, ib)``.

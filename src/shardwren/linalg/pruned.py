@@ -65,7 +65,7 @@ from .kernels import (
     ceil_f32,
     exact_sq_dist,
     gamma,
-    gemm_nt,
+    gemm,
     merge,
     sq_norms,
 )
@@ -417,11 +417,13 @@ def _queries(index: PrunedIndex, Q: ShardedMatrix, q0: int, q1: int):
 
 
 def _train_block(index: PrunedIndex, j: int):
-    """Training block j: its b_x rows (projected here, as it is read) and the raw block."""
+    """Training block j: its b_x rows as columns (projected here, as it is read;
+    transposed for the GEMM) and the raw block."""
     def make():
         raw = index.train.get_block(j, 0, copy=False)
         check_finite(raw, j * index.train.shard_sizes[0], "the training set")
-        return _augment_train(raw, index.mean, index.P, index.C, index.scale), raw
+        z = _augment_train(raw, index.mean, index.P, index.C, index.scale)
+        return np.ascontiguousarray(z.T), raw
 
     return CACHE.get(("pruned-t", index.token, j), make)
 
@@ -442,11 +444,11 @@ def _range_task(index: PrunedIndex, Q: ShardedMatrix, q0: int, q1: int, blocks: 
     bt = index.train.shard_sizes[0]
     exact = 0
     for j in blocks:
-        z, raw = _train_block(index, j)
-        lo, nb = j * bt, len(z)
+        zT, raw = _train_block(index, j)
+        lo, nb = j * bt, zT.shape[1]
         for c0 in range(0, n, QUERY_CHUNK):
             c1 = min(n, c0 + QUERY_CHUNK)
-            lb = gemm_nt(a[c0:c1], z)
+            lb = gemm(a[c0:c1], zT)
             if exclude_self:
                 own = np.arange(q0 + c0, q0 + c1)
                 mine = (own >= lo) & (own < lo + nb)

@@ -1,0 +1,300 @@
+"""Capacity model: what a k-NN or matmul job will cost before it runs.
+
+Predicts wall time, bytes read and written, store requests and peak memory per
+task, for a job of given sizes on W workers, from per-unit costs *measured* on a
+machine (:func:`calibrate` times a few real task kernels on the executor's own
+workers) or *assumed* for a platform not at hand (:data:`LAMBDA`, every assumption
+written next to its number). ``shardwren plan`` prints it; ``docs/capacity.md``
+checks it against measured runs and extrapolates to 1,000 workers.
+
+The model is deliberately simple: each task's time is the sum of its kernels'
+work (flops at the measured GEMM rate, passes over bound tiles, exact distances,
+bytes at the measured read rate) plus a fixed per-task overhead; a map of T tasks
+on W workers takes ``ceil(T / W)`` waves of its slowest task, plus the driver's
+work between maps. Tasks of one map are alike in these algorithms, so waves are
+a good approximation; stragglers and noisy neighbours are not modelled.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Per-unit costs of one worker (seconds per unit) and platform facts."""
+
+    name: str
+    gemm32_s_per_flop: float       # float32 GEMM with a long inner dimension (784)
+    gemm32_thin_s_per_flop: float  # float32 GEMM with a short one (m + 4 = 36): output-bound
+    select_s_per_pair: float       # one selection pass over an estimate/bound tile, per entry
+    exact_s_per_feature: float     # one exact float64 distance, per feature
+    project_s_per_feature: float   # centring and projecting a training row, per feature and m
+    read_bytes_per_s: float        # store -> memory, one worker
+    write_bytes_per_s: float       # memory -> store, one worker
+    task_overhead_s: float         # scheduling, pickling, result hand-back, per task
+    request_s: float = 0.0         # latency of one store request (object stores)
+    startup_s: float = 0.0         # a worker's cold start (serverless)
+    memory_per_worker: int = 4 << 30
+    usd_per_gb_s: float = 0.0      # serverless price of memory-time
+    usd_per_request: float = 0.0   # serverless price of one invocation
+    notes: tuple[str, ...] = ()
+
+    def save(self, path: str | os.PathLike) -> None:
+        Path(path).write_text(json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> Profile:
+        doc = json.loads(Path(path).read_text())
+        doc["notes"] = tuple(doc.get("notes", ()))
+        return cls(**doc)
+
+
+#: AWS Lambda with 10 GB of memory (6 vCPUs), arm-less x86_64, in one region with S3.
+#: Assumptions, not measurements: AVX2 sgemm at ~35 GFLOP/s per vCPU (6 vCPUs ~ 200
+#: GFLOP/s, half of one AVX-512 core-pair here), S3 GETs at ~90 MB/s per function
+#: with ~20 ms first-byte latency, 1.5 s cold start with shardwren's runtime image,
+#: ~40 ms per-invocation overhead through Lithops, us-east-1 prices of 2026-11
+#: (x86: $0.0000166667 per GB-s, $0.20 per million requests).
+LAMBDA = Profile(
+    name="aws-lambda-10GB",
+    gemm32_s_per_flop=1 / 200e9, gemm32_thin_s_per_flop=1 / 60e9,
+    select_s_per_pair=1.6e-9, exact_s_per_feature=2.5e-9, project_s_per_feature=4e-12,
+    read_bytes_per_s=90e6, write_bytes_per_s=70e6, task_overhead_s=0.04,
+    request_s=0.02, startup_s=1.5, memory_per_worker=10 << 30,
+    usd_per_gb_s=0.0000166667, usd_per_request=0.2e-6,
+    notes=("sgemm ~35 GFLOP/s per vCPU (AVX2), 6 vCPUs at 10 GB",
+           "S3 ~90 MB/s per function, 20 ms per request", "cold start 1.5 s",
+           "prices: us-east-1 x86, 2026-11"))
+
+
+@dataclass
+class Estimate:
+    """A job's predicted cost (see :func:`knn` and :func:`matmul`)."""
+
+    job: str
+    workers: int
+    tasks: int
+    wall_s: float
+    task_s: float                  # sum of task times (worker-seconds)
+    bytes_read: float
+    bytes_written: float
+    requests: int
+    peak_task_memory: float
+    phases: dict[str, float] = field(default_factory=dict)
+    usd: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def __str__(self) -> str:
+        from .sources import human_bytes
+
+        cost = f", ${self.usd:.2f}" if self.usd is not None else ""
+        phases = ", ".join(f"{k} {v:.1f} s" for k, v in self.phases.items())
+        return (f"{self.job} on {self.workers} workers: {self.wall_s:.1f} s wall "
+                f"({phases}); {self.tasks} tasks, {self.task_s:.0f} worker-s{cost}; reads "
+                f"{human_bytes(self.bytes_read)}, writes {human_bytes(self.bytes_written)}, "
+                f"{self.requests} store requests; peak {human_bytes(self.peak_task_memory)} "
+                "per task" + "".join(f"\n  note: {n}" for n in self.notes))
+
+
+def _waves(tasks: int, workers: int, per_task: float, startup: float) -> float:
+    return startup + math.ceil(tasks / max(1, workers)) * per_task
+
+
+def _usd(p: Profile, task_s: float, tasks: int, workers: int) -> float | None:
+    if not p.usd_per_gb_s:
+        return None
+    return task_s * p.memory_per_worker / 2**30 * p.usd_per_gb_s + tasks * p.usd_per_request
+
+
+def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
+        method: str = "brute", profile: Profile | None = None, block: int = 4000,
+        itemsize: int = 4, m: int = 32, exact_per_query: float | None = None,
+        constant_columns: int = 0) -> Estimate:
+    """Predicted cost of ``shardwren.linalg.knn`` (query-vs-train, or train-vs-train
+    when ``n_query`` is 0... use ``n_query = n_train`` for leave-one-out sizes).
+
+    ``exact_per_query`` (exact distances per query, from ``timings`` of a measured
+    run) defaults to k per tile for brute force and 30 k for pruned queries.
+    """
+    p = profile or local_profile()
+    nb_t, nb_q = -(-n_train // block), -(-n_query // block)
+    dk = d - constant_columns
+    data = n_train * d * itemsize
+    qdata = n_query * d * itemsize
+    if method == "brute":
+        tiles = nb_q * nb_t
+        pairs = block * block
+        per_tile = (2 * pairs * (dk + 2) * p.gemm32_s_per_flop + pairs * p.select_s_per_pair
+                    + (exact_per_query or k) * block * d * p.exact_s_per_feature
+                    + p.task_overhead_s)
+        prep_task = block * d * itemsize / p.read_bytes_per_s + p.task_overhead_s
+        phases = {"prepare": _waves(nb_t, workers, prep_task, p.startup_s),
+                  "tiles": _waves(tiles, workers, per_tile + 2 * block * d * itemsize /
+                                  p.read_bytes_per_s * min(1.0, workers / max(nb_q, 1)),
+                                  p.startup_s)}
+        tasks = tiles + nb_t
+        # A tile reads its two blocks; a worker's cache keeps the blocks it has read,
+        # so no worker reads more than the whole data once.
+        block_bytes = block * d * itemsize
+        reads = data + min(tiles * 2 * block_bytes, min(workers, tiles) * (data + qdata))
+        task_s = nb_t * prep_task + tiles * per_tile
+        peak = 2 * block * (dk + 2) * 4 + 2 * block * d * itemsize + 1024 * block * 4
+    elif method == "pruned":
+        n_sample = max(1, round(nb_t ** 0.5 / 2))
+        groups = -(-n_query // 20000)
+        ranges = max(1, -(-(nb_t - n_sample) // 16))
+        ranges = max(ranges, min(nb_t - n_sample, 2 * workers))
+        exact = exact_per_query if exact_per_query is not None else 30 * k
+        per_pair = 2 * (m + 4) * p.gemm32_thin_s_per_flop + p.select_s_per_pair
+        project = n_train * d * (m + 1) * p.project_s_per_feature
+        work1 = n_query * n_sample * block * per_pair + n_sample * block * d * (m + 1) * \
+            p.project_s_per_feature * min(workers, max(1, n_query // 256))
+        work2 = n_query * (n_train - n_sample * block) * per_pair + project
+        work_exact = n_query * exact * d * p.exact_s_per_feature
+        t1 = work1 / workers + p.task_overhead_s
+        per_range = (work2 + work_exact) / (ranges * groups) + p.task_overhead_s + \
+            data / (ranges * groups) / p.read_bytes_per_s + qdata / p.read_bytes_per_s
+        phases = {"fit": 0.3, "sample": t1 + p.startup_s,
+                  "ranges": _waves(ranges * groups, workers, per_range, 0.0)}
+        tasks = ranges * groups + min(workers, max(1, n_query // 256)) * groups
+        reads = groups * data + tasks * qdata + 8000 * d * itemsize
+        task_s = work1 + work2 + work_exact + tasks * p.task_overhead_s + groups * data / \
+            p.read_bytes_per_s
+        peak = 1024 * block * 4 + min(n_query, 20000) * (d * itemsize + (m + 4) * 4) + \
+            block * (d * itemsize + (m + 4) * 4)
+    else:
+        raise ValueError(f"method must be 'brute' or 'pruned', got {method!r}")
+    requests = int(reads // max(1, block * d * itemsize)) + 1
+    return Estimate(f"{k}-NN {method}, {n_query:,} queries x {n_train:,} rows x {d} features",
+                    workers, tasks, sum(phases.values()), task_s, reads, 0, requests, peak,
+                    phases, _usd(p, task_s, tasks, workers), list(p.notes))
+
+
+def matmul(n: int, inner: int, mcols: int, workers: int = 2, profile: Profile | None = None,
+           block: int = 4096, itemsize: int = 4) -> Estimate:
+    """Predicted cost of ``shardwren.linalg.matmul`` of an ``n x inner`` by an
+    ``inner x mcols`` matrix in square blocks of ``block``."""
+    p = profile or local_profile()
+    gi, gk, gj = -(-n // block), -(-inner // block), -(-mcols // block)
+    tasks = gi * gj
+    flops = 2 * n * inner * mcols
+    per_task = (2 * block * block * inner * p.gemm32_s_per_flop
+                + 2 * gk * block * block * itemsize / p.read_bytes_per_s
+                + block * block * itemsize / p.write_bytes_per_s + p.task_overhead_s
+                + (2 * gk + 1) * p.request_s)
+    wall = _waves(tasks, workers, per_task, p.startup_s)
+    reads = tasks * 2 * gk * block * block * itemsize
+    writes = n * mcols * itemsize
+    task_s = tasks * per_task
+    return Estimate(f"matmul {n:,} x {inner:,} x {mcols:,} ({flops / 1e12:.1f} TFLOP)", workers,
+                    tasks, wall, task_s, reads, writes, tasks * (2 * gk + 1),
+                    4 * block * block * itemsize, {"products": wall},
+                    _usd(p, task_s, tasks, workers), list(p.notes))
+
+
+# --- calibration -------------------------------------------------------------------------
+
+
+def _timed(fn, repeat: int = 3) -> float:
+    fn()
+    best = math.inf
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
+
+
+def measure_kernels(scratch_dir: str | None = None) -> dict[str, float]:
+    """Time the kernels the model counts, in this process (one worker's view)."""
+    import tempfile
+
+    from .linalg import kernels
+
+    rng = np.random.default_rng(0)
+    out: dict[str, float] = {}
+    a = rng.standard_normal((1024, 786), dtype=np.float32)
+    b = rng.standard_normal((4000, 786), dtype=np.float32)
+    out["gemm32_s_per_flop"] = _timed(lambda: kernels.gemm_nt(a, b)) / (2 * 1024 * 4000 * 786)
+    a36 = np.ascontiguousarray(a[:, :36])
+    bT = np.ascontiguousarray(b[:, :36].T)
+    out["gemm32_thin_s_per_flop"] = _timed(lambda: kernels.gemm(a36, bT)) / (2 * 1024 * 4000 * 36)
+    S = kernels.gemm(a36, bT)
+    thr = S.min(axis=1) - 1
+    out["select_s_per_pair"] = _timed(lambda: kernels.below(S, thr)) / S.size
+    X = (rng.random((4000, 784)) * 255).astype(np.float32)
+    idx = rng.integers(0, 4000, 20000)
+    out["exact_s_per_feature"] = _timed(
+        lambda: kernels.exact_sq_dist(X, X, idx, idx[::-1])) / (20000 * 784)
+    P = np.linalg.qr(rng.standard_normal((784, 32)))[0].T
+    from .linalg import pruned
+
+    out["project_s_per_feature"] = _timed(
+        lambda: pruned._augment_train(X, X.mean(0, dtype=np.float64), P, 1e-4, 1 / 256)) / (
+        4000 * 784 * 33)
+    with tempfile.TemporaryDirectory(dir=scratch_dir) as tmp:
+        from .matrix import ShardedMatrix
+
+        M = ShardedMatrix("cal", shape=(16000, 1024), shard_sizes=(4000, 1024),
+                          dtype=np.float32, store=f"file://{tmp}")
+        blk = rng.standard_normal((4000, 1024), dtype=np.float32)
+        out["write_bytes_per_s"] = blk.nbytes / _timed(lambda: M.put_block(0, 0, blk), 2)
+        for i in range(1, 4):
+            M.put_block(i, 0, blk)
+        out["read_bytes_per_s"] = 3 * blk.nbytes / _timed(
+            lambda: [M.get_block(i, 0) for i in range(1, 4)], 2)
+    return out
+
+
+def calibrate(executor: Any, name: str = "local") -> Profile:
+    """Measure a :class:`Profile` on the executor's own workers (about 10 s).
+
+    Kernel costs are timed inside one worker task (with the worker's BLAS
+    threads); the per-task overhead is the round trip of empty tasks.
+    """
+    costs = executor.call_async(lambda _: measure_kernels(), 0).result()
+    t = time.perf_counter()
+    executor.get_all_results(executor.map(lambda x: x, range(200)))
+    overhead = (time.perf_counter() - t) / 200 * executor.parallelism
+    return Profile(name=name, task_overhead_s=max(overhead, 1e-4),
+                   notes=(f"measured on {executor.parallelism} workers of backend "
+                          f"{executor.backend.name} on {time.strftime('%Y-%m-%d')}",), **costs)
+
+
+def profile_path(name: str = "local") -> Path:
+    return Path(os.environ.get("SHARDWREN_HOME", "~/.shardwren")).expanduser() / f"profile-{name}.json"
+
+
+#: Per-unit costs measured on the development machine (see docs/capacity.md), used
+#: when no calibration of this machine has been saved.
+DEV_MACHINE = Profile(
+    name="dev-machine", gemm32_s_per_flop=1 / 160e9, gemm32_thin_s_per_flop=1 / 60e9,
+    select_s_per_pair=0.9e-9, exact_s_per_feature=0.6e-9, project_s_per_feature=2e-12,
+    read_bytes_per_s=2e9, write_bytes_per_s=1e9, task_overhead_s=0.002,
+    notes=("defaults measured on the 2-core development machine; run `shardwren plan "
+           "--calibrate` for this one",))
+
+
+def local_profile() -> Profile:
+    """The saved calibration of this machine, else the development machine's figures."""
+    path = profile_path()
+    if path.exists():
+        try:
+            return Profile.load(path)
+        except (OSError, ValueError, TypeError):
+            pass
+    return DEV_MACHINE
+
+
+def scaled(p: Profile, **changes: Any) -> Profile:
+    """A copy of ``p`` with some figures changed (what-if planning)."""
+    return replace(p, **changes)
