@@ -55,10 +55,12 @@ import numpy as np
 
 from ..executor import Executor
 from ..matrix import ShardedMatrix
-from ._cache import CACHE
+from ._cache import CACHE, scratch
 from ._common import new_token, run_resumable
 from .kernels import (
+    GROUP,
     PAD_INDEX,
+    _group_min,
     U32,
     below,
     best_k,
@@ -125,25 +127,31 @@ class PrunedIndex:
         return self.m > 0
 
 
-def _project(X: np.ndarray, mean: np.ndarray, P: np.ndarray, scale: float, rows: int = 1024):
+def _project(X: np.ndarray, mean: np.ndarray, P: np.ndarray, scale: float, rows: int = 256):
     """``(y^, r+, s, n)`` of the module docstring for every row of X, in scaled units.
 
     ``y^`` comes from a float32 GEMM (four times a float64 one's speed), the
-    norms from float64. Works through X in row chunks: float64 copies of a whole
-    block are large fresh allocations, and first-touching memory is slow on
-    virtual machines. Rows beyond :data:`WIDE` get non-finite values here and are
-    made always-candidates by the callers.
+    norms from float64. Works through X in row chunks small enough to stay in
+    cache, in two reused buffers: float64 copies of a whole block are large fresh
+    allocations, and first-touching memory is slow on virtual machines. Rows beyond
+    :data:`WIDE` get non-finite values here and are made always-candidates by the
+    callers.
     """
     m, d = P.shape
-    P32 = P.astype(np.float32)
+    P32T = np.ascontiguousarray(P.T, dtype=np.float32)
     y = np.empty((len(X), m), dtype=np.float32)
     n = np.empty(len(X))
+    c64 = scratch((min(rows, max(len(X), 1)), d), np.float64, "project64")
+    c32 = scratch((min(rows, max(len(X), 1)), d), np.float32, "project32")
     for i in range(0, len(X), rows):
-        Xc = np.subtract(X[i:i + rows], mean, dtype=np.float64)
-        Xc *= scale
-        n[i:i + rows] = sq_norms(Xc)
+        k = len(X[i:i + rows])
+        xc, x32 = c64[:k], c32[:k]
+        np.subtract(X[i:i + rows], mean, out=xc)
+        xc *= scale
+        n[i:i + k] = np.einsum("ij,ij->i", xc, xc)
         with np.errstate(over="ignore", invalid="ignore"):
-            np.matmul(Xc.astype(np.float32), P32.T, out=y[i:i + rows])
+            np.copyto(x32, xc, casting="same_kind")
+            np.matmul(x32, P32T, out=y[i:i + k])
     y64 = y.astype(np.float64)
     with np.errstate(over="ignore", invalid="ignore"):
         r = np.sqrt(np.maximum(n - sq_norms(y64), 0) + 3 * projection_error(m, d) * n)
@@ -453,24 +461,63 @@ def _range_task(index: PrunedIndex, Q: ShardedMatrix, q0: int, q1: int, blocks: 
                 own = np.arange(q0 + c0, q0 + c1)
                 mine = (own >= lo) & (own < lo + nb)
                 lb[np.flatnonzero(mine), own[mine] - lo] = np.inf
-            rows, cols = below(lb, ceil_f32(tau[c0:c1] * s2))
-            if exclude_self:  # an infinite tau admits the infinite bounds set above too
-                keep = rows + (q0 + c0) != cols + lo
+            gm = _group_min(lb, 1)
+            # First the block's most promising rows (k smallest group minima): their
+            # exact distances lower tau before the threshold is applied.
+            rows, cols = _promising(lb, gm, k, ceil_f32(tau[c0:c1] * s2))
+            exact += _update(rows, cols, c0, lo, q_raw, raw, best_d, best_i, tau, k,
+                             exclude_self, q0)
+            done = rows * nb + cols
+            # Then every row whose bound is at most the (lowered) tau.
+            rows, cols = below(lb, ceil_f32(tau[c0:c1] * s2), gm=gm)
+            if len(done):
+                keep = ~np.isin(rows * nb + cols, done)
                 rows, cols = rows[keep], cols[keep]
-            if not len(rows):
-                continue
-            ds = exact_sq_dist(q_raw, raw, rows + c0, cols)
-            exact += len(ds)
-            # The rows touched: their current k best and the new exact distances.
-            touched = np.unique(rows)
-            local = np.searchsorted(touched, rows)
-            t_glob = touched + c0
-            qs = np.concatenate([np.repeat(np.arange(len(touched)), k), local])
-            xs = np.concatenate([best_i[t_glob].ravel(), cols + lo])
-            dd = np.concatenate([best_d[t_glob].ravel(), ds])
-            best_d[t_glob], best_i[t_glob] = best_k(qs, xs, dd, len(touched), k)
-            tau[t_glob] = np.minimum(tau[t_glob], best_d[t_glob, -1])
+            exact += _update(rows, cols, c0, lo, q_raw, raw, best_d, best_i, tau, k,
+                             exclude_self, q0)
     return q0, best_d, best_i, exact
+
+
+def _promising(lb: np.ndarray, gm: tuple[np.ndarray, int], k: int,
+               thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the entries behind its k smallest group minima that are under ``thr``:
+    k distinct rows with small bounds, found without another pass over ``lb``."""
+    g, W = gm
+    if W == 0:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    kk = min(k, W)
+    if kk == 1:
+        top = np.argmin(g, axis=1)[:, None]
+    else:
+        top = np.argpartition(g, kk - 1, axis=1)[:, :kk]
+    vals = np.take_along_axis(g, top, 1)
+    rows, j = np.nonzero(vals < thr[:, None])
+    w = top[rows, j]
+    members = w[:, None] + W * np.arange(GROUP)[None, :]
+    cols = members[np.arange(len(w)), np.argmin(lb[rows[:, None], members], axis=1)]
+    return rows, cols
+
+
+def _update(rows: np.ndarray, cols: np.ndarray, c0: int, lo: int, q_raw: np.ndarray,
+            raw: np.ndarray, best_d: np.ndarray, best_i: np.ndarray, tau: np.ndarray, k: int,
+            exclude_self: bool, q0: int) -> int:
+    """Exact distances for the candidate pairs (chunk row, block row); fold them into
+    each query's k best and lower its tau. Returns how many were computed."""
+    if exclude_self:  # an infinite tau admits the infinite bounds of the own rows too
+        keep = rows + (q0 + c0) != cols + lo
+        rows, cols = rows[keep], cols[keep]
+    if not len(rows):
+        return 0
+    ds = exact_sq_dist(q_raw, raw, rows + c0, cols)
+    touched = np.unique(rows)
+    local = np.searchsorted(touched, rows)
+    t_glob = touched + c0
+    qs = np.concatenate([np.repeat(np.arange(len(touched)), k), local])
+    xs = np.concatenate([best_i[t_glob].ravel(), cols + lo])
+    dd = np.concatenate([best_d[t_glob].ravel(), ds])
+    best_d[t_glob], best_i[t_glob] = best_k(qs, xs, dd, len(touched), k)
+    tau[t_glob] = np.minimum(tau[t_glob], best_d[t_glob, -1])
+    return len(ds)
 
 
 def _spread(n_blocks: int, take: int) -> list[int]:
