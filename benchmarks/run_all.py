@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-ALL = ["executor", "matrix", "knn", "pruned", "dask", "matmul"]
+ALL = ["executor", "matrix", "knn", "pruned", "dask", "matmul", "sklearn"]
 
 
 def main(argv: list[str]) -> None:

@@ -75,13 +75,14 @@ def test_sklearn_check_estimator(estimator, check):
 
 
 def test_array_api_check_passes():
+    # The same call as check_estimator's (its _yield_array_api_checks for estimators
+    # without array API support).
     code = textwrap.dedent("""
-        from sklearn.utils.estimator_checks import check_estimator
+        from sklearn.utils.estimator_checks import check_array_api_input
         from shardwren.linalg import KNeighborsClassifier, KNeighborsRegressor, NearestNeighbors
         for est in (NearestNeighbors(), KNeighborsClassifier(), KNeighborsRegressor()):
-            res = check_estimator(est, on_fail=None)
-            [r] = [r for r in res if r["check_name"] == "check_array_api_input"]
-            assert r["status"] == "passed", r
+            check_array_api_input(type(est).__name__, est, array_namespace="numpy",
+                                  expect_only_array_outputs=False)
         print("ok")
     """)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -115,31 +116,40 @@ def _children() -> set[int]:
 CONFIGS = [(k, w) for k in (1, 3, 5, 10) for w in ("uniform", "distance")]
 
 
-def _agree(data, executor, n_train: int | None, n_test: int | None, configs=CONFIGS):
-    """Our predictions and probabilities are scikit-learn's, bitwise, for every config."""
+def _agree(data, executor, n_train: int | None, n_test: int | None) -> int:
+    """Our predictions and probabilities are scikit-learn's, bitwise, for every config.
+    Returns on how many (config, image) pairs shardwren's former rule (a vote tie to the
+    nearest label) would have disagreed."""
     X, y, Xt, yt = data
     X, y, Xt = X[:n_train], y[:n_train], Xt[:n_test]
-    for k, w in configs:
+    ours = KNeighborsClassifier(executor=executor).fit(X, y)  # one sharding for all configs
+    former = 0
+    for k, w in CONFIGS:
         ref = SkClassifier(k, weights=w, algorithm="brute").fit(X, y)
-        ours = KNeighborsClassifier(k, weights=w, executor=executor).fit(X, y)
+        ours.set_params(n_neighbors=k, weights=w, vote_ties="smallest")
         p_ref, p_ours = ref.predict(Xt), ours.predict(Xt)
         mismatched = np.flatnonzero(p_ref != p_ours)
         assert len(mismatched) == 0, (k, w, mismatched[:10])
         np.testing.assert_array_equal(ours.predict_proba(Xt), ref.predict_proba(Xt),
                                       err_msg=f"k={k} weights={w}")
+        if w == "uniform" and k > 1:
+            former += int((ours.set_params(vote_ties="nearest").predict(Xt) != p_ref).sum())
+    return former
 
 
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_agrees_with_sklearn_on_a_subset(request, name, executor):
-    # 20,000 training images (some Fashion-MNIST vote ties among them), 400 test images:
-    # the search runs on the workers, every k and weighting.
-    _agree(request.getfixturevalue(name), executor, 20000, 400)
+    # 5,000 training images, 300 test images, every k and weighting, on the workers.
+    # The subset holds vote ties that the former nearest-label rule decided differently
+    # (measured for k = 3, 5, 10: 5, 3, 3 images on MNIST, 9, 11, 6 on Fashion-MNIST),
+    # so this test fails without scikit-learn's tie rule.
+    assert _agree(request.getfixturevalue(name), executor, 5000, 300) > 0
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["mnist", "fashion_mnist"])
 def test_agrees_with_sklearn_on_every_test_image(request, name, executor):
-    _agree(request.getfixturevalue(name), executor, None, None)
+    assert _agree(request.getfixturevalue(name), executor, None, None) > 0
 
 
 def test_kneighbors_distances_are_sklearns_on_mnist(mnist, executor):
@@ -297,10 +307,10 @@ def test_workers_run_scikit_learns_checks_that_compare_answers(on_workers, where
 
 def test_pipeline_gridsearch_cross_val_score_match_sklearn(mnist, where):
     X, y, _, _ = mnist
-    X, y = X[:3000], y[:3000]
-    ours = Pipeline([("pca", PCA(50, random_state=0)),
+    X, y = X[:900], y[:900]
+    ours = Pipeline([("pca", PCA(50, svd_solver="covariance_eigh")),
                      ("knn", KNeighborsClassifier(executor=where))])
-    ref = Pipeline([("pca", PCA(50, random_state=0)), ("knn", SkClassifier(algorithm="brute"))])
+    ref = Pipeline([("pca", PCA(50, svd_solver="covariance_eigh")), ("knn", SkClassifier(algorithm="brute"))])
     grid = {"knn__n_neighbors": [1, 3, 5]}
     g_ours = GridSearchCV(ours, grid, cv=3).fit(X, y)
     g_ref = GridSearchCV(ref, grid, cv=3).fit(X, y)

@@ -135,7 +135,9 @@ class _Runtime:
         spec = est.executor
         own = isinstance(spec, Executor)
         config = ("instance", id(spec)) if own else ("shared", _pools.key_of(spec))
-        config += (est.block_size, est.algorithm, est.n_neighbors)
+        # The projection is sized for n_neighbors; brute force depends on neither.
+        config += (est.block_size, est.algorithm,
+                   est.n_neighbors if est.algorithm != "brute" else None)
         with self.lock:
             if config != self.config:
                 self._drop()
