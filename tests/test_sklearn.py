@@ -25,29 +25,27 @@ import pytest
 
 sklearn = pytest.importorskip("sklearn")
 
-from hypothesis import given  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-from sklearn.base import clone  # noqa: E402
-from sklearn.decomposition import PCA  # noqa: E402
-from sklearn.exceptions import NotFittedError  # noqa: E402
-from sklearn.model_selection import GridSearchCV, cross_val_score  # noqa: E402
-from sklearn.neighbors import KNeighborsClassifier as SkClassifier  # noqa: E402
-from sklearn.neighbors import KNeighborsRegressor as SkRegressor  # noqa: E402
-from sklearn.neighbors import NearestNeighbors as SkNearest  # noqa: E402
-from sklearn.pipeline import Pipeline  # noqa: E402
-from sklearn.utils.estimator_checks import parametrize_with_checks  # noqa: E402
+from hypothesis import given
+from hypothesis import strategies as st
+from reference import reference_knn
+from sklearn.base import clone
+from sklearn.decomposition import PCA
+from sklearn.exceptions import NotFittedError
+from sklearn.model_selection import GridSearchCV, cross_val_score
+from sklearn.neighbors import KNeighborsClassifier as SkClassifier
+from sklearn.neighbors import KNeighborsRegressor as SkRegressor
+from sklearn.neighbors import NearestNeighbors as SkNearest
+from sklearn.pipeline import Pipeline
+from sklearn.utils.estimator_checks import parametrize_with_checks
 
-import shardwren  # noqa: E402
-from shardwren.errors import NonFiniteInputError, NotEnoughSamplesError  # noqa: E402
-from shardwren.linalg import (  # noqa: E402
+from shardwren.errors import NonFiniteInputError, NotEnoughSamplesError
+from shardwren.linalg import (
     KNeighborsClassifier,
     KNeighborsRegressor,
     NearestNeighbors,
     _pools,
     neighbors,
 )
-
-from reference import reference_knn  # noqa: E402
 
 psutil = pytest.importorskip("psutil")
 
@@ -85,7 +83,7 @@ def test_array_api_check_passes():
                                   expect_only_array_outputs=False)
         print("ok")
     """)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                          env=dict(os.environ, SCIPY_ARRAY_API="1"), timeout=300)
     assert out.returncode == 0 and "ok" in out.stdout, out.stderr[-3000:]
 
@@ -120,7 +118,7 @@ def _agree(data, executor, n_train: int | None, n_test: int | None) -> int:
     """Our predictions and probabilities are scikit-learn's, bitwise, for every config.
     Returns on how many (config, image) pairs shardwren's former rule (a vote tie to the
     nearest label) would have disagreed."""
-    X, y, Xt, yt = data
+    X, y, Xt, _ = data
     X, y, Xt = X[:n_train], y[:n_train], Xt[:n_test]
     ours = KNeighborsClassifier(executor=executor).fit(X, y)  # one sharding for all configs
     former = 0
@@ -400,7 +398,7 @@ def test_lingering_pool_serves_the_next_estimator(where):
 
 
 def test_no_worker_outlives_a_script_that_never_cleans_up(tmp_path):
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import numpy as np, psutil
         from shardwren.linalg import KNeighborsClassifier
         rng = np.random.default_rng(0)
@@ -411,7 +409,7 @@ def test_no_worker_outlives_a_script_that_never_cleans_up(tmp_path):
     """)
     env = dict(os.environ, SHARDWREN_STORE=f"file://{tmp_path}/store", SHARDWREN_WORKERS="2")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
-                         env=env, timeout=300)
+                         check=False, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     pids = [int(p) for p in out.stdout.split("PIDS")[1].split()]
     assert pids
@@ -441,18 +439,18 @@ def _inf_X():
 
 
 BAD_FITS = {
-    "nan": (dict(), _nan_X, lambda: _Y),
-    "inf": (dict(), _inf_X, lambda: _Y),
-    "1-D X": (dict(), lambda: _X[:, 0], lambda: _Y),
-    "empty": (dict(), lambda: _X[:0], lambda: _Y[:0]),
-    "complex": (dict(), lambda: _X + 1j, lambda: _Y),
-    "strings": (dict(), lambda: np.array([["a", "b", "c"]] * 8), lambda: _Y),
-    "y too short": (dict(), lambda: _X, lambda: _Y[:5]),
-    "continuous y": (dict(), lambda: _X, lambda: np.linspace(0, 1, 8)),
-    "k=1.5": (dict(n_neighbors=1.5), lambda: _X, lambda: _Y),
-    "k=0": (dict(n_neighbors=0), lambda: _X, lambda: _Y),
-    "weights": (dict(weights="gauss"), lambda: _X, lambda: _Y),
-    "algorithm": (dict(algorithm="fast"), lambda: _X, lambda: _Y),
+    "nan": ({}, _nan_X, lambda: _Y),
+    "inf": ({}, _inf_X, lambda: _Y),
+    "1-D X": ({}, lambda: _X[:, 0], lambda: _Y),
+    "empty": ({}, lambda: _X[:0], lambda: _Y[:0]),
+    "complex": ({}, lambda: _X + 1j, lambda: _Y),
+    "strings": ({}, lambda: np.array([["a", "b", "c"]] * 8), lambda: _Y),
+    "y too short": ({}, lambda: _X, lambda: _Y[:5]),
+    "continuous y": ({}, lambda: _X, lambda: np.linspace(0, 1, 8)),
+    "k=1.5": ({"n_neighbors": 1.5}, lambda: _X, lambda: _Y),
+    "k=0": ({"n_neighbors": 0}, lambda: _X, lambda: _Y),
+    "weights": ({"weights": "gauss"}, lambda: _X, lambda: _Y),
+    "algorithm": ({"algorithm": "fast"}, lambda: _X, lambda: _Y),
 }
 
 
@@ -514,7 +512,8 @@ def test_estimators_import_from_linalg_and_scikit_learn_loads_only_for_them():
     # workers import shardwren.linalg for the tile functions: without scikit-learn
     code = ("import sys, shardwren.linalg; a = 'sklearn' in sys.modules; "
             "shardwren.linalg.NearestNeighbors; print(a, 'sklearn' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=False, timeout=120)
     assert out.stdout.split() == ["False", "True"], out.stderr[-2000:]
 
 
