@@ -195,6 +195,20 @@ def test_tie_free_float64_data_agrees_with_sklearn():
 # --- votes and ties -----------------------------------------------------------------------------
 
 
+@given(st.integers(1, 12), st.integers(0, 2**32 - 1), st.booleans())
+def test_vote_is_weighted_mode_operation_for_operation(k, seed, odd_weights):
+    from sklearn.utils.extmath import weighted_mode
+
+    from shardwren.linalg.kernels import vote
+
+    rng = np.random.default_rng(seed)
+    codes = rng.integers(int(rng.integers(0, 2)), 6, (30, k))
+    w = (rng.choice([-1.0, 0.0, 0.5, 1.0, 2.0, np.nan], (30, k)) if odd_weights
+         else rng.random((30, k)))
+    expect = weighted_mode(codes, w, axis=1)[0].ravel().astype(np.intp)
+    np.testing.assert_array_equal(vote(codes, w, ties="smallest", fallback=0), expect)
+
+
 def test_vote_ties_smallest_label_by_default_nearest_as_an_option():
     # One feature; query at 0: neighbours 1 (label 9) and 2 (label 4), a 1-1 tie.
     X = np.array([[1.0], [2.0], [10.0]])

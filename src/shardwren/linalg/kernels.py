@@ -5,6 +5,8 @@
   (numpy's pairwise summation along the contiguous feature axis), so the distances
   every k-NN path returns are bitwise those of the reference;
 * selection and merging of top-k partial results (ties to the smaller index);
+* neighbour votes (:func:`vote`, :func:`class_scores`) with scikit-learn's arithmetic
+  and tie rule, or the nearest-label rule;
 * the float32 GEMM into a per-thread buffer, and rounding-error constants for
   the certified bounds (Higham, *Accuracy and Stability of Numerical Algorithms*,
   ch. 3: a length-n dot product in any summation order, with or without FMA, is off
@@ -148,7 +150,7 @@ def tree_merge(parts: list[Partial], k: int) -> Partial:
 
 
 def vote(labels: np.ndarray, weights: np.ndarray | None = None,
-         ties: str = "nearest") -> np.ndarray:
+         ties: str = "nearest", fallback: object = None) -> np.ndarray:
     """Majority (or weighted) vote over each row of neighbour labels (nearest first).
 
     Parameters
@@ -156,8 +158,8 @@ def vote(labels: np.ndarray, weights: np.ndarray | None = None,
     labels : array (n, k)
         The neighbours' labels, any sortable dtype, nearest neighbour first.
     weights : float array (n, k), optional
-        Each neighbour's vote; default one each. A label's score is
-        ``np.sum((labels == label) * weights, axis=1)``, scikit-learn's
+        Each neighbour's vote; default one each. A label's score is the sum along the
+        row of its neighbours' weights with zeros elsewhere, scikit-learn's
         ``weighted_mode`` arithmetic, so scores are bitwise scikit-learn's.
     ties : {"nearest", "smallest"}
         Which of the labels with the best score wins. ``"smallest"``: the smallest
@@ -165,6 +167,11 @@ def vote(labels: np.ndarray, weights: np.ndarray | None = None,
         a later one wins only with a strictly larger score, starting from score 0).
         ``"nearest"``: the label whose first occurrence is nearest (for k=1 and
         for k=2 this is plain 1-NN).
+    fallback : label, optional
+        ``"smallest"`` only: the answer for a row where no label scores above 0
+        (possible only with weights that are not positive). ``weighted_mode`` answers
+        the value 0 (for scikit-learn's class codes, the first class); default: the
+        smallest label in ``labels``.
 
     Returns
     -------
@@ -180,14 +187,18 @@ def vote(labels: np.ndarray, weights: np.ndarray | None = None,
     w = np.ones((n, k)) if weights is None else np.asarray(weights)
     if ties == "smallest":
         # weighted_mode's loop, operation for operation (NaN scores included).
-        best = np.zeros(n, dtype=np.intp)
+        best = np.full(n, values[0] if fallback is None else fallback, dtype=values.dtype)
         best_score = np.zeros(n)
         for c in range(len(values)):
-            score = np.sum((codes == c) * w, axis=1)
-            best = np.where(score > best_score, c, best)
+            template = np.zeros((n, k))
+            mine = codes == c
+            template[mine] = w[mine]
+            score = np.sum(template, axis=1)
+            best = np.where(score > best_score, values[c], best)
             best_score = np.maximum(score, best_score)
-        return values[best]
-    scores = np.stack([np.sum((codes == c) * w, axis=1) for c in range(len(values))], axis=1)
+        return best
+    scores = np.stack([np.sum(np.where(codes == c, w, 0.0), axis=1) for c in range(len(values))],
+                      axis=1)
     top = scores == scores.max(axis=1, keepdims=True)
     # Among the best-scoring labels, the one met first in nearest-first order.
     first_top = np.argmax(top[np.arange(n)[:, None], codes], axis=1)

@@ -525,7 +525,7 @@ class KNeighborsClassifier(ClassifierMixin, MultiOutputMixin, _KNeighborsBase):
         classes = self.classes_ if self.outputs_2d_ else [self.classes_]
         out = np.empty((len(ind), len(classes)), dtype=classes[0].dtype)
         for j, cls in enumerate(classes):
-            out[:, j] = cls.take(vote(self._codes[ind, j], w, ties=self.vote_ties))
+            out[:, j] = cls.take(vote(self._codes[ind, j], w, ties=self.vote_ties, fallback=0))
         return out if self.outputs_2d_ else out.ravel()
 
     def predict_proba(self, X: Any):
