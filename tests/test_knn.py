@@ -40,6 +40,10 @@ def test_vote_is_deterministic():
     np.testing.assert_array_equal(vote(np.array([[2, 1, 1]])), [1])
     np.testing.assert_array_equal(vote(np.array([[3, 4, 4, 3]])), [3])  # tie: nearest first
     np.testing.assert_array_equal(vote(np.array([[7, 5, 6]])), [7])
+    # scikit-learn's rule: the smallest of the tied labels
+    np.testing.assert_array_equal(vote(np.array([[3, 4, 4, 3], [7, 5, 6, 8]]), ties="smallest"),
+                                  [3, 5])
+    np.testing.assert_array_equal(vote(np.array([[4, 3, 3, 4]]), ties="smallest"), [3])
 
 
 # --- against brute force ---------------------------------------------------------------
@@ -118,7 +122,9 @@ def test_classifier(executor):
     assert clf.score(X[200:], y[200:]) > 0.95
     d, i = clf.kneighbors(X[200:203], n_neighbors=2)
     assert d.shape == (3, 2) and (np.diff(d, axis=1) >= 0).all()
-    np.testing.assert_array_equal(clf.predict(X[200:]), vote(y[:200][clf.kneighbors(X[200:], return_distance=False)]))
+    np.testing.assert_array_equal(
+        clf.predict(X[200:]),
+        vote(y[:200][clf.kneighbors(X[200:], return_distance=False)], ties="smallest"))
 
 
 # --- bad input ---------------------------------------------------------------------------

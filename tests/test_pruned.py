@@ -94,18 +94,17 @@ def test_auto_falls_back_to_brute_on_gaussian(executor):
     np.testing.assert_array_equal(i, brute64(train, query, 1)[1])
 
 
-def test_classifier_fit_builds_the_index_once(executor, mnist):
+def test_classifier_builds_the_index_once(executor, mnist):
     X, y, Xt, yt = mnist
-    clf = KNeighborsClassifier(1, executor=executor, method="pruned", block_size=2000)
+    clf = KNeighborsClassifier(1, executor=executor, algorithm="pruned", block_size=2000)
     clf.fit(X[:8000], y[:8000])
-    index = clf._index
-    assert index is not None and index.pruning
     a = clf.predict(Xt[:300])
+    index = clf._runtime.index
+    assert index is not None and index.pruning
     b = clf.predict(Xt[300:600])
-    assert clf._index is index  # reused across queries
+    assert clf._runtime.index is index  # reused across queries
     ref = KNeighborsClassifier(1, executor=executor).fit(X[:8000], y[:8000])
     np.testing.assert_array_equal(np.concatenate([a, b]), ref.predict(Xt[:600]))
-    clf.close()
 
 
 def test_bad_method(executor):

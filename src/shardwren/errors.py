@@ -107,6 +107,21 @@ class DatasetNotFoundError(ShardwrenError, FileNotFoundError):
     """A dataset's files could not be found or downloaded."""
 
 
+# --- estimators ----------------------------------------------------------------
+
+
+class InvalidParameterError(ShardwrenError, ValueError, TypeError):
+    """An estimator parameter has a value or type it cannot use.
+
+    Both a ValueError and a TypeError, like scikit-learn's own
+    ``InvalidParameterError``, so code written for either keeps working.
+    """
+
+
+class NotEnoughSamplesError(ShardwrenError, ValueError):
+    """More neighbours were asked for than the training set has points."""
+
+
 # --- execution -----------------------------------------------------------------
 
 

@@ -25,6 +25,8 @@ TASK_FIELDS = ("job_id", "index", "attempt", "worker", "host", "pid", "submitted
 
 def records(fs_or_stats: Iterable[Any]) -> list[dict[str, Any]]:
     """Task records from futures (their ``stats``) or from records already."""
+    if hasattr(fs_or_stats, "to_dict"):  # the DataFrame job_stats returns when pandas is present
+        fs_or_stats = fs_or_stats.to_dict("records")
     out = []
     for item in fs_or_stats:
         stats = item if isinstance(item, dict) else item.stats

@@ -5,6 +5,8 @@
   (numpy's pairwise summation along the contiguous feature axis), so the distances
   every k-NN path returns are bitwise those of the reference;
 * selection and merging of top-k partial results (ties to the smaller index);
+* neighbour votes (:func:`vote`, :func:`class_scores`) with scikit-learn's arithmetic
+  and tie rule, or the nearest-label rule;
 * the float32 GEMM into a per-thread buffer, and rounding-error constants for
   the certified bounds (Higham, *Accuracy and Stability of Numerical Algorithms*,
   ch. 3: a length-n dot product in any summation order, with or without FMA, is off
@@ -155,18 +157,79 @@ def tree_merge(parts: list[Partial], k: int) -> Partial:
     return parts[0]
 
 
-def vote(labels: np.ndarray) -> np.ndarray:
-    """Majority vote over each row of neighbour labels (nearest first).
+def vote(labels: np.ndarray, weights: np.ndarray | None = None,
+         ties: str = "nearest", fallback: object = None) -> np.ndarray:
+    """Majority (or weighted) vote over each row of neighbour labels (nearest first).
 
-    Ties between labels with equal counts go to the label whose first
-    occurrence is nearest (for k=1 this is plain 1-NN).
+    Parameters
+    ----------
+    labels : array (n, k)
+        The neighbours' labels, any sortable dtype, nearest neighbour first.
+    weights : float array (n, k), optional
+        Each neighbour's vote; default one each. A label's score is the sum along the
+        row of its neighbours' weights with zeros elsewhere, scikit-learn's
+        ``weighted_mode`` arithmetic, so scores are bitwise scikit-learn's.
+    ties : {"nearest", "smallest"}
+        Which of the labels with the best score wins. ``"smallest"``: the smallest
+        label, scikit-learn's rule (its ``weighted_mode``: labels in ascending order,
+        a later one wins only with a strictly larger score, starting from score 0).
+        ``"nearest"``: the label whose first occurrence is nearest (for k=1 and
+        for k=2 this is plain 1-NN).
+    fallback : label, optional
+        ``"smallest"`` only: the answer for a row where no label scores above 0
+        (possible only with weights that are not positive). ``weighted_mode`` answers
+        the value 0 (for scikit-learn's class codes, the first class); default: the
+        smallest label in ``labels``.
+
+    Returns
+    -------
+    array (n,)
+        One label per row, of ``labels``' dtype.
     """
+    if ties not in ("nearest", "smallest"):
+        raise ValueError(f"ties must be 'nearest' or 'smallest', got {ties!r}")
     labels = np.asarray(labels)
-    out = np.empty(labels.shape[0], dtype=labels.dtype)
-    for r, row in enumerate(labels):
-        values, first, counts = np.unique(row, return_index=True, return_counts=True)
-        best = np.lexsort((first, -counts))[0]
-        out[r] = values[best]
+    n, k = labels.shape
+    values, codes = np.unique(labels, return_inverse=True)
+    codes = codes.reshape(n, k)
+    w = np.ones((n, k)) if weights is None else np.asarray(weights)
+    if ties == "smallest":
+        # weighted_mode's loop, operation for operation (NaN scores included).
+        best = np.full(n, values[0] if fallback is None else fallback, dtype=values.dtype)
+        best_score = np.zeros(n)
+        for c in range(len(values)):
+            template = np.zeros((n, k))
+            mine = codes == c
+            template[mine] = w[mine]
+            score = np.sum(template, axis=1)
+            best = np.where(score > best_score, values[c], best)
+            best_score = np.maximum(score, best_score)
+        return best
+    scores = np.stack([np.sum(np.where(codes == c, w, 0.0), axis=1) for c in range(len(values))],
+                      axis=1)
+    top = scores == scores.max(axis=1, keepdims=True)
+    # Among the best-scoring labels, the one met first in nearest-first order.
+    first_top = np.argmax(top[np.arange(n)[:, None], codes], axis=1)
+    return values[codes[np.arange(n), first_top]]
+
+
+def class_scores(codes: np.ndarray, n_classes: int, weights: np.ndarray | None = None,
+                 normalise: bool = True) -> np.ndarray:
+    """Per-class vote totals of each row of neighbour class codes (0 <= code < n_classes).
+
+    Votes are added one neighbour rank at a time, nearest first, then divided by
+    their row sum: scikit-learn's ``predict_proba`` arithmetic, so probabilities are
+    bitwise scikit-learn's when the neighbours and weights are (with uniform weights
+    they are ``count / k``).
+    """
+    codes = np.asarray(codes)
+    n, k = codes.shape
+    out = np.zeros((n, n_classes))
+    rows = np.arange(n)
+    for i in range(k):
+        out[rows, codes[:, i]] += 1.0 if weights is None else weights[:, i]
+    if normalise:
+        out /= out.sum(axis=1)[:, np.newaxis]
     return out
 
 

@@ -89,7 +89,7 @@ from .kernels import (
     window_candidates,
 )
 
-__all__ = ["KNeighborsClassifier", "Prep", "knn", "merge", "topk_rows", "tree_merge", "vote"]
+__all__ = ["Prep", "knn", "merge", "topk_rows", "tree_merge", "vote"]
 
 #: Query rows per GEMM chunk: a chunk of distances (rows x 4000 floats) stays in
 #: cache for the selection passes that follow it.
@@ -330,7 +330,8 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
         the bounds pay off, brute otherwise.
     index : PrunedIndex, optional
         A projection built before by :func:`shardwren.linalg.pruned.fit` for this
-        training set (the classifier's ``fit`` does this), reused across queries.
+        training set (the estimators of :mod:`shardwren.linalg.neighbors` keep one),
+        reused across queries.
     resume : bool
         Keep each tile's partial result in the store under ``<key>/parts/``; a
         later call with the same ``key`` (after the driver died, say) reuses them
@@ -435,87 +436,3 @@ def _assemble(results: list, Q: ShardedMatrix, k: int) -> tuple[np.ndarray, np.n
     if (ind == PAD_INDEX).any():  # every query has k real neighbours: k <= rows was checked
         raise AssertionError("k-NN merge lost neighbours; please report this bug")
     return dist, ind
-
-
-class KNeighborsClassifier:
-    """k-NN classifier in scikit-learn's style, computed by shardwren.
-
-    Parameters
-    ----------
-    n_neighbors : int
-    executor : Executor, optional
-    block_size : int, optional
-        Rows per block when sharding array inputs.
-    method : {"brute", "pruned", "auto"}
-        See :func:`knn`. With "pruned" or "auto", :meth:`fit` builds the
-        projection once and every query reuses it.
-
-    Notes
-    -----
-    Majority vote; ties between labels go to the label of the nearest neighbour
-    among the tied ones, so predictions are deterministic. Call :meth:`close`
-    (or use the classifier as a context manager) to delete the data it sharded.
-    """
-
-    def __init__(self, n_neighbors: int = 1, executor: Executor | None = None,
-                 block_size: int | None = None, method: str = "brute"):
-        self.n_neighbors = n_neighbors
-        self.executor = executor
-        self.block_size = block_size
-        self.method = method
-        self._index = None
-        self._inputs = None
-
-    def fit(self, X: Any, y: Any) -> KNeighborsClassifier:
-        y = np.asarray(y).ravel()
-        n = X.shape[0]
-        if len(y) != n:
-            from ..errors import ShapeMismatchError
-
-            raise ShapeMismatchError(f"X has {n} rows but y has {len(y)} labels")
-        self.close()
-        self._X, self.classes_, self._y = X, np.unique(y), y
-        if self.method != "brute":
-            from . import pruned
-            from ..executor import default_executor
-
-            if self.executor is None:
-                self.executor = default_executor()
-            self._inputs = Inputs(self.executor, self.block_size)
-            self._X = self._inputs.matrix(X, "train")
-            self._index = pruned.fit(self._X, self.executor, k=self.n_neighbors,
-                                     allow_brute=self.method == "auto")
-        return self
-
-    def close(self) -> None:
-        """Delete what :meth:`fit` stored (sharded training data, projections)."""
-        if self._inputs is not None:
-            self._inputs.__exit__(None, None, None)
-            self._inputs = None
-            self._index = None
-
-    def __enter__(self) -> KNeighborsClassifier:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-    def kneighbors(self, X: Any = None, n_neighbors: int | None = None,
-                   return_distance: bool = True):
-        """Neighbours of X (default: the training set, leaving each point out)."""
-        k = n_neighbors or self.n_neighbors
-        kw = dict(executor=self.executor, block_size=self.block_size, method=self.method,
-                  index=self._index)
-        if X is None:
-            d, i = knn(self._X, None, k, exclude_self=True, **kw)
-        else:
-            d, i = knn(self._X, X, k, **kw)
-        return (np.sqrt(d), i) if return_distance else i
-
-    def predict(self, X: Any) -> np.ndarray:
-        idx = self.kneighbors(X, return_distance=False)
-        return vote(self._y[idx])
-
-    def score(self, X: Any, y: Any) -> float:
-        """Accuracy of :meth:`predict` on ``X`` against ``y``."""
-        return float(np.mean(self.predict(X) == np.asarray(y).ravel()))
