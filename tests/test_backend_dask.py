@@ -145,3 +145,90 @@ def test_signed_tasks_need_the_secret_on_workers(dask_cluster, tmp_path):
                                     secret="cluster-secret", retries=0) as ex:
         with pytest.raises(PayloadSignatureError, match="no SHARDWREN_SECRET"):
             ex.call_async(lambda x: x, 1).result(timeout=60)
+
+
+def _pid_then_sleep(path, seconds=4.0):
+    with open(path, "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(seconds)
+    return "finished"
+
+
+def test_worker_killed_during_the_only_task_of_a_map_runs_it_again(dask_cluster, dask_ex, tmp_path):
+    # The only task of its map: nothing else keeps the function's bytes alive on the cluster.
+    from distributed import Client
+
+    marker = tmp_path / "pid"
+    f = dask_ex.map(_pid_then_sleep, [str(marker)], retries=0)[0]
+    deadline = time.time() + 60
+    while not (marker.exists() and marker.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    first = int(marker.read_text())
+    marker.unlink()
+    os.kill(first, signal.SIGKILL)
+    assert f.result(timeout=120) == "finished"
+    assert f.stats["pid"] != first
+    with Client(dask_cluster, set_as_default=False) as c:
+        c.wait_for_workers(2, timeout=60)
+
+
+def test_shutdown_waits_with_its_own_client(dask_cluster, tmp_path):
+    import distributed
+
+    with pytest.raises(ValueError):
+        distributed.default_client()  # no default client anywhere in this process
+    ex = shardwren.default_executor(backend="dask", address=dask_cluster, store=f"file://{tmp_path}",
+                                    progress=False)
+    fs = ex.map(lambda s: time.sleep(s) or s, [1.0, 1.0])
+    ex.shutdown(wait=True)
+    assert [f.result(timeout=0) for f in fs] == [1.0, 1.0]
+
+
+def test_a_late_backup_of_a_finished_task_is_ignored_quietly(dask_ex, caplog):
+    import logging
+    import pickle
+
+    from shardwren import serialize
+    from shardwren.futures import Future
+
+    caplog.set_level(logging.DEBUG)
+    f = Future("late-backup", 0)
+    f.set_running()
+    f.set_payload(pickle.dumps("original"))
+    dask_ex.backend.submit("late-backup-fn", serialize.dumps_function(lambda x: x), [(f, pickle.dumps((1,)))])
+    assert f.result() == "original"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.fixture(scope="module")
+def dask_threaded_ex(dask_cluster_threaded, tmp_path_factory):
+    store = f"file://{tmp_path_factory.mktemp('dask-threaded-store')}"
+    ex = shardwren.default_executor(backend="dask", address=dask_cluster_threaded, store=store,
+                                    progress=False)
+    yield ex
+    ex.shutdown()
+
+
+class TestDaskThreadedConformance(ExecutorConformance):
+    """The same behaviour on one worker running four tasks at once in threads."""
+
+    @pytest.fixture
+    def ex(self, dask_threaded_ex):
+        return dask_threaded_ex
+
+
+def test_memory_limit_refused_up_front_on_threaded_workers(dask_threaded_ex):
+    from shardwren.errors import ConfigError
+
+    assert not dask_threaded_ex.backend.enforces_memory_limit
+    with pytest.raises(ConfigError, match=r"memory_limit.*--nthreads 1"):
+        dask_threaded_ex.map(lambda x: x, [1], memory_limit="1GiB")
+
+
+def test_peak_rss_is_unknown_not_wrong_on_threaded_workers(dask_threaded_ex, dask_ex):
+    fs = dask_threaded_ex.map(lambda n: float(np.ones(n).sum()), [20_000_000, 10, 10, 10])
+    shardwren.wait(fs)
+    assert [f.stats["peak_rss"] for f in fs] == [None] * 4
+    g = dask_ex.call_async(lambda n: float(np.ones(n).sum()), 10)
+    g.result()
+    assert g.stats["peak_rss"] > 10_000_000  # one task per process: measured
