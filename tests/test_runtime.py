@@ -26,14 +26,14 @@ def test_overlapping_memory_limits_never_leave_the_process_capped():
     a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
 
     def task_a():
-        with runtime.memory_limit(256 << 20):
+        with runtime.limit_memory(256 << 20):
             a_in.set()
             b_in.wait(10)
         a_out.set()
 
     def task_b():
         a_in.wait(10)
-        with runtime.memory_limit(512 << 20):
+        with runtime.limit_memory(512 << 20):
             b_in.set()
             a_out.wait(10)
 
