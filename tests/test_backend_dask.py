@@ -232,3 +232,22 @@ def test_peak_rss_is_unknown_not_wrong_on_threaded_workers(dask_threaded_ex, das
     g = dask_ex.call_async(lambda n: float(np.ones(n).sum()), 10)
     g.result()
     assert g.stats["peak_rss"] > 10_000_000  # one task per process: measured
+
+
+def test_a_stopped_worker_times_out_on_the_driver_side(dask_ex, tmp_path):
+    # SIGSTOP freezes the whole worker, its own deadline thread included: only the driver can
+    # notice. The task's start was announced, so the driver's deadline (limit + margin) fires.
+    marker = tmp_path / "pid"
+    f = dask_ex.map(_pid_then_sleep, [str(marker)], timeout=1, retries=0)[0]
+    deadline = time.time() + 60
+    while not (marker.exists() and marker.read_text()) and time.time() < deadline:
+        time.sleep(0.01)
+    pid = int(marker.read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        exc = f.exception(timeout=120)
+        assert isinstance(exc, shardwren.errors.TaskTimeoutError), exc
+        assert "stopped responding" in str(exc)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert dask_ex.call_async(lambda x: x + 1, 1).result(timeout=60) == 2

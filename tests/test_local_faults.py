@@ -264,3 +264,15 @@ def test_shutdown_without_wait_fails_scheduled_retries(tmp_path):
     ex.shutdown(wait=False)
     assert isinstance(f.exception(timeout=30), (ExecutorShutdownError, WorkerCrashedError))
 
+
+
+def test_a_stopped_worker_is_killed_at_the_task_deadline(ex):
+    f = ex.map(time.sleep, [30], timeout=1, retries=0)[0]
+    deadline = time.time() + 60
+    while not ex.backend.busy_worker_pids() and time.time() < deadline:
+        time.sleep(0.01)
+    pid = ex.backend.busy_worker_pids()[0]
+    os.kill(pid, signal.SIGSTOP)  # a hung worker: it will never report anything
+    exc = f.exception(timeout=60)
+    assert isinstance(exc, TaskTimeoutError) and "killed and replaced" in str(exc), exc
+    assert not _alive(pid)
