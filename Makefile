@@ -11,7 +11,7 @@ export SHARDWREN_DATA_DIR := $(abspath ../shared/datasets)
 endif
 endif
 
-.PHONY: install demo test bench faults docs-images clean
+.PHONY: install demo test lint bench faults docs-images clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# ruff (configuration in pyproject.toml) on everything, mypy on src/.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests tools benchmarks
+	$(BIN)/mypy
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py

@@ -21,18 +21,16 @@ import logging
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures._base import (
-    CANCELLED,
-    CANCELLED_AND_NOTIFIED,
-    FINISHED,
-    PENDING,
-    RUNNING,
-)
-from typing import Any
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures._base import CANCELLED, PENDING, RUNNING
+from typing import Any, TypeVar, cast
+
+from .serialize import Buffer
 
 from . import serialize
 from .errors import ResultUnpicklingError
+
+F = TypeVar("F", bound=cf.Future)
 
 # PyWren's constants, kept for source compatibility with its tutorials.
 ALL_COMPLETED = 1
@@ -90,8 +88,8 @@ class Future(cf.Future):
         self.index = index
         self.stats: dict[str, Any] = {"job_id": job_id, "index": index,
                                       "submitted": time.time(), "attempt": 1}
-        self.limits: dict[str, Any] = {}
-        self._payload: bytes | memoryview | None = None  # a result still to decode
+        self.limits: Mapping[str, Any] = {}
+        self._payload: Buffer | None = None  # a result still to decode
         self._logs = ""
         self._copies = 1  # copies submitted that may still report (the original)
         self._completing = False  # a report has won; set under _condition
@@ -120,7 +118,7 @@ class Future(cf.Future):
             self.stats["running_since"] = time.time()  # for the straggler watch
             return True
 
-    def set_payload(self, payload: bytes | memoryview, stats: dict[str, Any] | None = None) -> bool:
+    def set_payload(self, payload: Buffer, stats: dict[str, Any] | None = None) -> bool:
         """Complete the future with a pickled result, unpickled on first ``result()``.
 
         ``stats`` (from the worker: times, pid, peak RSS, logs, ...) update
@@ -272,9 +270,9 @@ def _norm_return_when(return_when: Any) -> int:
         ) from None
 
 
-def wait(fs: Iterable[cf.Future], return_when: Any = ALL_COMPLETED,
+def wait(fs: Iterable[F], return_when: Any = ALL_COMPLETED,
          timeout: float | None = None, progress: bool | None = None
-         ) -> tuple[list[cf.Future], list[cf.Future]]:
+         ) -> tuple[list[F], list[F]]:
     """Wait for futures, PyWren style.
 
     Parameters
@@ -320,9 +318,9 @@ def _wait_with_bar(fs: list, pending: list, mode: int, timeout: float | None) ->
         bar.close()
 
 
-def as_completed(fs: Iterable[cf.Future], timeout: float | None = None) -> Iterator[cf.Future]:
+def as_completed(fs: Iterable[F], timeout: float | None = None) -> Iterator[F]:
     """Yield futures as they finish (``concurrent.futures.as_completed`` semantics)."""
-    return cf.as_completed(list(fs), timeout=timeout)
+    return cast(Iterator[F], cf.as_completed(list(fs), timeout=timeout))
 
 
 def get_all_results(fs: Sequence[cf.Future], progress: bool | None = None) -> list[Any]:

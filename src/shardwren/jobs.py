@@ -15,7 +15,6 @@ import json
 import math
 import queue
 import threading
-import time
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any

@@ -52,7 +52,7 @@ def _culprit(obj: Any) -> str | None:
     for label, value in parts:
         try:
             cloudpickle.dumps(value, protocol=PROTOCOL)
-        except Exception:
+        except Exception:  # noqa: BLE001 - pickling raises anything a __reduce__ does
             inner = _culprit(value)
             return f"{label}, {_describe(value)}" + (f"; inside it, {inner}" if inner else "")
     return None
@@ -60,7 +60,7 @@ def _culprit(obj: Any) -> str | None:
 
 def _cell_filled(cell: Any) -> bool:
     try:
-        cell.cell_contents
+        _ = cell.cell_contents
     except ValueError:
         return False
     return True
@@ -93,7 +93,7 @@ def dumps_value(obj: Any, what: str = "argument") -> bytes:
     """Pickle data (arguments or results); stdlib pickle first, cloudpickle as fallback."""
     try:
         return pickle.dumps(obj, protocol=PROTOCOL)
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 - anything stdlib pickle rejects goes to cloudpickle
         pass
     try:
         return cloudpickle.dumps(obj, protocol=PROTOCOL)
@@ -134,7 +134,11 @@ def open_signed(key: bytes, blob: bytes, what: str) -> bytes:
     return data
 
 
-def loads(data: bytes) -> Any:
+#: What pickled data may arrive as (a frame, a slice of one).
+Buffer = bytes | bytearray | memoryview
+
+
+def loads(data: Buffer) -> Any:
     """Inverse of :func:`dumps_function` and :func:`dumps_value`."""
     return pickle.loads(data)
 
@@ -162,20 +166,20 @@ def dumps_exception(exc: BaseException) -> bytes:
             data = pickle.dumps(payload, protocol=PROTOCOL)
             pickle.loads(data)  # types that pickle but do not unpickle are common
             return data
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - try the next, plainer form
             pass
     try:
         return cloudpickle.dumps((exc, tb, []), protocol=PROTOCOL)
-    except Exception:
+    except Exception:  # noqa: BLE001 - last resort: a stand-in that always pickles
         stand_in = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
         return pickle.dumps((stand_in, tb, []), protocol=PROTOCOL)
 
 
-def loads_exception(data: bytes) -> BaseException:
+def loads_exception(data: Buffer) -> BaseException:
     """Rebuild a task's exception with the remote traceback attached as ``__cause__``."""
     try:
         exc, tb, chain = pickle.loads(data)
-    except Exception as err:  # the exception's class may not exist in the driver
+    except Exception as err:  # noqa: BLE001 - its class may not exist in the driver
         return RemoteError(f"a task failed and its exception could not be rebuilt here: {err}")
     exc.__cause__ = link = RemoteTraceback(f'\n"""\n{tb}"""')
     for earlier in chain:  # reachable for the policy; not printed twice (tb has them)

@@ -152,7 +152,7 @@ class Backend(abc.ABC):
         with ``ExecutorShutdownError``. Idempotent.
         """
 
-    def check_store(self, store: Store) -> None:
+    def check_store(self, store: Store) -> None:  # noqa: B027 - optional, not abstract
         """Raise :class:`~shardwren.errors.StoreNotSharedError` if the workers cannot
         reach ``store`` (default: they can)."""
 

@@ -29,7 +29,6 @@ import mmap
 import os
 import pickle
 import selectors
-import signal
 import socket
 import struct
 import subprocess
