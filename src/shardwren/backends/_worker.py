@@ -3,8 +3,9 @@
 Protocol over one socket (``multiprocessing.connection`` framing, pickled tuples):
 
 * driver -> worker: ``("key", bytes)`` first (the signing key, never in argv or the
-  environment), then ``("run", [(seq, fn_id, fn_bytes | None, args_bytes, memory_limit), ...])``
-  or ``("exit", None)``;
+  environment), then ``("run", [(seq, fn_id, fn_bytes | None, args_bytes, memory_limit,
+  where), ...])`` (``where`` names the task for errors raised here, sent with a memory
+  limit only) or ``("exit", None)``;
 * worker -> driver: ``("done", [(seq, ok, value_or_error_bytes, stats), ...])``, in the
   order the tasks were received.
 
@@ -144,12 +145,12 @@ def serve(conn: Connection, slot: mmap.mmap) -> None:
         if kind == "key":
             key = body
             continue
-        for seq, fn_id, fn_bytes, payload, memory_limit in body:
+        for seq, fn_id, fn_bytes, payload, memory_limit, where in body:
             fn = fns.load(fn_id, fn_bytes, key) if fn_bytes is not None else fns.get(fn_id)
             # Start time before sequence number: a reader that sees the number sees its time.
             struct.pack_into("d", slot, 8, time.time())
             struct.pack_into("q", slot, 0, seq)
-            ok, data, stats = run_task(fn, payload, memory_limit, key)
+            ok, data, stats = run_task(fn, payload, memory_limit, key, where=where)
             struct.pack_into("q", slot, 0, 0)
             outbox.add((seq, ok, data, stats))
         outbox.flush()  # end of the driver's batch

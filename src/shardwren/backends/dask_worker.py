@@ -102,7 +102,7 @@ def run(fn_data: bytes, fn_id: str, payload: bytes, blas_threads: int,
         ok, data, stats = _run_with_deadline(fn, payload, memory_limit, timeout, where, sign_key,
                                              exclusive)
     else:
-        ok, data, stats = run_task(fn, payload, memory_limit, sign_key, exclusive)
+        ok, data, stats = run_task(fn, payload, memory_limit, sign_key, exclusive, where)
     stats["worker"] = worker.address if worker is not None else None
     return ok, data, stats
 
@@ -123,7 +123,7 @@ def _run_with_deadline(fn: Any, payload: bytes, memory_limit: int | None, timeou
 
     def target() -> None:
         try:
-            box.append(run_task(fn, payload, memory_limit, key, exclusive))
+            box.append(run_task(fn, payload, memory_limit, key, exclusive, where))
         finally:
             with _ABANDONED_LOCK:
                 done.set()

@@ -135,7 +135,9 @@ class _Worker:
                 if len(self.fns) > FN_CACHE_SIZE:
                     self.fns.popitem(last=False)
                 fn_bytes = t.fn_bytes
-            body.append((t.seq, t.fn_id, fn_bytes, t.payload, t.future.limits.get("memory_limit")))
+            memory_limit = t.future.limits.get("memory_limit")
+            where = f"task {t.future.index} of job {t.future.job_id}" if memory_limit else None
+            body.append((t.seq, t.fn_id, fn_bytes, t.payload, memory_limit, where))
             t.sent = now
             self.limited += t.limit is not None
             self.inflight.append(t)

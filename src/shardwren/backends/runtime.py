@@ -257,7 +257,7 @@ def limit_memory(limit: int | None) -> Iterator[None]:
 
 def run_task(fn: Callable[..., Any] | BaseException, payload: bytes,
              memory_limit: int | None = None, key: bytes | None = None,
-             exclusive: bool = True) -> tuple[bool, bytes, dict[str, Any]]:
+             exclusive: bool = True, where: str | None = None) -> tuple[bool, bytes, dict[str, Any]]:
     """Run ``fn(*args)``; return ``(ok, pickled value or pickled exception, stats)``.
 
     Parameters
@@ -274,6 +274,8 @@ def run_task(fn: Callable[..., Any] | BaseException, payload: bytes,
     exclusive : bool
         Whether the task has its process to itself. If not (threads of one Dask
         worker), the process-wide peak RSS is neither reset nor reported.
+    where : str, optional
+        The task's name for errors raised here ("task 3 of job ...").
 
     Returns
     -------
@@ -303,8 +305,8 @@ def run_task(fn: Callable[..., Any] | BaseException, payload: bytes,
             exc = RuntimeError(f"task raised {type(exc).__name__}({exc})")
         elif isinstance(exc, MemoryError) and memory_limit:
             exc = TaskMemoryError(
-                f"the task tried to use more than its memory limit of {memory_limit / 2**20:.0f} "
-                f"MiB ({exc}); use smaller blocks or raise memory_limit")
+                f"{where or 'the task'} tried to use more than its memory limit of "
+                f"{memory_limit / 2**20:.0f} MiB ({exc}); use smaller blocks or raise memory_limit")
         ok, data = False, serialize.dumps_exception(exc)
     finished = time.time()
     logs, _TASK.buf = _TASK.buf.getvalue(), None
