@@ -20,13 +20,16 @@ from executor_conformance import ExecutorConformance
 pytest.importorskip("distributed")
 
 
-@pytest.fixture(scope="module")
-def dask_ex(dask_cluster, tmp_path_factory):
+def _executor_on(address, tmp_path_factory):
     store = f"file://{tmp_path_factory.mktemp('dask-store')}"
-    ex = shardwren.default_executor(backend="dask", address=dask_cluster, store=store,
-                                    progress=False)
+    ex = shardwren.default_executor(backend="dask", address=address, store=store, progress=False)
     yield ex
     ex.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dask_ex(dask_cluster, tmp_path_factory):
+    yield from _executor_on(dask_cluster, tmp_path_factory)
 
 
 class TestDaskConformance(ExecutorConformance):
@@ -202,11 +205,7 @@ def test_a_late_backup_of_a_finished_task_is_ignored_quietly(dask_ex, caplog):
 
 @pytest.fixture(scope="module")
 def dask_threaded_ex(dask_cluster_threaded, tmp_path_factory):
-    store = f"file://{tmp_path_factory.mktemp('dask-threaded-store')}"
-    ex = shardwren.default_executor(backend="dask", address=dask_cluster_threaded, store=store,
-                                    progress=False)
-    yield ex
-    ex.shutdown()
+    yield from _executor_on(dask_cluster_threaded, tmp_path_factory)
 
 
 class TestDaskThreadedConformance(ExecutorConformance):
@@ -251,3 +250,16 @@ def test_a_stopped_worker_times_out_on_the_driver_side(dask_ex, tmp_path):
     finally:
         os.kill(pid, signal.SIGCONT)
     assert dask_ex.call_async(lambda x: x + 1, 1).result(timeout=60) == 2
+
+
+@pytest.mark.xfail(strict=False, reason=(
+    "k-NN tasks share per-process scratch buffers and caches (linalg/knn.py _cached): tasks "
+    "running side by side in threads of one process corrupt each other's tiles (a ValueError or "
+    "a silently different answer); left to the linalg rewrite (issue 15 report)"))
+def test_knn_identical_on_threaded_workers(dask_threaded_ex, executor):
+    train, query = _subset()
+    d2, i2 = knn(train, query, 3, executor=executor, block_size=1000)
+    for _ in range(2):
+        d1, i1 = knn(train, query, 3, executor=dask_threaded_ex, block_size=1000)
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_array_equal(d1, d2)

@@ -117,3 +117,15 @@ def test_run_task_never_raises(limit):
     ok, data, stats = runtime.run_task(ValueError("could not load"), b"", memory_limit=limit)
     assert not ok and isinstance(serialize.loads_exception(data), ValueError)
     assert {"started", "finished", "pid", "host", "peak_rss", "logs"} <= set(stats)
+
+
+def test_exceptions_survive_a_copyreg_reducer_that_cannot_rebuild_them(monkeypatch):
+    # distributed installs tblib's pickling support, which registers a reducer for every
+    # exception class; it rebuilds with MemoryError.__new__(TaskMemoryError), which CPython
+    # refuses for a class with two builtin bases: the driver then saw a RemoteError.
+    import copyreg
+
+    tblib = pytest.importorskip("tblib.pickling_support")
+    monkeypatch.setitem(copyreg.dispatch_table, TaskMemoryError, tblib.pickle_exception)
+    exc = serialize.loads_exception(serialize.dumps_exception(TaskMemoryError("over the limit")))
+    assert type(exc) is TaskMemoryError and str(exc) == "over the limit"

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import time
 
 import shardwren
 from shardwren import policy
+
+from executor_conformance import _slow_first_time
 
 
 def test_backup_candidates_policy():
@@ -16,15 +17,6 @@ def test_backup_candidates_policy():
     assert policy.backup_candidates(100.0, [(3, 95.0)], done[:5], 10) == []   # too early
     assert policy.backup_candidates(100.0, [(3, 95.0)], done, 10, already=[3]) == []
     assert policy.backup_candidates(100.0, [(3, 99.5)], [0.01] * 9, 10) == []  # under min_seconds
-
-
-def _slow_first_time(i, marker, slow=6):
-    if i == slow and not os.path.exists(marker):
-        open(marker, "w").close()
-        time.sleep(8)
-        return "original"
-    time.sleep(0.3)
-    return "backup" if i == slow else i
 
 
 def test_speculation_can_be_turned_off(tmp_path):

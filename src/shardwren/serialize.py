@@ -8,6 +8,7 @@ Errors name the object that could not be pickled and what to do about it.
 
 from __future__ import annotations
 
+import io
 import pickle
 import traceback
 from typing import Any, Callable
@@ -161,18 +162,37 @@ def dumps_exception(exc: BaseException) -> bytes:
     error behind an s3fs ``OSError``.
     """
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    for payload in ((exc, tb, _chain(exc)), (exc, tb, [])):
+    attempts: list[tuple[Callable[[Any], bytes], Any]] = [
+        (_dumps_own_reduce, (exc, tb, _chain(exc))), (_dumps_own_reduce, (exc, tb, [])),
+        (_dumps_default, (exc, tb, [])), (_dumps_cloudpickle, (exc, tb, []))]
+    for dumps, payload in attempts:
         try:
-            data = pickle.dumps(payload, protocol=PROTOCOL)
+            data = dumps(payload)
             pickle.loads(data)  # types that pickle but do not unpickle are common
             return data
         except Exception:  # noqa: BLE001, S110 - try the next, plainer form
             pass
-    try:
-        return cloudpickle.dumps((exc, tb, []), protocol=PROTOCOL)
-    except Exception:  # noqa: BLE001 - last resort: a stand-in that always pickles
-        stand_in = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-        return pickle.dumps((stand_in, tb, []), protocol=PROTOCOL)
+    stand_in = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    return pickle.dumps((stand_in, tb, []), protocol=PROTOCOL)
+
+
+def _dumps_own_reduce(obj: Any) -> bytes:
+    """Pickle with each object's own ``__reduce_ex__``, ignoring the reducers other
+    libraries register with copyreg: tblib's (installed by distributed) cannot rebuild an
+    exception with two builtin bases, such as TaskMemoryError."""
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=PROTOCOL)
+    pickler.dispatch_table = {}
+    pickler.dump(obj)
+    return buf.getvalue()
+
+
+def _dumps_default(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=PROTOCOL)
+
+
+def _dumps_cloudpickle(obj: Any) -> bytes:
+    return cloudpickle.dumps(obj, protocol=PROTOCOL)
 
 
 def loads_exception(data: Buffer) -> BaseException:

@@ -58,7 +58,8 @@ takes itself: those run the future's callbacks (user code) in the calling thread
 task's start) and ``memory_limit`` (bytes); ``None`` means none. Past its
 timeout a task fails with ``TaskTimeoutError``: its worker is killed and replaced
 where :attr:`Backend.kills_on_timeout`, otherwise the task is abandoned (its
-thread finishes in the background). ``memory_limit`` is enforced per task where
+thread finishes in the background, beside the worker's next tasks: task code must
+then be thread-safe). ``memory_limit`` is enforced per task where
 :attr:`Backend.enforces_memory_limit`; elsewhere :meth:`Backend.check_limits`
 refuses it up front with a ``ConfigError``: a limit is never half-enforced.
 
