@@ -36,9 +36,11 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-# Fault injection on MNIST: workers killed with SIGKILL during k-NN; the answer must not change.
+# The chaos suite: SIGKILL, SIGSTOP, memory exhaustion, store errors, Dask worker removal and a
+# killed driver, during MNIST k-NN and a matmul, on the local backend and a Dask cluster started
+# on 127.0.0.1. The answers must not change; nothing may hang or be left behind.
 faults: $(STAMP)
-	$(BIN)/python tools/faults.py
+	$(BIN)/python tools/faults.py --markdown
 
 # The README's timeline picture: a real MNIST k-NN job.
 docs-images: $(STAMP)

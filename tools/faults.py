@@ -364,10 +364,11 @@ class Injector(threading.Thread):
                 and _alive(a["pid"])]
 
     def lost(self) -> int:
+        """Distinct tasks whose running attempt was hit (for SIGKILL: and never finished)."""
         hit = {a for a, _, _ in self.hits}
         attempts = self.journal.attempts()
-        return len({(attempts[a]["tag"], attempts[a]["index"]) for a in hit
-                    if a in attempts and not attempts[a]["ended"]})
+        return len({(attempts[a]["tag"], attempts[a]["index"]) for a in hit if a in attempts
+                    and not (self.fault == "sigkill" and attempts[a]["ended"])})
 
     def run(self) -> None:
         try:
