@@ -190,6 +190,7 @@ class JobHistory:
         self.max_jobs = max_jobs
         self.max_tasks = max_tasks
         self._jobs: OrderedDict[str, JobRecord] = OrderedDict()
+        self._kept = 0  # task records held as columns, over all jobs
         self._lock = threading.Lock()
 
     def add(self, job_id: str, name: str, live: list[dict[str, Any]]) -> JobRecord:
@@ -198,7 +199,8 @@ class JobHistory:
         with self._lock:
             self._jobs[job_id] = entry
             while len(self._jobs) > self.max_jobs:
-                self._jobs.popitem(last=False)
+                _, old = self._jobs.popitem(last=False)
+                self._kept -= old.kept
         return entry
 
     def finish(self, entry: JobRecord, recs: Sequence[dict[str, Any]],
@@ -208,13 +210,17 @@ class JobHistory:
         summary = summary if summary is not None else summarize(recs)
         with self._lock:
             entry._columns, entry._live, entry.summary = columns, None, summary
-            total = sum(e.kept for e in self._jobs.values())
-            newest = next(reversed(self._jobs.values()), None)
-            for e in self._jobs.values():
-                if total <= self.max_tasks:
+            if entry.job_id not in self._jobs:
+                return  # already forgotten (max_jobs): its columns count nowhere
+            self._kept += columns.n
+            if self._kept <= self.max_tasks:
+                return
+            newest = next(reversed(self._jobs.values()))
+            for e in self._jobs.values():  # oldest first, until back within the budget
+                if self._kept <= self.max_tasks:
                     break
                 if e is not newest and e.kept:
-                    total -= e.kept
+                    self._kept -= e.kept
                     e._columns = None
 
     def get(self, job_id: str) -> JobRecord:
