@@ -11,7 +11,7 @@ export SHARDWREN_DATA_DIR := $(abspath ../shared/datasets)
 endif
 endif
 
-.PHONY: install demo test bench faults docs-images clean
+.PHONY: install demo test lint bench faults docs-images clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,12 +28,19 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# ruff (configuration in pyproject.toml) on everything, mypy on src/.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests tools benchmarks
+	$(BIN)/mypy
+
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
-# Fault injection on MNIST: workers killed with SIGKILL during k-NN; the answer must not change.
+# The chaos suite: SIGKILL, SIGSTOP, memory exhaustion, store errors, Dask worker removal and a
+# killed driver, during MNIST k-NN and a matmul, on the local backend and a Dask cluster started
+# on 127.0.0.1. The answers must not change; nothing may hang or be left behind.
 faults: $(STAMP)
-	$(BIN)/python tools/faults.py
+	$(BIN)/python tools/faults.py --markdown
 
 # The README's timeline picture: a real MNIST k-NN job.
 docs-images: $(STAMP)

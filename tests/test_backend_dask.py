@@ -20,13 +20,16 @@ from executor_conformance import ExecutorConformance
 pytest.importorskip("distributed")
 
 
-@pytest.fixture(scope="module")
-def dask_ex(dask_cluster, tmp_path_factory):
+def _executor_on(address, tmp_path_factory):
     store = f"file://{tmp_path_factory.mktemp('dask-store')}"
-    ex = shardwren.default_executor(backend="dask", address=dask_cluster, store=store,
-                                    progress=False)
+    ex = shardwren.default_executor(backend="dask", address=address, store=store, progress=False)
     yield ex
     ex.shutdown()
+
+
+@pytest.fixture(scope="module")
+def dask_ex(dask_cluster, tmp_path_factory):
+    yield from _executor_on(dask_cluster, tmp_path_factory)
 
 
 class TestDaskConformance(ExecutorConformance):
@@ -145,3 +148,114 @@ def test_signed_tasks_need_the_secret_on_workers(dask_cluster, tmp_path):
                                     secret="cluster-secret", retries=0) as ex:
         with pytest.raises(PayloadSignatureError, match="no SHARDWREN_SECRET"):
             ex.call_async(lambda x: x, 1).result(timeout=60)
+
+
+def _pid_then_sleep(path, seconds=4.0):
+    with open(path, "w") as fh:
+        fh.write(str(os.getpid()))
+    time.sleep(seconds)
+    return "finished"
+
+
+def test_worker_killed_during_the_only_task_of_a_map_runs_it_again(dask_cluster, dask_ex, tmp_path):
+    # The only task of its map: nothing else keeps the function's bytes alive on the cluster.
+    from distributed import Client
+
+    marker = tmp_path / "pid"
+    f = dask_ex.map(_pid_then_sleep, [str(marker)], retries=0)[0]
+    deadline = time.time() + 60
+    while not (marker.exists() and marker.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    first = int(marker.read_text())
+    marker.unlink()
+    os.kill(first, signal.SIGKILL)
+    assert f.result(timeout=120) == "finished"
+    assert f.stats["pid"] != first
+    with Client(dask_cluster, set_as_default=False) as c:
+        c.wait_for_workers(2, timeout=60)
+
+
+def test_shutdown_waits_with_its_own_client(dask_cluster, tmp_path):
+    import distributed
+
+    with pytest.raises(ValueError):
+        distributed.default_client()  # no default client anywhere in this process
+    ex = shardwren.default_executor(backend="dask", address=dask_cluster, store=f"file://{tmp_path}",
+                                    progress=False)
+    fs = ex.map(lambda s: time.sleep(s) or s, [1.0, 1.0])
+    ex.shutdown(wait=True)
+    assert [f.result(timeout=0) for f in fs] == [1.0, 1.0]
+
+
+def test_a_late_backup_of_a_finished_task_is_ignored_quietly(dask_ex, caplog):
+    import logging
+    import pickle
+
+    from shardwren import serialize
+    from shardwren.futures import Future
+
+    caplog.set_level(logging.DEBUG)
+    f = Future("late-backup", 0)
+    f.set_running()
+    f.set_payload(pickle.dumps("original"))
+    dask_ex.backend.submit("late-backup-fn", serialize.dumps_function(lambda x: x), [(f, pickle.dumps((1,)))])
+    assert f.result() == "original"
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@pytest.fixture(scope="module")
+def dask_threaded_ex(dask_cluster_threaded, tmp_path_factory):
+    yield from _executor_on(dask_cluster_threaded, tmp_path_factory)
+
+
+class TestDaskThreadedConformance(ExecutorConformance):
+    """The same behaviour on one worker running four tasks at once in threads."""
+
+    @pytest.fixture
+    def ex(self, dask_threaded_ex):
+        return dask_threaded_ex
+
+
+def test_memory_limit_refused_up_front_on_threaded_workers(dask_threaded_ex):
+    from shardwren.errors import ConfigError
+
+    assert not dask_threaded_ex.backend.enforces_memory_limit
+    with pytest.raises(ConfigError, match=r"memory_limit.*--nthreads 1"):
+        dask_threaded_ex.map(lambda x: x, [1], memory_limit="1GiB")
+
+
+def test_peak_rss_is_unknown_not_wrong_on_threaded_workers(dask_threaded_ex, dask_ex):
+    fs = dask_threaded_ex.map(lambda n: float(np.ones(n).sum()), [20_000_000, 10, 10, 10])
+    shardwren.wait(fs)
+    assert [f.stats["peak_rss"] for f in fs] == [None] * 4
+    g = dask_ex.call_async(lambda n: float(np.ones(n).sum()), 10)
+    g.result()
+    assert g.stats["peak_rss"] > 10_000_000  # one task per process: measured
+
+
+def test_a_stopped_worker_times_out_on_the_driver_side(dask_ex, tmp_path):
+    # SIGSTOP freezes the whole worker, its own deadline thread included: only the driver can
+    # notice. The task's start was announced, so the driver's deadline (limit + margin) fires.
+    marker = tmp_path / "pid"
+    f = dask_ex.map(_pid_then_sleep, [str(marker)], timeout=1, retries=0)[0]
+    deadline = time.time() + 60
+    while not (marker.exists() and marker.read_text()) and time.time() < deadline:
+        time.sleep(0.01)
+    pid = int(marker.read_text())
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        exc = f.exception(timeout=120)
+        assert isinstance(exc, shardwren.errors.TaskTimeoutError), exc
+        assert "stopped responding" in str(exc)
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert dask_ex.call_async(lambda x: x + 1, 1).result(timeout=60) == 2
+
+
+def test_knn_identical_on_threaded_workers(dask_threaded_ex, executor):
+    train, query = _subset()
+    d2, i2 = knn(train, query, 3, executor=executor, block_size=1000)
+    for _ in range(2):
+        d1, i1 = knn(train, query, 3, executor=dask_threaded_ex, block_size=1000)
+        np.testing.assert_array_equal(i1, i2)
+        np.testing.assert_array_equal(d1, d2)

@@ -50,3 +50,70 @@ def test_readme_documents_every_key():
     readme = (Path(__file__).parents[1] / "README.md").read_text()
     for s in config.SETTINGS:
         assert f"`{s.env}`" in readme, s.name
+
+
+@pytest.mark.parametrize("name,value,accepted", [
+    ("memory_limit", "lots", "size"),
+    ("memory_limit", -100, "positive"),
+    ("memory_limit", 0, "positive"),
+    ("memory_limit", True, "size"),
+    ("timeout", -1, "positive"),
+    ("timeout", 0, "positive"),
+    ("timeout", "soon", "number of seconds"),
+    ("workers", 0, "at least 1"),
+    ("workers", -2, "at least 1"),
+    ("workers", 2.5, "whole number"),
+    ("blas_threads", 0, "at least 1"),
+    ("retries", -1, "0 or more"),
+    ("connect_timeout", 0, "positive"),
+    ("speculation", "maybe", "true, false"),
+])
+def test_bad_values_are_config_errors_naming_setting_and_accepted_values(cfg_file, name, value,
+                                                                          accepted):
+    with pytest.raises(ConfigError) as info:
+        config.load(**{name: value})
+    text = str(info.value)
+    assert repr(name) in text and accepted in text and repr(value) in text
+
+
+def test_bad_environment_value_names_the_variable(cfg_file, monkeypatch):
+    monkeypatch.setenv("SHARDWREN_MEMORY_LIMIT", "lots")
+    with pytest.raises(ConfigError, match=r"SHARDWREN_MEMORY_LIMIT.*'lots'.*512MiB"):
+        config.load()
+
+
+@pytest.mark.parametrize("value,expected", [
+    ("4GB", 4 * 10**9), ("512MiB", 512 * 2**20), ("1e9", 10**9), (1024, 1024), ("2 gib", 2 * 2**30),
+    ("100", 100),
+])
+def test_sizes_parse(value, expected):
+    assert config.parse_size(value) == expected
+
+
+def test_default_executor_refuses_bad_settings(tmp_path):
+    import shardwren
+
+    store = f"file://{tmp_path}"
+    with pytest.raises(ConfigError, match="'workers'.*at least 1"):
+        shardwren.default_executor(workers=0, store=store)
+    with pytest.raises(ConfigError, match="'memory_limit'"):
+        shardwren.default_executor(memory_limit="lots", store=store)
+    with pytest.raises(ConfigError, match="'timeout'.*positive"):
+        shardwren.default_executor(timeout=0, store=store)
+
+
+def test_map_refuses_bad_limits_before_running_anything(executor):
+    for kwargs, match in (({"memory_limit": "lots"}, "'memory_limit'"),
+                          ({"memory_limit": -100}, "'memory_limit'.*positive"),
+                          ({"timeout": -1}, "'timeout'.*positive"),
+                          ({"timeout": 0}, "'timeout'.*positive"),
+                          ({"retries": -1}, "'retries'")):
+        with pytest.raises(ConfigError, match=match):
+            executor.map(lambda x: x, [1], **kwargs)
+
+
+def test_local_backend_refuses_zero_workers():
+    from shardwren.backends.local import LocalBackend
+
+    with pytest.raises(ConfigError, match="workers"):
+        LocalBackend(workers=0)

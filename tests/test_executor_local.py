@@ -58,9 +58,10 @@ def test_dying_worker_fails_only_its_task(tmp_path, how, label):
 def test_worker_killed_from_outside_mid_task(tmp_path, retries):
     with shardwren.default_executor(workers=2, store=f"file://{tmp_path}", retries=retries) as ex:
         fs = ex.map(lambda s: time.sleep(s) or s, [2.0, 2.0, 0.1, 0.1])
-        time.sleep(0.8)
-        victim = fs[0].stats.get("pid") or ex.backend.worker_pids()[0]
-        os.kill(victim, signal.SIGKILL)
+        deadline = time.time() + 60  # both 2 s tasks started (worker start-up varies with load)
+        while len(ex.backend.busy_worker_pids()) < 2 and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(ex.backend.busy_worker_pids()[0], signal.SIGKILL)
         shardwren.wait(fs, timeout=120)
         crashed = [f for f in fs if isinstance(f.exception(), WorkerCrashedError)]
         if retries == 0:

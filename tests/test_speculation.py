@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
-import time
 
 import shardwren
 from shardwren import policy
+
+from executor_conformance import _slow_first_time
 
 
 def test_backup_candidates_policy():
@@ -18,25 +19,6 @@ def test_backup_candidates_policy():
     assert policy.backup_candidates(100.0, [(3, 99.5)], [0.01] * 9, 10) == []  # under min_seconds
 
 
-def _slow_first_time(i, marker, slow=6):
-    if i == slow and not os.path.exists(marker):
-        open(marker, "w").close()
-        time.sleep(8)
-        return "original"
-    time.sleep(0.3)
-    return "backup" if i == slow else i
-
-
-def test_straggler_is_backed_up(tmp_path):
-    marker = str(tmp_path / "m")
-    with shardwren.default_executor(workers=2, store=f"file://{tmp_path}/s") as ex:
-        fs = ex.map(_slow_first_time, range(10), extra_args=(marker,))
-        assert fs[6].result(timeout=60) == "backup"  # the second copy finished first
-        assert fs[6].stats["backups"] == 1
-        assert [f.result(timeout=60) for i, f in enumerate(fs) if i != 6] == [0, 1, 2, 3, 4, 5, 7, 8, 9]
-        ex.shutdown(wait=False)
-
-
 def test_speculation_can_be_turned_off(tmp_path):
     marker = str(tmp_path / "m")
     with shardwren.default_executor(workers=2, store=f"file://{tmp_path}/s", speculation=False) as ex:
@@ -44,3 +26,24 @@ def test_speculation_can_be_turned_off(tmp_path):
                     extra_args=(marker,))
         shardwren.wait(fs, timeout=60)
         assert not any(f.stats.get("backups") for f in fs)
+
+
+def test_speculation_survives_a_backup_that_cannot_be_submitted(tmp_path):
+    marker = str(tmp_path / "m")
+    with shardwren.default_executor(workers=2, store=f"file://{tmp_path}/s") as ex:
+        real = ex.backend.submit
+        refused = []
+
+        def submit(fn_id, fn_bytes, tasks):
+            if any(f.stats.get("backups") for f, _ in tasks) and not refused:
+                refused.append(tasks[0][0].index)
+                raise RuntimeError("injected: the backend refused this backup")
+            return real(fn_id, fn_bytes, tasks)
+
+        ex.backend.submit = submit
+        fs = ex.map(_slow_first_time, range(10), extra_args=(marker,))
+        assert fs[6].result(timeout=60) == "original"  # its backup was refused
+        assert refused == [6]
+        os.remove(marker)
+        fs = ex.map(_slow_first_time, range(10), extra_args=(marker,))
+        assert fs[6].result(timeout=60) == "backup"  # the watch is still alive

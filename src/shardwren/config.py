@@ -32,62 +32,140 @@ def _bool(value: Any) -> bool | None:
     raise ValueError(f"expected true, false or auto, got {value!r}")
 
 
+_UNITS = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
+          "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
+
+
 def parse_size(value: Any) -> int | None:
-    """``4GB``, ``512MiB``, ``1e9`` or an int -> bytes."""
-    if value is None or isinstance(value, int):
-        return value
-    text = str(value).strip().upper().replace(" ", "")
-    units = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
-             "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
-    for unit, factor in units.items():
-        if text.endswith(unit):
-            return int(float(text[: -len(unit)]) * factor)
-    return int(float(text))
+    """``4GB``, ``512MiB``, ``1e9`` or an int -> bytes (``None`` stays ``None``).
+
+    Raises
+    ------
+    ValueError
+        For anything else, negative sizes included.
+    """
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a size")
+    if isinstance(value, int):
+        size = value
+    else:
+        text, factor = str(value).strip().upper().replace(" ", ""), 1
+        for unit, f in _UNITS.items():  # longest units first: "MIB" before "B"
+            if text.endswith(unit):
+                text, factor = text[: -len(unit)], f
+                break
+        try:
+            number = float(text)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a size") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(f"{value!r} is not a finite size")
+        size = int(number * factor)
+    if size < 0:
+        raise ValueError(f"{value!r} is negative")
+    return size
+
+
+def _positive_size(value: Any) -> int | None:
+    size = parse_size(value)
+    if size is not None and size <= 0:
+        raise ValueError(f"{value!r} is not positive")
+    return size
+
+
+def _whole(minimum: int) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"{value!r} is not a number")
+        if isinstance(value, float):
+            if not value.is_integer():
+                raise ValueError(f"{value!r} is not a whole number")
+            number = int(value)
+        else:
+            number = int(str(value).strip()) if not isinstance(value, int) else value
+        if number < minimum:
+            raise ValueError(f"{value!r} is below {minimum}")
+        return number
+
+    return parse
+
+
+def _seconds(value: Any) -> float:
+    if isinstance(value, bool):
+        raise ValueError(f"{value!r} is not a number")
+    number = float(value)
+    if not 0 < number < float("inf"):  # also refuses NaN
+        raise ValueError(f"{value!r} is not a positive number of seconds")
+    return number
 
 
 @dataclass(frozen=True)
 class Setting:
-    """One configuration key: its name, how to parse it, default, and meaning."""
+    """One configuration key: its name, how to parse it, default, meaning and accepted values."""
 
     name: str
     parse: Callable[[Any], Any]
     default: Any
     doc: str
+    accepts: str = "a string"
 
     @property
     def env(self) -> str:
         return "SHARDWREN_" + self.name.upper()
 
+    def check(self, value: Any, source: str = "argument") -> Any:
+        """``value`` parsed, or a ConfigError naming the setting, the source and what it accepts."""
+        try:
+            return self.parse(value)
+        except (TypeError, ValueError, OverflowError):
+            raise ConfigError(f"setting {self.name!r} from {source}: got {value!r}; "
+                              f"expected {self.accepts}") from None
+
+
+_SIZE = "a positive size: a number of bytes, or a number with a unit such as '512MiB' or '4GB'"
+_SECONDS = "a positive number of seconds (leave it unset for no limit)"
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("backend", str, "local", "Execution backend: `local` (worker processes) or `dask`."),
+    Setting("backend", str, "local", "Execution backend: `local` (worker processes) or `dask`.",
+            "a backend name: 'local' or 'dask'"),
     Setting("store", str, None,
             "Default store URL (`file://`, `memory://`, `s3://bucket/prefix`, any fsspec URL); "
-            "default `file://~/.shardwren/store`."),
-    Setting("workers", int, None, "Local backend: number of worker processes (default: CPU cores)."),
-    Setting("blas_threads", int, None,
-            "BLAS threads per worker (default: cores // workers, at least 1)."),
+            "default `file://~/.shardwren/store`.", "a store URL"),
+    Setting("workers", _whole(1), None,
+            "Local backend: number of worker processes (default: CPU cores).",
+            "a whole number of worker processes, at least 1 (unset: one per core)"),
+    Setting("blas_threads", _whole(1), None,
+            "BLAS threads per worker (default: cores // workers, at least 1).",
+            "a whole number of threads, at least 1"),
     Setting("secret", str, None,
             "Key for signing task payloads (HMAC-SHA256); default: random per local executor. "
-            "Give the driver and every Dask worker the same value. Never printed."),
+            "Give the driver and every Dask worker the same value. Never printed.", "a string"),
     Setting("speculation", _bool, True,
             "Back up stragglers: once 80% of a map is done, tasks running 3x the median get a "
-            "second copy; the first result wins."),
-    Setting("retries", int, 2,
-            "Runs again after a crashed worker, a timeout or a transient storage error."),
-    Setting("timeout", float, None,
-            "Seconds a task may run before its worker is killed (`TaskTimeoutError`)."),
-    Setting("memory_limit", lambda v: parse_size(v), None,
-            "Bytes a task may use (e.g. `4GB`); plans needing more per task are refused."),
+            "second copy; the first result wins.", "true, false, yes, no, on, off, 1 or 0"),
+    Setting("retries", _whole(0), 2,
+            "Runs again after a crashed worker, a timeout or a transient storage error.",
+            "a whole number of reruns, 0 or more"),
+    Setting("timeout", _seconds, None,
+            "Seconds a task may run before its worker is killed (`TaskTimeoutError`).", _SECONDS),
+    Setting("memory_limit", _positive_size, None,
+            "Bytes a task may use (e.g. `4GB`); plans needing more per task are refused.", _SIZE),
     Setting("progress", _bool, None,
             "Progress bars on `wait`/`get_all_results`: `true`, `false`, or `auto` "
-            "(on when stderr is a terminal or in Jupyter)."),
-    Setting("dask_address", str, None, "Dask backend: scheduler address, e.g. `tcp://10.0.0.1:8786`."),
-    Setting("connect_timeout", float, 10.0, "Dask backend: seconds to wait for the scheduler."),
+            "(on when stderr is a terminal or in Jupyter).", "true, false or auto"),
+    Setting("dask_address", str, None, "Dask backend: scheduler address, e.g. `tcp://10.0.0.1:8786`.",
+            "a scheduler address such as 'tcp://10.0.0.1:8786'"),
+    Setting("connect_timeout", _seconds, 10.0, "Dask backend: seconds to wait for the scheduler.",
+            "a positive number of seconds"),
     Setting("shared_filesystem", _bool, False,
-            "Dask backend: allow a `file://` store because every worker mounts the same path."),
+            "Dask backend: allow a `file://` store because every worker mounts the same path.",
+            "true or false"),
 )
 _BY_NAME = {s.name: s for s in SETTINGS}
+#: Every setting's name.
+NAMES = frozenset(_BY_NAME)
 
 
 def config_path() -> Path:
@@ -137,14 +215,22 @@ def load(**overrides: Any) -> dict[str, Any]:
             (str(config_path()), file_values.get(s.name)),
         ):
             if raw is not None and raw != "":
-                try:
-                    resolved[s.name] = s.parse(raw)
-                except (TypeError, ValueError) as exc:
-                    raise ConfigError(f"setting {s.name!r} from {source}: {exc}") from None
+                resolved[s.name] = s.check(raw, source)
                 break
         else:
             resolved[s.name] = s.default
     return resolved
+
+
+def check(name: str, value: Any, source: str = "argument") -> Any:
+    """Validate one setting's value given in code (e.g. ``map(timeout=...)``); ``None`` passes.
+
+    Raises
+    ------
+    ConfigError
+        Naming the setting, where the value came from and the values accepted.
+    """
+    return None if value is None else _BY_NAME[name].check(value, source)
 
 
 def markdown_table() -> str:

@@ -7,6 +7,7 @@ missing key and ``except ValueError`` for a shape mismatch.
 
 from __future__ import annotations
 
+import concurrent.futures as _cf
 import signal
 
 
@@ -58,6 +59,11 @@ class UnpicklableArgumentError(SerializationError):
 
 class UnpicklableResultError(SerializationError):
     """A task's return value cannot be pickled by the worker."""
+
+
+class ResultUnpicklingError(SerializationError):
+    """A task's result arrived but cannot be unpickled in the driver (e.g. its class lives in
+    a module only the workers have)."""
 
 
 class PayloadSignatureError(ShardwrenError, PermissionError):
@@ -127,6 +133,21 @@ class NotEnoughSamplesError(ShardwrenError, ValueError):
 
 class ExecutorShutdownError(ShardwrenError, RuntimeError):
     """Work was submitted to, or left pending in, an executor that shut down."""
+
+
+class ExecutorBrokenError(ShardwrenError, _cf.BrokenExecutor):
+    """The backend's own machinery failed (e.g. the local backend's manager thread died):
+    every task still outstanding fails with this error, and new work is refused.
+
+    Like :class:`concurrent.futures.BrokenExecutor` (which it subclasses, so a
+    ``RuntimeError`` too); create a new executor to go on.
+    """
+
+
+class ResultTransferError(ShardwrenError, RuntimeError):
+    """A task finished but its result could not be received by the driver
+    (for example no memory for the frame that carries it). Not retried: a second run
+    would send the same result."""
 
 
 class WorkerCrashedError(ShardwrenError, RuntimeError):

@@ -1,26 +1,92 @@
-"""The PyWren-compatible executor: ``map``, ``call_async``, ``map_reduce``."""
+"""The PyWren-compatible executor: ``map``, ``call_async``, ``map_reduce``.
+
+Driver side. The executor turns a map into signed payloads and futures, hands
+them to its :class:`~shardwren.backends.base.Backend`, and owns everything above
+"run this function on these inputs": the failure policy (retries with backoff,
+:mod:`shardwren.policy`), speculative backups of stragglers, per-task limits
+(validated here, enforced by the backend), the job history and the job log.
+"""
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import itertools
 import os
-from collections import deque
 import threading
+import time
 import uuid
-from typing import Any, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import MappingProxyType
+from typing import Any
 
 from . import config, policy, serialize
+from ._timers import Timers
 from .backends.base import Backend, backend_class
-from .errors import NotIterableError
+from .errors import ConfigError, ExecutorShutdownError, NotIterableError
 from .futures import ALL_COMPLETED, Future, get_all_results, wait
-from .jobs import JobLog, as_table, format_summary, records, summarize
+from .jobs import JobHistory, JobLog, JobRecord, as_table, format_summary, records, summarize
 from .storage import Store, open_store
 
 _job_counter = itertools.count()
 
+#: Seconds between two looks at running maps for stragglers.
+SPECULATION_PERIOD = 0.25
+#: Maps with fewer tasks get no backups (too few finished tasks to judge a straggler).
+SPECULATION_MIN_TASKS = 4
+
 
 def _new_job_id() -> str:
     return f"{os.getpid():x}-{uuid.uuid4().hex[:6]}-{next(_job_counter)}"
+
+
+class _Job:
+    """One map while it runs: what retries and backups need, released task by task.
+
+    Holds the futures not yet done (for the straggler watch and ``shutdown(wait=True)``)
+    and their payloads (to run them again); each entry goes as its task completes, so a
+    finished map holds nothing and keeps no future alive.
+    """
+
+    def __init__(self, executor: Executor, job_id: str, fn_bytes: bytes, retries: int,
+                 retry_on: tuple[type[BaseException], ...], entry: JobRecord):
+        self.executor = executor
+        self.job_id, self.fn_bytes = job_id, fn_bytes
+        self.retries, self.retry_on = retries, retry_on
+        self.entry = entry
+        self.created = time.time()
+        self.futures: dict[int, Future] = {}
+        self.payloads: dict[int, bytes] = {}
+        self.stats: list[dict[str, Any]] = []
+        self.durations: list[float] = []  # of finished tasks, for the straggler policy
+        self.speculate = False
+        self.lock = threading.Lock()
+
+    def task_done(self, fut: cf.Future) -> None:
+        """Done callback of every future of the map."""
+        assert isinstance(fut, Future)
+        s = fut.stats
+        with self.lock:
+            self.futures.pop(fut.index, None)
+            self.payloads.pop(fut.index, None)
+            if s.get("finished") and s.get("started"):
+                self.durations.append(s["finished"] - s["started"])
+            last = not self.futures
+        if last:
+            self.executor._job_finished(self)
+
+    def retry(self, fut: Future, exc: BaseException, stats: dict[str, Any] | None) -> bool:
+        """The retry hook of every future of the map: apply the policy, schedule the rerun."""
+        attempt = fut.stats.get("attempt", 1)
+        if not policy.should_retry(exc, attempt, self.retries, self.retry_on):
+            return False
+        fut.stats["attempt"] = attempt + 1
+        fut.stats.setdefault("failures", []).append(f"{type(exc).__name__}: {exc}"[:300])
+        try:
+            self.executor._timers.call_later(policy.backoff(attempt), self.executor._rerun,
+                                             self, fut, exc)
+        except RuntimeError:  # the executor is shutting down: the failure stands
+            return False
+        return True
 
 
 class Executor:
@@ -34,6 +100,8 @@ class Executor:
     backend : Backend
     store : Store
         Default store for data written by jobs (e.g. ShardedMatrix).
+    history : JobHistory
+        Recent maps, oldest first: :meth:`job_records` gives a job's task records by id.
     """
 
     def __init__(self, backend: Backend, store: Store, settings: dict[str, Any],
@@ -45,12 +113,13 @@ class Executor:
         #: The task's own exception types that are retried too (see :mod:`shardwren.policy`).
         self.retry_on: tuple[type[BaseException], ...] = tuple(settings.get("retry_on") or ())
         backend.check_store(store)
-        self._joblog = JobLog(store)
-        self._speculating: list[tuple[str, bytes, list[tuple[Future, bytes]]]] = []
-        self._spec_lock = threading.Lock()
-        self._spec_thread: threading.Thread | None = None
-        #: The last maps run: (job id, function name, task records), newest last.
-        self.history: deque[tuple[str, str, list[dict[str, Any]]]] = deque(maxlen=100)
+        self.history = JobHistory()
+        self._joblog = JobLog(store, self.history)
+        self._lock = threading.Lock()
+        self._closed = False
+        self._jobs: dict[str, _Job] = {}  # maps with tasks not yet done
+        self._timers = Timers("shardwren-executor")  # retry backoff and the straggler watch
+        self._watching = False  # a straggler look is scheduled
 
     def __repr__(self) -> str:
         return f"<shardwren.Executor backend={self.backend.name} workers={self.parallelism} store={self.store.url}>"
@@ -84,9 +153,9 @@ class Executor:
         retry_on : sequence of exception types, optional
             The task's own exceptions that are worth another run too.
         timeout : float, optional
-            Seconds a task may run; past it the worker is killed and replaced and
-            the task fails with TaskTimeoutError (retried like a crash). Default:
-            the ``timeout`` setting (none).
+            Seconds a task may run, counted from its start; past it the task fails
+            with TaskTimeoutError (retried like a crash). Default: the ``timeout``
+            setting (none).
         memory_limit : int or str, optional
             Bytes a task may allocate (``"2GiB"``); past it the task fails alone
             with TaskMemoryError. Default: the ``memory_limit`` setting (none).
@@ -95,6 +164,14 @@ class Executor:
         -------
         list of Future
             In the order of ``iterdata``.
+
+        Raises
+        ------
+        ConfigError
+            A limit is invalid, or the backend cannot enforce it (checked before
+            anything runs).
+        ExecutorShutdownError
+            After :meth:`shutdown`.
         """
         try:
             items = list(iterdata)
@@ -103,93 +180,125 @@ class Executor:
                 f"map() needs an iterable of task inputs, got {type(iterdata).__name__}; "
                 "for a single call use call_async(fn, data)"
             ) from None
+        limits = self._limits(timeout, memory_limit)
+        n_retries = (self.settings["retries"] if retries is None
+                     else config.check("retries", retries, "map(retries=...)"))
         fn_bytes = self._signed(serialize.dumps_function(fn))
         extra = tuple(extra_args or ())
         job_id = _new_job_id()
-        tasks = []
+        fs: list[Future] = []
+        payloads: list[bytes] = []
         for i, item in enumerate(items):
             args = (tuple(item) if starmap else (item,)) + extra
-            payload = self._signed(serialize.dumps_value(args, what=f"argument of task {i}"))
-            tasks.append((Future(job_id, i), payload))
-        fs = [f for f, _ in tasks]
-        retry_policy = (self.settings["retries"] if retries is None else int(retries),
-                        tuple(self.retry_on if retry_on is None else retry_on))
-        limits = {"timeout": self.settings.get("timeout") if timeout is None else float(timeout),
-                  "memory_limit": self.settings.get("memory_limit") if memory_limit is None
-                  else config.parse_size(memory_limit)}
-        for fut, payload in tasks:
-            fut._retry = self._retrier(job_id, fn_bytes, payload, *retry_policy)
-            fut.limits = limits
-        if tasks:
-            self.backend.submit(job_id, fn_bytes, tasks)
-            name = getattr(fn, "__qualname__", type(fn).__name__)
-            self.history.append((job_id, name, [f.stats for f in fs]))
-            self._joblog.track(job_id, name, fs)
-            if self.settings.get("speculation", True) and len(tasks) >= 4:
-                self._speculate(job_id, fn_bytes, tasks)
+            payloads.append(self._signed(serialize.dumps_value(args, what=f"argument of task {i}")))
+            fs.append(Future(job_id, i))
+        if not fs:
+            return fs
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        stats = [f.stats for f in fs]
+        job = _Job(self, job_id, fn_bytes, n_retries,
+                   tuple(self.retry_on if retry_on is None else retry_on),
+                   self.history.add(job_id, name, stats))
+        job.stats = stats
+        job.futures = dict(enumerate(fs))
+        job.payloads = dict(enumerate(payloads))
+        for f in fs:
+            f.limits = limits
+            f.set_retry_hook(job.retry)
+        with self._lock:
+            if self._closed:
+                raise ExecutorShutdownError("cannot submit tasks: the executor was shut down")
+            self._jobs[job_id] = job
+        for f in fs:
+            f.add_done_callback(job.task_done)
+        try:
+            self.backend.submit(job_id, fn_bytes, list(zip(fs, payloads)))
+        except BaseException:
+            with self._lock:
+                self._jobs.pop(job_id, None)
+            raise
+        if self.settings.get("speculation", True) and len(fs) >= SPECULATION_MIN_TASKS:
+            job.speculate = True
+            self._watch()
         return fs
+
+    def _limits(self, timeout: Any, memory_limit: Any) -> Mapping[str, Any]:
+        limits = {
+            "timeout": self.settings.get("timeout") if timeout is None
+            else config.check("timeout", timeout, "map(timeout=...)"),
+            "memory_limit": self.settings.get("memory_limit") if memory_limit is None
+            else config.check("memory_limit", memory_limit, "map(memory_limit=...)"),
+        }
+        self.backend.check_limits(limits)
+        return MappingProxyType(limits)  # shared by the map's futures: read-only
 
     def _signed(self, data: bytes) -> bytes:
         return serialize.sign(self._key, data) if self._key else data
 
-    def _retrier(self, fn_id: str, fn_bytes: bytes, payload: bytes, retries: int,
-                 retry_on: tuple) -> Callable[[Future, BaseException, Any], bool]:
-        """The retry hook of one task: apply the policy, schedule the rerun."""
-        def retry(fut: Future, exc: BaseException, stats: Any) -> bool:
-            attempt = fut.stats.get("attempt", 1)
-            if not policy.should_retry(exc, attempt, retries, retry_on):
-                return False
-            fut.stats["attempt"] = attempt + 1
-            fut.stats.setdefault("failures", []).append(f"{type(exc).__name__}: {exc}"[:300])
-            fut._retry = retry
+    def _rerun(self, job: _Job, fut: Future, exc: BaseException) -> None:
+        """Submit a task again after its backoff (or fail it: the executor shut down)."""
+        with job.lock:
+            payload = job.payloads.get(fut.index)
+        try:
+            if self._closed:
+                raise ExecutorShutdownError(
+                    f"the executor shut down before task {fut.index} of job {fut.job_id} could "
+                    f"run again after {type(exc).__name__}: {exc}")
+            if payload is None:  # done meanwhile (a backup won): nothing to run
+                return
+            self.backend.submit(job.job_id, job.fn_bytes, [(fut, payload)])
+        except BaseException as err:  # noqa: BLE001 - reported on the future
+            if not isinstance(err, ExecutorShutdownError):
+                err = ExecutorShutdownError(f"task {fut.index} of job {fut.job_id} could not "
+                                            f"be submitted again: {err}")
+            err.__cause__ = exc
+            fut.set_retry_hook(None)
+            fut.set_failure(err)
 
-            def resubmit() -> None:
-                try:
-                    self.backend.submit(fn_id, fn_bytes, [(fut, payload)])
-                except BaseException:  # noqa: BLE001 - shut down meanwhile: report the cause
-                    fut._retry = None
-                    fut._fail(exc, stats)
+    # -- stragglers -------------------------------------------------------------------
+    def _watch(self) -> None:
+        """Make sure a straggler look is scheduled while some map wants backups."""
+        with self._lock:
+            if self._watching or self._closed:
+                return
+            self._watching = True
+        try:
+            self._timers.call_later(SPECULATION_PERIOD, self._look_for_stragglers)
+        except RuntimeError:
+            pass  # shutting down
 
-            timer = threading.Timer(policy.backoff(attempt), resubmit)
-            timer.daemon = True
-            timer.start()
-            return True
+    def _look_for_stragglers(self) -> None:
+        with self._lock:
+            self._watching = False
+            jobs = [j for j in self._jobs.values() if j.speculate]
+        for job in jobs:
+            self._back_up(job)
+        if jobs:
+            self._watch()
 
-        return retry
+    def _back_up(self, job: _Job) -> None:
+        """Give each straggler of ``job`` one backup copy (Cubed's policy, in :mod:`policy`)."""
+        now = time.time()
+        with job.lock:
+            durations = list(job.durations)
+            running = [(i, f.stats["running_since"]) for i, f in job.futures.items()
+                       if "running_since" in f.stats]
+            backed = [i for i, f in job.futures.items() if f.stats.get("backups")]
+            total = job.entry.tasks
+        for i in policy.backup_candidates(now, running, durations, total, backed):
+            with job.lock:
+                fut, payload = job.futures.get(i), job.payloads.get(i)
+            if fut is None or payload is None or not fut.add_backup():
+                continue
+            try:
+                self.backend.submit(job.job_id, job.fn_bytes, [(fut, payload)])
+            except Exception as exc:  # noqa: BLE001 - the backup failed; the original stands
+                fut.set_failure(exc)
 
-    def _speculate(self, fn_id: str, fn_bytes: bytes, tasks: list[tuple[Future, bytes]]) -> None:
-        """Watch a map for stragglers and give each at most one backup copy."""
-        with self._spec_lock:
-            self._speculating.append((fn_id, fn_bytes, tasks))
-            if self._spec_thread is None:
-                self._spec_thread = threading.Thread(target=self._watch_stragglers,
-                                                     name="shardwren-speculation", daemon=True)
-                self._spec_thread.start()
-
-    def _watch_stragglers(self) -> None:
-        import time
-
-        while True:
-            time.sleep(0.25)
-            with self._spec_lock:
-                self._speculating = [m for m in self._speculating
-                                     if not all(f.done() for f, _ in m[2])]
-                maps = list(self._speculating)
-            for fn_id, fn_bytes, tasks in maps:
-                by_index = {f.index: (f, p) for f, p in tasks}
-                done = [f.stats["finished"] - f.stats["started"] for f, _ in tasks
-                        if f.done() and f.stats.get("finished") and f.stats.get("started")]
-                running = [(f.index, f.stats["running_since"]) for f, _ in tasks
-                           if not f.done() and f.stats.get("running_since")]
-                backed = [f.index for f, _ in tasks if f.stats.get("backups")]
-                for i in policy.backup_candidates(time.time(), running, done, len(tasks), backed):
-                    fut, payload = by_index[i]
-                    fut.stats["backups"] = 1
-                    try:
-                        self.backend.submit(fn_id, fn_bytes, [(fut, payload)])
-                    except BaseException:  # noqa: BLE001 - shutting down: nothing to back up
-                        fut.stats["backups"] = 0  # no twin: the original's outcome stands
-                        return
+    def _job_finished(self, job: _Job) -> None:
+        with self._lock:
+            self._jobs.pop(job.job_id, None)
+        self._joblog.finish(job.entry, job.created, job.stats)
 
     def starmap(self, fn: Callable[..., Any], iterdata: Iterable[Sequence[Any]],
                 extra_args: Sequence[Any] | None = None) -> list[Future]:
@@ -212,7 +321,7 @@ class Executor:
         serialize.dumps_function(reduce_fn)  # fail now, not when the maps finish
         fs = self.map(map_fn, iterdata, extra_args=extra_args)
         out = Future(fs[0].job_id if fs else _new_job_id(), len(fs))
-        out.set_running_or_notify_cancel()
+        out.set_running()
         remaining = [len(fs)]
         lock = threading.Lock()
 
@@ -221,17 +330,18 @@ class Executor:
                 results = [f.result() for f in fs]
                 inner = self.call_async(reduce_fn, results)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's future
-                out._fail(exc)
+                out.set_failure(exc)
                 return
             inner.add_done_callback(lambda f: _copy_outcome(f, out))
 
-        def one_done(_: Future) -> None:
+        def one_done(_: cf.Future) -> None:
             with lock:
                 remaining[0] -= 1
                 last = remaining[0] == 0
             if last:
                 # Never block the backend's thread that delivered the callback.
-                threading.Thread(target=start_reduce, daemon=True).start()
+                threading.Thread(target=start_reduce, name="shardwren-reduce",
+                                 daemon=True).start()
 
         if not fs:
             start_reduce()
@@ -250,10 +360,18 @@ class Executor:
         return get_all_results(fs, progress=self.settings.get("progress"))
 
     # -- observability -------------------------------------------------------------
-    def job_stats(self, fs: Sequence[Future]):
+    def job_stats(self, fs: Sequence[Future]) -> Any:
         """One record per task (see :attr:`Future.stats`): a pandas DataFrame when
         pandas is installed, else a list of dicts."""
         return as_table(records(fs))
+
+    def job_records(self, job_id: str) -> list[dict[str, Any]]:
+        """The task records of job ``job_id`` from :attr:`history`, in task order.
+
+        Empty for an old job whose records were dropped to bound memory (its
+        ``history.get(job_id).summary`` remains). KeyError if the job is unknown.
+        """
+        return self.history.get(job_id).records
 
     def summary(self, fs: Sequence[Future], file: Any = None) -> dict[str, Any]:
         """Print (and return) a job's figures: tasks, failures by label, retries, wall
@@ -264,7 +382,25 @@ class Executor:
 
     # -- lifetime ------------------------------------------------------------------
     def shutdown(self, wait: bool = True) -> None:
-        """Stop the workers; with ``wait``, let submitted tasks finish first."""
+        """Stop the workers and release every thread and descriptor.
+
+        With ``wait``, every task submitted finishes first (retries included);
+        without, what has not finished fails with ``ExecutorShutdownError``.
+        Idempotent.
+        """
+        if wait:
+            while True:
+                with self._lock:
+                    pending = [f for j in list(self._jobs.values()) for f in list(j.futures.values())]
+                if not pending:
+                    break
+                cf.wait(pending)
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+        for fn, args in self._timers.close():  # reruns not submitted yet fail now
+            fn(*args)
         self.backend.shutdown(wait=wait)
         self._joblog.close()
 
@@ -275,15 +411,18 @@ class Executor:
         self.shutdown(wait=exc[0] is None)
 
 
-def _copy_outcome(src: Future, dst: Future) -> None:
+def _copy_outcome(src: cf.Future, dst: Future) -> None:
     exc = src.exception()
     if exc is not None:
-        dst._fail(exc, src.stats)
-    else:
-        dst._payload = None
-        dst._decoded = src.result()
-        dst.stats.update(src.stats)
-        dst.set_result(None)
+        dst.set_failure(exc, getattr(src, "stats", None))
+        return
+    try:
+        value = src.result()
+    except BaseException as err:  # noqa: BLE001 - e.g. a result that cannot be unpickled
+        dst.set_failure(err)
+        return
+    dst.stats.update(getattr(src, "stats", {}))
+    dst.set_result(value)
 
 
 def default_executor(backend: str | None = None, store: Store | str | None = None,
@@ -305,21 +444,30 @@ def default_executor(backend: str | None = None, store: Store | str | None = Non
     Returns
     -------
     Executor
+
+    Raises
+    ------
+    ConfigError
+        A setting has a value it cannot use (naming the setting and what it accepts).
     """
-    backend_opts = {k: options.pop(k) for k in ("address", "client") if k in options}
     retry_on = options.pop("retry_on", None)
+    backend_opts = {k: options.pop(k) for k in list(options) if k not in config.NAMES}
     settings = config.load(backend=backend, workers=workers,
                            store=store if isinstance(store, str) else None, **options)
     cls = backend_class(settings["backend"])
-    # The signing key: configured, or random for local workers (they get it over their
-    # socket). Kept out of the settings so no repr or message can show it.
+    unknown = sorted(set(backend_opts) - set(cls.options))
+    if unknown:
+        raise ConfigError(f"unknown settings {unknown} for the {cls.name} backend; known settings: "
+                          f"{sorted(config.NAMES)}, and for this backend: {list(cls.options)}")
+    # The signing key: configured, or random where the backend hands it to its workers
+    # privately. Kept out of the settings so no repr or message can show it.
     secret = settings.pop("secret", None)
-    key = secret.encode() if secret else (os.urandom(32) if cls.name == "local" else None)
+    key = secret.encode() if secret else (os.urandom(32) if cls.ships_key_privately else None)
     impl = cls(workers=settings["workers"], blas_threads=settings["blas_threads"],
                settings=settings, key=key, **backend_opts)
     settings["retry_on"] = tuple(retry_on or ())
-    the_store = store if isinstance(store, Store) else open_store(settings["store"])
     try:
+        the_store = store if isinstance(store, Store) else open_store(settings["store"])
         return Executor(impl, the_store, settings, key)
     except BaseException:
         impl.shutdown(wait=False)

@@ -5,17 +5,32 @@
 ``concurrent.futures.wait`` accepts it) with a task identity and per-task stats.
 Results arrive as bytes and are unpickled on first access, in the caller's thread,
 so the backend's I/O thread never spends time decoding large arrays.
+
+What a backend calls on a future is public and documented (the *executor-author
+API*, as CPython documents ``set_running_or_notify_cancel``): :meth:`Future.set_running`,
+:meth:`Future.set_payload`, :meth:`Future.set_failure`; the executor itself also uses
+:meth:`Future.add_backup` and :meth:`Future.set_retry_hook`. Each is thread-safe: a
+speculative backup and its original may report at the same moment from two threads,
+and exactly one report completes the future.
 """
 
 from __future__ import annotations
 
 import concurrent.futures as cf
+import logging
 import sys
 import threading
 import time
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures._base import CANCELLED, PENDING, RUNNING
+from typing import Any, TypeVar, cast
+
+from .serialize import Buffer
 
 from . import serialize
+from .errors import ResultUnpicklingError
+
+F = TypeVar("F", bound=cf.Future)
 
 # PyWren's constants, kept for source compatibility with its tutorials.
 ALL_COMPLETED = 1
@@ -25,7 +40,10 @@ ALWAYS = 3
 #: Maps with more futures than this show a progress bar when progress is "auto".
 PROGRESS_MIN_TASKS = 8
 
-_UNSET = object()
+log = logging.getLogger(__name__)
+
+#: ``hook(future, exc, stats) -> bool``: whether the task will run again (see set_retry_hook).
+RetryHook = Callable[["Future", BaseException, "dict[str, Any] | None"], bool]
 
 
 class Future(cf.Future):
@@ -41,8 +59,27 @@ class Future(cf.Future):
         One record per task: ``job_id``, ``index``, ``attempt``, ``worker``, ``pid``,
         ``host``, ``submitted``, ``started``, ``finished``, ``fetched`` (epoch
         seconds), ``bytes_read``, ``bytes_written`` (store I/O), ``peak_rss``
-        (bytes, this task's own peak), ``outcome`` (``"ok"`` or ``"failed"``) and
-        ``failure`` (the exception's class name).
+        (bytes, this task's own peak; ``None`` where tasks share a process and it
+        cannot be known), ``outcome`` (``"ok"`` or ``"failed"``) and ``failure``
+        (the exception's class name); ``backups`` and ``failures`` when relevant.
+    limits : dict
+        What the backend enforces for this task: ``timeout`` (seconds) and
+        ``memory_limit`` (bytes), each ``None`` for no limit.
+
+    Notes
+    -----
+    **Executor-author API.** A backend given ``(future, payload)`` pairs must:
+
+    1. call :meth:`set_running` before it starts the task, and drop the task if it
+       returns False (the caller cancelled it, or another copy already finished);
+    2. report every copy it ran exactly once: :meth:`set_payload` with the pickled
+       value, or :meth:`set_failure` with the exception (its own infrastructure
+       errors included). Reporting on a future that is already done is allowed
+       and ignored.
+
+    The executor counts copies with :meth:`add_backup` (a speculative second copy)
+    and decides about reruns through the hook given to :meth:`set_retry_hook`, so a
+    backend never retries on its own and never needs to know about backups.
     """
 
     def __init__(self, job_id: str, index: int):
@@ -51,18 +88,102 @@ class Future(cf.Future):
         self.index = index
         self.stats: dict[str, Any] = {"job_id": job_id, "index": index,
                                       "submitted": time.time(), "attempt": 1}
-        self._payload: bytes | None = None
+        self.limits: Mapping[str, Any] = {}
+        self._payload: Buffer | None = None  # a result still to decode
         self._logs = ""
-        self._retry = None  # set by the executor: decides and schedules retries
-        #: Per-task limits the backend enforces: ``timeout`` (s), ``memory_limit`` (bytes).
-        self.limits: dict[str, Any] = {}
-        self._decoded: Any = _UNSET
-        self._decode_lock = threading.Lock()
+        self._copies = 1  # copies submitted that may still report (the original)
+        self._completing = False  # a report has won; set under _condition
+        self._retry_hook: RetryHook | None = None
+        self._decode_lock = threading.Lock()  # not _condition: decoding may take a while
 
     def __repr__(self) -> str:
         return f"<shardwren.Future job={self.job_id} index={self.index} state={self._state}>"
 
-    # -- backend side --------------------------------------------------------
+    # -- executor-author API -----------------------------------------------------
+    def set_running(self) -> bool:
+        """Mark the task as running; False if it must not run.
+
+        Like ``set_running_or_notify_cancel``, but idempotent: a retry or a backup
+        of a task that is already running gets True. False means the caller
+        cancelled it first, or it is already done (a late backup): the backend
+        then drops the task without reporting it.
+        """
+        with self._condition:
+            if self._state == RUNNING:
+                return not self._completing
+            if self._state not in (PENDING, CANCELLED):
+                return False
+            if not self.set_running_or_notify_cancel():
+                return False
+            self.stats["running_since"] = time.time()  # for the straggler watch
+            return True
+
+    def set_payload(self, payload: Buffer, stats: dict[str, Any] | None = None) -> bool:
+        """Complete the future with a pickled result, unpickled on first ``result()``.
+
+        ``stats`` (from the worker: times, pid, peak RSS, logs, ...) update
+        :attr:`stats`. The first copy to report a result wins; returns whether
+        this call completed the future.
+        """
+        with self._condition:
+            if self._completing or self._state not in (PENDING, RUNNING):
+                return False
+            self._completing = True
+            self._record(stats, "ok", None)
+            self._payload = payload
+        super().set_result(None)
+        return True
+
+    def set_failure(self, exc: BaseException, stats: dict[str, Any] | None = None) -> bool:
+        """Report that one copy of the task failed with ``exc``.
+
+        If another copy is still running, it decides. Otherwise the retry hook
+        (if any) may schedule another run, and the caller never sees this
+        failure; else the future fails with ``exc``. Returns whether this call
+        completed the future.
+        """
+        with self._condition:
+            if self._completing or self._state not in (PENDING, RUNNING):
+                return False
+            self._copies -= 1
+            if self._copies > 0:  # its twin is still running: let it decide
+                self.stats.setdefault("failures", []).append(_describe(exc))
+                return False
+            hook = self._retry_hook
+            if hook is not None:
+                self._copies = 1  # the run the hook may schedule
+        if hook is not None:
+            try:
+                if hook(self, exc, stats):
+                    return False
+            except Exception:  # noqa: BLE001 - a broken hook must not leave it pending
+                log.exception("retry hook of task %d of job %s failed", self.index, self.job_id)
+        with self._condition:
+            if self._completing:
+                return False
+            self._completing = True
+            self._copies = 0
+            self._record(stats, "failed", type(exc).__name__)
+        super().set_exception(exc)
+        return True
+
+    def add_backup(self) -> bool:
+        """Count one more copy of the task, about to be submitted (speculation).
+
+        False if the task is not running any more: then submit nothing.
+        """
+        with self._condition:
+            if self._completing or self._state != RUNNING:
+                return False
+            self._copies += 1
+            self.stats["backups"] = self.stats.get("backups", 0) + 1
+            return True
+
+    def set_retry_hook(self, hook: RetryHook | None) -> None:
+        """Install ``hook(future, exc, stats) -> bool``, asked when the task's last running
+        copy fails: True means it scheduled another run (and will submit it itself)."""
+        self._retry_hook = hook
+
     def _record(self, stats: dict[str, Any] | None, outcome: str, failure: str | None) -> None:
         if stats:
             stats = dict(stats)
@@ -71,53 +192,11 @@ class Future(cf.Future):
         self.stats["outcome"] = outcome
         self.stats["failure"] = failure
 
-    def _set_payload(self, payload: bytes, stats: dict[str, Any] | None = None) -> None:
-        """Complete the future with a pickled result (decoded lazily).
-
-        With a speculative backup, two copies may finish: the first wins.
-        """
-        with self._condition:
-            if self._state == "FINISHED":
-                return
-            self._record(stats, "ok", None)
-            self._payload = payload
-        try:
-            self.set_result(None)
-        except cf.InvalidStateError:
-            pass
-
-    def _fail(self, exc: BaseException, stats: dict[str, Any] | None = None) -> None:
-        if self.done():
-            return  # the other copy of a backed-up task finished first
-        if self.stats.get("backups") and not getattr(self, "_backup_failed", False):
-            self._backup_failed = True  # its twin may still succeed: let it decide
-            return
-        retry, self._retry = self._retry, None
-        if retry is not None and retry(self, exc, stats):
-            return  # the executor runs it again; the caller never sees this failure
-        self._record(stats, "failed", type(exc).__name__)
-        try:
-            self.set_exception(exc)
-        except cf.InvalidStateError:
-            pass
-
-    def _start(self) -> bool:
-        """Backend side: mark running; False if the caller cancelled it first.
-
-        A retried task is already running, which is fine.
-        """
-        with self._condition:
-            running = self._state == "RUNNING"
-        if running or self.set_running_or_notify_cancel():
-            self.stats["running_since"] = time.time()  # for the straggler watch
-            return True
-        return False
-
+    # -- user side ---------------------------------------------------------------
     def logs(self) -> str:
         """What the task printed to stdout/stderr and logged, in order ("" if nothing)."""
         return self._logs
 
-    # -- user side ---------------------------------------------------------------
     def result(self, timeout: float | None = None) -> Any:
         """Return the task's value, waiting up to ``timeout`` seconds.
 
@@ -125,11 +204,14 @@ class Future(cf.Future):
         ------
         TimeoutError
             If the task is not done within ``timeout``.
+        ResultUnpicklingError
+            If the value arrived but cannot be unpickled here (e.g. its class is in
+            a module only the workers have); names the task and the job.
         Exception
             The task's own exception, with the remote traceback as ``__cause__``.
         """
         try:
-            super().result(timeout)
+            value = super().result(timeout)
         except TimeoutError:
             if self.done():  # the task's own failure (TaskTimeoutError is a TimeoutError too)
                 raise
@@ -137,13 +219,27 @@ class Future(cf.Future):
                 f"task {self.index} of job {self.job_id} did not finish within {timeout} s; "
                 "it is still running: call result() again to keep waiting"
             ) from None
-        if self._decoded is _UNSET:
-            with self._decode_lock:
-                if self._decoded is _UNSET:
-                    self._decoded = serialize.loads(self._payload)
-                    self._payload = None
-                    self.stats.setdefault("fetched", time.time())
-        return self._decoded
+        if self._payload is None:
+            return value
+        with self._decode_lock:
+            payload = self._payload
+            if payload is None:  # decoded by another thread meanwhile
+                return self._result
+            try:
+                self._result = serialize.loads(payload)
+            except Exception as exc:
+                raise ResultUnpicklingError(
+                    f"the result of task {self.index} of job {self.job_id} arrived but cannot be "
+                    f"unpickled here ({type(exc).__name__}: {exc}); make the module that defines "
+                    "its type importable in the driver too, or return plain data (numbers, "
+                    "strings, numpy arrays, dicts)") from exc
+            self._payload = None
+            self.stats.setdefault("fetched", time.time())
+            return self._result
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:300]
 
 
 def _show_progress(n: int, progress: bool | None) -> bool:
@@ -174,9 +270,9 @@ def _norm_return_when(return_when: Any) -> int:
         ) from None
 
 
-def wait(fs: Iterable[cf.Future], return_when: Any = ALL_COMPLETED,
+def wait(fs: Iterable[F], return_when: Any = ALL_COMPLETED,
          timeout: float | None = None, progress: bool | None = None
-         ) -> tuple[list[cf.Future], list[cf.Future]]:
+         ) -> tuple[list[F], list[F]]:
     """Wait for futures, PyWren style.
 
     Parameters
@@ -222,9 +318,9 @@ def _wait_with_bar(fs: list, pending: list, mode: int, timeout: float | None) ->
         bar.close()
 
 
-def as_completed(fs: Iterable[cf.Future], timeout: float | None = None) -> Iterator[cf.Future]:
+def as_completed(fs: Iterable[F], timeout: float | None = None) -> Iterator[F]:
     """Yield futures as they finish (``concurrent.futures.as_completed`` semantics)."""
-    return cf.as_completed(list(fs), timeout=timeout)
+    return cast(Iterator[F], cf.as_completed(list(fs), timeout=timeout))
 
 
 def get_all_results(fs: Sequence[cf.Future], progress: bool | None = None) -> list[Any]:

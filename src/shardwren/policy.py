@@ -31,12 +31,13 @@ FINAL: tuple[type[BaseException], ...] = (TaskMemoryError,)
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc``, or an exception it was raised from, is a network failure
     (s3fs, for one, re-raises botocore's errors as OSError)."""
+    cur: BaseException | None = exc
     seen = 0
-    while exc is not None and seen < 8:
-        if isinstance(exc, ConnectionError) or any(
-                (k.__module__, k.__name__) in TRANSIENT_NETWORK for k in type(exc).__mro__):
+    while cur is not None and seen < 8:
+        if isinstance(cur, ConnectionError) or any(
+                (k.__module__, k.__name__) in TRANSIENT_NETWORK for k in type(cur).__mro__):
             return True
-        exc, seen = exc.__cause__ or exc.__context__, seen + 1
+        cur, seen = cur.__cause__ or cur.__context__, seen + 1
     return False
 
 

@@ -8,6 +8,7 @@ Errors name the object that could not be pickled and what to do about it.
 
 from __future__ import annotations
 
+import io
 import pickle
 import traceback
 from typing import Any, Callable
@@ -52,7 +53,7 @@ def _culprit(obj: Any) -> str | None:
     for label, value in parts:
         try:
             cloudpickle.dumps(value, protocol=PROTOCOL)
-        except Exception:
+        except Exception:  # noqa: BLE001 - pickling raises anything a __reduce__ does
             inner = _culprit(value)
             return f"{label}, {_describe(value)}" + (f"; inside it, {inner}" if inner else "")
     return None
@@ -60,7 +61,7 @@ def _culprit(obj: Any) -> str | None:
 
 def _cell_filled(cell: Any) -> bool:
     try:
-        cell.cell_contents
+        _ = cell.cell_contents
     except ValueError:
         return False
     return True
@@ -93,7 +94,7 @@ def dumps_value(obj: Any, what: str = "argument") -> bytes:
     """Pickle data (arguments or results); stdlib pickle first, cloudpickle as fallback."""
     try:
         return pickle.dumps(obj, protocol=PROTOCOL)
-    except Exception:
+    except Exception:  # noqa: BLE001, S110 - anything stdlib pickle rejects goes to cloudpickle
         pass
     try:
         return cloudpickle.dumps(obj, protocol=PROTOCOL)
@@ -134,7 +135,11 @@ def open_signed(key: bytes, blob: bytes, what: str) -> bytes:
     return data
 
 
-def loads(data: bytes) -> Any:
+#: What pickled data may arrive as (a frame, a slice of one).
+Buffer = bytes | bytearray | memoryview
+
+
+def loads(data: Buffer) -> Any:
     """Inverse of :func:`dumps_function` and :func:`dumps_value`."""
     return pickle.loads(data)
 
@@ -157,25 +162,44 @@ def dumps_exception(exc: BaseException) -> bytes:
     error behind an s3fs ``OSError``.
     """
     tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    for payload in ((exc, tb, _chain(exc)), (exc, tb, [])):
+    attempts: list[tuple[Callable[[Any], bytes], Any]] = [
+        (_dumps_own_reduce, (exc, tb, _chain(exc))), (_dumps_own_reduce, (exc, tb, [])),
+        (_dumps_default, (exc, tb, [])), (_dumps_cloudpickle, (exc, tb, []))]
+    for dumps, payload in attempts:
         try:
-            data = pickle.dumps(payload, protocol=PROTOCOL)
+            data = dumps(payload)
             pickle.loads(data)  # types that pickle but do not unpickle are common
             return data
-        except Exception:
+        except Exception:  # noqa: BLE001, S110 - try the next, plainer form
             pass
-    try:
-        return cloudpickle.dumps((exc, tb, []), protocol=PROTOCOL)
-    except Exception:
-        stand_in = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
-        return pickle.dumps((stand_in, tb, []), protocol=PROTOCOL)
+    stand_in = RemoteError(f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}")
+    return pickle.dumps((stand_in, tb, []), protocol=PROTOCOL)
 
 
-def loads_exception(data: bytes) -> BaseException:
+def _dumps_own_reduce(obj: Any) -> bytes:
+    """Pickle with each object's own ``__reduce_ex__``, ignoring the reducers other
+    libraries register with copyreg: tblib's (installed by distributed) cannot rebuild an
+    exception with two builtin bases, such as TaskMemoryError."""
+    buf = io.BytesIO()
+    pickler = pickle.Pickler(buf, protocol=PROTOCOL)
+    pickler.dispatch_table = {}
+    pickler.dump(obj)
+    return buf.getvalue()
+
+
+def _dumps_default(obj: Any) -> bytes:
+    return pickle.dumps(obj, protocol=PROTOCOL)
+
+
+def _dumps_cloudpickle(obj: Any) -> bytes:
+    return cloudpickle.dumps(obj, protocol=PROTOCOL)
+
+
+def loads_exception(data: Buffer) -> BaseException:
     """Rebuild a task's exception with the remote traceback attached as ``__cause__``."""
     try:
         exc, tb, chain = pickle.loads(data)
-    except Exception as err:  # the exception's class may not exist in the driver
+    except Exception as err:  # noqa: BLE001 - its class may not exist in the driver
         return RemoteError(f"a task failed and its exception could not be rebuilt here: {err}")
     exc.__cause__ = link = RemoteTraceback(f'\n"""\n{tb}"""')
     for earlier in chain:  # reachable for the policy; not printed twice (tb has them)

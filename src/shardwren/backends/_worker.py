@@ -1,15 +1,23 @@
-"""Entry point of a local worker process: ``python -m shardwren.backends._worker``.
+"""Worker side: a local worker process, ``python -m shardwren.backends._worker``.
 
 Protocol over one socket (``multiprocessing.connection`` framing, pickled tuples):
 
-* driver -> worker: ``("run", [(seq, fn_id, fn_bytes | None, args_bytes, memory_limit), ...])``
-  or ``("exit", None)``;
-* worker -> driver: ``("done", [(seq, ok, value_or_error_bytes, stats), ...])``.
+* driver -> worker: ``("key", bytes)`` first (the signing key, never in argv or the
+  environment), then ``("run", [(seq, fn_id, fn_bytes | None, args_bytes, memory_limit,
+  where), ...])`` (``where`` names the task for errors raised here, sent with a memory
+  limit only) or ``("exit", None)``;
+* worker -> driver: ``("done", [(seq, ok, value_or_error_bytes, stats), ...])``, in the
+  order the tasks were received.
 
 Tasks run strictly in the order received. Before running a task the worker
-writes its sequence number into an 8-byte shared-memory slot, so that when the
-process dies the driver knows exactly which task killed it (loky-style crash
-attribution without an extra message per task).
+writes its start time and then its sequence number into a 16-byte shared-memory
+slot (and clears the number after), so that the driver knows which task is
+running, since when (for timeouts), and which task killed the worker if it dies
+(loky-style crash attribution without an extra message per task).
+
+The worker dies with the driver: the kernel sends it SIGKILL when the driver's
+thread that started it ends (``PR_SET_PDEATHSIG``, Linux), which works even while
+a task holds the GIL; a watchdog thread covers other systems.
 """
 
 from __future__ import annotations
@@ -24,14 +32,14 @@ import struct
 import sys
 import threading
 import time
-from collections import OrderedDict
 from multiprocessing.connection import Connection
 
-#: Functions cached per worker; the driver mirrors this LRU exactly.
-FN_CACHE_SIZE = 64
+from .runtime import FunctionCache, run_task
+
 #: Results are batched for at most this long before being sent.
 FLUSH_SECONDS = 0.002
 FLUSH_COUNT = 256
+PR_SET_PDEATHSIG = 1
 
 
 def _reader(conn: Connection, inbox: queue.SimpleQueue) -> None:
@@ -44,28 +52,34 @@ def _reader(conn: Connection, inbox: queue.SimpleQueue) -> None:
         inbox.put(None)
 
 
+def die_with_parent(parent_pid: int) -> bool:
+    """Ask the kernel to SIGKILL this process when its parent goes (Linux).
+
+    Returns whether that is in place. A Python watchdog thread cannot do this
+    reliably: a task that holds the GIL (a regex backtracking for minutes, a long
+    C call) never lets it run.
+    """
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(0)
+    return True
+
+
 def _watch_parent(ppid: int) -> None:
-    # Orphans must not outlive the driver, even in the middle of a long task.
+    # The fallback where the kernel cannot do it: orphans exit between two bytecodes.
     while True:
         time.sleep(0.5)
         if os.getppid() != ppid:
             os._exit(0)
-
-
-def _load_fn(fns: OrderedDict, fn_id: str, fn_bytes: bytes | None, key: bytes | None):
-    if fn_bytes is not None:
-        from .. import serialize
-
-        try:
-            fns[fn_id] = pickle.loads(serialize.open_signed(key, fn_bytes, "function")
-                                      if key else fn_bytes)
-        except BaseException as exc:  # noqa: BLE001 - reported per task
-            fns[fn_id] = exc
-        if len(fns) > FN_CACHE_SIZE:
-            fns.popitem(last=False)
-    else:
-        fns.move_to_end(fn_id)
-    return fns[fn_id]
 
 
 class _Outbox:
@@ -115,11 +129,9 @@ class _Outbox:
 
 def serve(conn: Connection, slot: mmap.mmap) -> None:
     """Receive task batches and run them until told to exit or the driver goes."""
-    from .base import run_task
-
     inbox: queue.SimpleQueue = queue.SimpleQueue()
     threading.Thread(target=_reader, args=(conn, inbox), daemon=True).start()
-    fns: OrderedDict = OrderedDict()
+    fns = FunctionCache()  # the driver mirrors its LRU to know when to resend a function
     outbox = _Outbox(conn)
     key = None  # the executor's signing key arrives first, over this private socket
     while True:
@@ -133,21 +145,25 @@ def serve(conn: Connection, slot: mmap.mmap) -> None:
         if kind == "key":
             key = body
             continue
-        for seq, fn_id, fn_bytes, payload, memory_limit in body:
-            fn = _load_fn(fns, fn_id, fn_bytes, key)
-            struct.pack_into("qd", slot, 0, seq, time.time())
-            ok, data, stats = run_task(fn, payload, memory_limit, key)
-            struct.pack_into("qd", slot, 0, 0, 0.0)
+        for seq, fn_id, fn_bytes, payload, memory_limit, where in body:
+            fn = fns.load(fn_id, fn_bytes, key) if fn_bytes is not None else fns.get(fn_id)
+            # Start time before sequence number: a reader that sees the number sees its time.
+            struct.pack_into("d", slot, 8, time.time())
+            struct.pack_into("q", slot, 0, seq)
+            ok, data, stats = run_task(fn, payload, memory_limit, key, where=where)
+            struct.pack_into("q", slot, 0, 0)
             outbox.add((seq, ok, data, stats))
         outbox.flush()  # end of the driver's batch
 
 
 def main(argv: list[str]) -> None:
     fd, slot_fd, blas_threads = int(argv[0]), int(argv[1]), int(argv[2])
+    parent = int(argv[3]) if len(argv) > 3 else os.getppid()
+    die_with_parent(parent)
+    threading.Thread(target=_watch_parent, args=(parent,), daemon=True).start()
     faulthandler.enable()
     # Ctrl-C belongs to the driver; it shuts us down cleanly.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     from threadpoolctl import threadpool_limits
 
     threadpool_limits(blas_threads)

@@ -1,26 +1,91 @@
-"""What every backend implements, and the task runner every worker uses.
+"""Driver side: the contract every backend implements, and the backend registry.
 
-Following cubed's runtime design, a backend only ever sees "a function and its
-inputs": an opaque pickled function with an id, and a list of (future, pickled
-arguments) pairs. Planning, retries of whole algorithms and data layout live
-above it, in the executor and the linear-algebra layer.
+Following Cubed's runtime design, a backend only ever sees "a function and its
+inputs": an opaque pickled function with an id, and a list of ``(future,
+pickled arguments)`` pairs. Planning, retries, speculative backups and data
+layout live above it, in the executor and the linear-algebra layer; the failure
+policy is one set of pure functions (:mod:`shardwren.policy`) for every backend.
+
+The contract
+------------
+**Construction.** ``cls(workers=, blas_threads=, settings=, key=, **options)``,
+keywords only, called by :func:`shardwren.default_executor`:
+
+* ``workers``: how many tasks to run at once where the backend decides that
+  (local processes); ``None`` for the backend's default. Backends that attach to
+  capacity they do not own (a Dask cluster) ignore it.
+* ``blas_threads``: BLAS threads per task (``None``: the backend's choice, never
+  more than the cores a task has).
+* ``settings``: every resolved setting (:mod:`shardwren.config`), for backend
+  specific ones (``dask_address``, ``connect_timeout``, ...).
+* ``key``: the executor's signing key, or ``None``. Every function and argument
+  blob the backend receives is signed with it; the backend's workers must check
+  them (:func:`shardwren.serialize.open_signed`, done by
+  :func:`shardwren.backends.runtime.run_task`) before unpickling anything. A
+  backend that can hand ``key`` to its workers over a private channel sets
+  :attr:`Backend.ships_key_privately` and gets a random key when the user
+  configured none; others get ``None`` unless ``secret`` is configured, and then
+  their workers must hold the same secret (``SHARDWREN_SECRET``).
+* ``options``: the names listed in :attr:`Backend.options` (``address=``,
+  ``client=`` for Dask), passed through from ``default_executor``.
+
+A constructor that fails must release everything it started.
+
+**Submission.** :meth:`Backend.submit` may be called from any thread, several at
+once (the caller's threads, the executor's retry and straggler timers), and again
+for a future it has seen before (a retry, or a speculative backup while the
+first copy still runs). For each ``(future, payload)`` it must
+
+1. call ``future.set_running()`` and skip the task if that returns False;
+2. run ``fn(*args)`` on a worker through
+   :func:`shardwren.backends.runtime.run_task` (same capture, limits, stats and
+   error pickling everywhere), with ``fn`` unpickled at most once per worker and
+   map (``fn_id``);
+3. report the copy exactly once: ``future.set_payload(value_bytes, stats)`` or
+   ``future.set_failure(exception, stats)``. Infrastructure failures are
+   reported as shardwren errors: :class:`~shardwren.errors.WorkerCrashedError`
+   (the worker died), :class:`~shardwren.errors.TaskTimeoutError`,
+   :class:`~shardwren.errors.ExecutorShutdownError`,
+   :class:`~shardwren.errors.ExecutorBrokenError` (the backend's own machinery
+   failed: every outstanding future fails with it).
+
+``submit`` must not block on the tasks, must raise
+:class:`~shardwren.errors.ExecutorShutdownError` after :meth:`Backend.shutdown`,
+and must never call ``set_payload``/``set_failure`` while holding a lock it
+takes itself: those run the future's callbacks (user code) in the calling thread.
+
+**Limits.** ``future.limits`` holds ``timeout`` (seconds, counted from the
+task's start) and ``memory_limit`` (bytes); ``None`` means none. Past its
+timeout a task fails with ``TaskTimeoutError``: its worker is killed and replaced
+where :attr:`Backend.kills_on_timeout`, otherwise the task is abandoned (its
+thread finishes in the background, beside the worker's next tasks: task code must
+then be thread-safe). ``memory_limit`` is enforced per task where
+:attr:`Backend.enforces_memory_limit`; elsewhere :meth:`Backend.check_limits`
+refuses it up front with a ``ConfigError``: a limit is never half-enforced.
+
+**Reports.** ``stats`` is what ``run_task`` returns (``started``, ``finished``,
+``pid``, ``host``, ``peak_rss``, ``bytes_read``, ``bytes_written``, ``logs``)
+plus ``worker`` (a backend-specific worker name). ``peak_rss`` is the task's
+own peak where :attr:`Backend.isolates_tasks`, else ``None``.
+
+**Threading.** Futures may be completed from any backend thread. A backend's own
+threads must not outlive :meth:`Backend.shutdown`, and its workers must not
+outlive the driver process.
+
+**Shutdown.** :meth:`Backend.shutdown` is idempotent. With ``wait=True`` it
+returns once every submitted task is done; with ``wait=False`` it fails what has
+not finished with ``ExecutorShutdownError`` and returns promptly. Afterwards no
+thread, process or file descriptor of the backend remains.
 """
 
 from __future__ import annotations
 
 import abc
 import importlib
-import io
-import logging
-import os
-import socket
-import sys
-import threading
-import time
-from typing import TYPE_CHECKING, Any, Sequence
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from .. import _iostats, serialize
-from ..errors import BackendNotInstalledError, TaskMemoryError, UnknownBackendError
+from ..errors import BackendNotInstalledError, ConfigError, UnknownBackendError
 
 if TYPE_CHECKING:
     from ..futures import Future
@@ -28,31 +93,87 @@ if TYPE_CHECKING:
 
 
 class Backend(abc.ABC):
-    """A place where tasks run."""
+    """A place where tasks run. See the module documentation for the full contract."""
 
     #: Registry name, e.g. ``"local"``.
-    name: str = ""
+    name: ClassVar[str] = ""
+    #: Extra constructor keywords ``default_executor`` passes through (e.g. ``"address"``).
+    options: ClassVar[tuple[str, ...]] = ()
+    #: A task past its timeout has its worker killed (True) or is abandoned in the
+    #: background (False: Python threads cannot be killed).
+    kills_on_timeout: bool = False
+    #: ``memory_limit`` is enforced for each task on its own.
+    enforces_memory_limit: bool = False
+    #: Each task has its worker process to itself while it runs, so process-wide
+    #: measurements (peak RSS) are the task's own.
+    isolates_tasks: bool = False
+    #: The backend gives the signing key to its workers privately (so a random key
+    #: per executor works without configuration).
+    ships_key_privately: bool = False
+
+    @abc.abstractmethod
+    def __init__(self, *, workers: int | None = None, blas_threads: int | None = None,
+                 settings: Mapping[str, Any] | None = None, key: bytes | None = None,
+                 **options: Any):
+        """Start (or attach to) the workers; see "Construction" in the module docs."""
 
     @property
     @abc.abstractmethod
     def parallelism(self) -> int:
-        """How many tasks can run at once."""
+        """How many tasks can run at once (at least 1)."""
 
     @abc.abstractmethod
     def submit(self, fn_id: str, fn_bytes: bytes,
                tasks: Sequence[tuple[Future, bytes]]) -> None:
-        """Start running ``fn(*loads(args))`` for each task; complete each future.
+        """Start running ``fn(*loads(payload))`` for each ``(future, payload)``.
 
-        ``fn_bytes`` is the same for every call with the same ``fn_id`` and is
-        deserialised at most once per worker.
+        Parameters
+        ----------
+        fn_id : str
+            Identifies the function: the same id always comes with the same
+            ``fn_bytes`` (the map's job id), so workers cache by it.
+        fn_bytes : bytes
+            The pickled function, signed when the executor has a key.
+        tasks : sequence of (Future, bytes)
+            Each future with its task's pickled (and signed) argument tuple.
+
+        Raises
+        ------
+        ExecutorShutdownError
+            After :meth:`shutdown`.
+        ExecutorBrokenError
+            If the backend's machinery failed earlier.
         """
 
     @abc.abstractmethod
     def shutdown(self, wait: bool = True) -> None:
-        """Stop the workers. With ``wait``, unfinished tasks finish first."""
+        """Stop the workers and release every thread, process and descriptor.
 
-    def check_store(self, store: Store) -> None:
-        """Raise if the workers cannot reach ``store`` (default: they can)."""
+        With ``wait``, tasks already submitted finish first; without, they fail
+        with ``ExecutorShutdownError``. Idempotent.
+        """
+
+    def check_store(self, store: Store) -> None:  # noqa: B027 - optional, not abstract
+        """Raise :class:`~shardwren.errors.StoreNotSharedError` if the workers cannot
+        reach ``store`` (default: they can)."""
+
+    def check_limits(self, limits: Mapping[str, Any]) -> None:
+        """Refuse, before anything runs, limits this backend cannot enforce.
+
+        Parameters
+        ----------
+        limits : mapping
+            ``timeout`` and ``memory_limit`` of a map, already validated.
+
+        Raises
+        ------
+        ConfigError
+            Naming the limit, why, and what to do instead.
+        """
+        if limits.get("memory_limit") and not self.enforces_memory_limit:
+            raise ConfigError(
+                f"memory_limit cannot be enforced per task on the {self.name} backend: its "
+                "tasks share a process; drop memory_limit or use a backend that isolates tasks")
 
 
 # name -> (module, class, pip extra or None). Imported only when asked for, so a
@@ -80,159 +201,10 @@ def backend_class(name: str) -> type[Backend]:
             f"unknown backend {name!r}; available backends: {available_backends()}"
         ) from None
     try:
-        return getattr(importlib.import_module(module), cls)
+        found: type[Backend] = getattr(importlib.import_module(module), cls)
     except ImportError as exc:
         raise BackendNotInstalledError(
             f"backend {name!r} needs packages that are not installed ({exc}); "
             f"install them with: pip install 'shardwren[{extra}]'"
         ) from exc
-
-
-# --- worker side -----------------------------------------------------------------
-
-_HOST = socket.gethostname()
-
-
-def _reset_peak_rss() -> None:
-    # Writing 5 to clear_refs resets the kernel's high-water mark (VmHWM), which
-    # gives a per-task peak in a long-lived worker. Linux only; elsewhere the
-    # process-lifetime peak is reported.
-    try:
-        with open("/proc/self/clear_refs", "w") as fh:
-            fh.write("5")
-    except OSError:
-        pass
-
-
-def _proc_status_bytes(field: bytes) -> int | None:
-    """A size field of /proc/self/status (``b"VmHWM"``, ``b"VmData"``) in bytes (Linux)."""
-    try:
-        with open("/proc/self/status", "rb") as fh:
-            for line in fh:
-                if line.startswith(field + b":"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _peak_rss() -> int:
-    peak = _proc_status_bytes(b"VmHWM")
-    if peak is not None:
-        return peak
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
-class _Router(io.TextIOBase):
-    """Stands in for sys.stdout/stderr: text goes to the running task's buffer, if any.
-
-    Routing by thread keeps the logs of tasks running side by side in one
-    process (Dask worker threads) apart.
-    """
-
-    def __init__(self, original):
-        self.original = original
-
-    def write(self, text: str) -> int:
-        buf = getattr(_TASK, "buf", None)
-        return (buf if buf is not None else self.original).write(text)
-
-    def flush(self) -> None:
-        if getattr(_TASK, "buf", None) is None:
-            self.original.flush()
-
-    def fileno(self) -> int:
-        return self.original.fileno()
-
-    def isatty(self) -> bool:
-        return False
-
-
-class _TaskLogHandler(logging.Handler):
-    def emit(self, record: logging.LogRecord) -> None:
-        buf = getattr(_TASK, "buf", None)
-        if buf is not None:
-            buf.write(self.format(record) + "\n")
-
-
-_TASK = threading.local()
-_CAPTURE_INSTALLED = []
-
-
-def _install_capture() -> None:
-    if _CAPTURE_INSTALLED:
-        return
-    sys.stdout, sys.stderr = _Router(sys.stdout), _Router(sys.stderr)
-    handler = _TaskLogHandler()
-    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
-    logging.getLogger().addHandler(handler)
-    _CAPTURE_INSTALLED.append(handler)
-
-
-class _MemoryLimit:
-    """Caps the data a task may allocate (RLIMIT_DATA, Linux), lifted afterwards.
-
-    An allocation past it raises MemoryError inside the task, which then fails
-    alone, instead of the machine meeting the OOM killer.
-    """
-
-    def __init__(self, limit: int | None):
-        self.limit = limit
-        self.saved = None
-
-    def __enter__(self) -> _MemoryLimit:
-        if self.limit:
-            import resource
-
-            self.saved = resource.getrlimit(resource.RLIMIT_DATA)
-            hard = self.saved[1]
-            soft = (_proc_status_bytes(b"VmData") or 0) + int(self.limit)
-            resource.setrlimit(resource.RLIMIT_DATA,
-                               (soft if hard == resource.RLIM_INFINITY else min(soft, hard), hard))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.saved is not None:
-            import resource
-
-            resource.setrlimit(resource.RLIMIT_DATA, self.saved)
-
-
-def run_task(fn: Any, payload: bytes, memory_limit: int | None = None,
-             key: bytes | None = None) -> tuple[bool, bytes, dict[str, Any]]:
-    """Run ``fn(*args)`` on a worker; return ``(ok, pickled value or error, stats)``.
-
-    Never raises: every failure, including an unpicklable result, comes back as
-    a pickled exception with its traceback. The task's stdout, stderr and log
-    records are captured into ``stats["logs"]``; its store I/O into
-    ``bytes_read`` / ``bytes_written``.
-    """
-    _install_capture()
-    _reset_peak_rss()
-    _iostats.reset()
-    _TASK.buf = io.StringIO()
-    started = time.time()
-    try:
-        if isinstance(fn, BaseException):  # the function itself failed to load here
-            raise fn
-        args = serialize.loads(serialize.open_signed(key, payload, "arguments") if key else payload)
-        with _MemoryLimit(memory_limit):
-            value = fn(*args)
-        ok, data = True, serialize.dumps_value(value, what="result")
-    except BaseException as exc:  # noqa: BLE001 - everything goes back to the caller
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(fn, BaseException):
-            exc = RuntimeError(f"task raised {type(exc).__name__}({exc})")
-        elif isinstance(exc, MemoryError) and memory_limit:
-            exc = TaskMemoryError(
-                f"the task tried to use more than its memory limit of {memory_limit / 2**20:.0f} MiB "
-                f"({exc}); use smaller blocks or raise memory_limit")
-        ok, data = False, serialize.dumps_exception(exc)
-    finished = time.time()
-    logs, _TASK.buf = _TASK.buf.getvalue(), None
-    read, written = _iostats.snapshot()
-    stats = {"started": started, "finished": finished, "pid": os.getpid(), "host": _HOST,
-             "peak_rss": _peak_rss(), "bytes_read": read, "bytes_written": written,
-             "logs": logs}
-    return ok, data, stats
+    return found

@@ -1,24 +1,39 @@
-"""Cluster backend: tasks run on an existing Dask distributed cluster.
+"""Driver side of the cluster backend: tasks run on an existing Dask distributed cluster.
 
-The function's bytes are scattered to the cluster once per map and every task
-depends on them, so Dask ships them to each worker once; the worker unpickles
-them once (cached by map id). Each task runs through the same ``run_task`` as
-the local backend, so results, user exceptions with remote tracebacks and stats
-look identical. A worker that dies mid-task is Dask's to handle: the scheduler
-reschedules the task on another worker (up to ``distributed.scheduler.allowed-failures``
-times, then ``KilledWorker``, reported as :class:`WorkerCrashedError`).
+Each map's function bytes become one task of the Dask graph
+(:func:`~shardwren.backends.dask_worker.function_bytes`) that every task of the
+map depends on: Dask ships them to each worker once, the worker unpickles them
+once (cached by map id), and if the worker holding them dies the scheduler
+recomputes them from the graph instead of losing them. Each shardwren task is a
+Dask task with a fresh key (a speculative backup or a retry is a new task, never
+the original under its old name) running the common runtime, so results, user
+exceptions with remote tracebacks and stats look identical on every backend.
+
+A worker that dies mid-task is Dask's to handle: the scheduler reschedules the
+task on another worker (up to ``distributed.scheduler.allowed-failures`` times,
+then ``KilledWorker``, reported as :class:`WorkerCrashedError`). Timeouts are
+enforced by the worker (the task is abandoned at its deadline) and, for a worker
+that stops responding altogether, by a driver-side deadline armed when the task
+reports its start.
 """
 
 from __future__ import annotations
 
-import os
+import itertools
 import socket
 import threading
-from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Sequence
+import time
+from collections.abc import Mapping, Sequence
+from concurrent import futures as cf
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
+import distributed
+
+from .. import serialize
+from .._timers import Timer, Timers
 from ..errors import (
+    BackendNotInstalledError,
     ConfigError,
     ExecutorShutdownError,
     SchedulerUnreachableError,
@@ -26,91 +41,15 @@ from ..errors import (
     TaskTimeoutError,
     WorkerCrashedError,
 )
-from .base import Backend, run_task
+from . import dask_worker
+from .base import Backend
 
 if TYPE_CHECKING:
     from ..futures import Future
     from ..storage import Store
 
-import distributed
-
-# --- worker side ---------------------------------------------------------------------
-
-_FNS: OrderedDict = OrderedDict()
-_FNS_LOCK = threading.Lock()
-_BLAS_SET: list[int] = []
-
-
-def _worker_key(signed: bool) -> bytes | None:
-    """This worker's signing key (SHARDWREN_SECRET), checked against the driver's choice."""
-
-    from ..errors import PayloadSignatureError
-
-    secret = os.environ.get("SHARDWREN_SECRET")
-    if signed and not secret:
-        raise PayloadSignatureError(
-            "the driver signs its tasks but this Dask worker has no SHARDWREN_SECRET to check "
-            "them with; start workers with the driver's SHARDWREN_SECRET")
-    if secret and not signed:
-        raise PayloadSignatureError(
-            "refusing an unsigned task: this Dask worker requires signed payloads "
-            "(SHARDWREN_SECRET is set here); give the driver the same SHARDWREN_SECRET")
-    return secret.encode() if secret else None
-
-
-def _load_fn(fn_id: str, fn_bytes: bytes, key: bytes | None = None):
-    import pickle
-
-    from .. import serialize
-
-    with _FNS_LOCK:
-        if fn_id in _FNS:
-            _FNS.move_to_end(fn_id)
-            return _FNS[fn_id]
-        try:
-            fn = pickle.loads(serialize.open_signed(key, fn_bytes, "function") if key else fn_bytes)
-        except BaseException as exc:  # noqa: BLE001 - reported by run_task
-            fn = exc
-        _FNS[fn_id] = fn
-        while len(_FNS) > 64:
-            _FNS.popitem(last=False)
-        return fn
-
-
-def _dask_task(fn_bytes: bytes, fn_id: str, payload: bytes, blas_threads: int,
-               memory_limit: int | None = None, timeout: float | None = None,
-               where: str = "", signed: bool = False):
-    """What a Dask worker runs for one shardwren task. Never raises."""
-    if _BLAS_SET != [blas_threads]:
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(blas_threads)
-        _BLAS_SET[:] = [blas_threads]
-    try:
-        key = _worker_key(signed)
-        fn = _load_fn(fn_id, fn_bytes, key)
-    except BaseException as exc:  # noqa: BLE001 - reported by run_task as the task's error
-        key, fn = None, exc
-    if timeout:
-        ok, data, stats = _run_with_deadline(fn, payload, memory_limit, timeout, where, key)
-    else:
-        ok, data, stats = run_task(fn, payload, memory_limit, key)
-    try:
-        stats["worker"] = distributed.get_worker().address
-    except ValueError:
-        stats["worker"] = None
-    return ok, data, stats
-
-
-def _tune_malloc(mmap_threshold: int, trim_threshold: int) -> bool:
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return False
-    # M_MMAP_THRESHOLD = -3, M_TRIM_THRESHOLD = -1 (glibc's mallopt)
-    return bool(libc.mallopt(-3, mmap_threshold)) and bool(libc.mallopt(-1, trim_threshold))
+#: Extra seconds past a task's timeout before the driver gives up on its worker.
+DEADLINE_MARGIN = 5.0
 
 
 def tune_workers(client: Any, mmap_threshold: int = 256 << 20,
@@ -129,34 +68,8 @@ def tune_workers(client: Any, mmap_threshold: int = 256 << 20,
     dict
         Worker address -> whether the settings took effect (glibc only).
     """
-    return client.run(_tune_malloc, mmap_threshold, trim_threshold)
-
-
-def _run_with_deadline(fn, payload, memory_limit, timeout, where, key=None):
-    """Run the task in a helper thread and give up on it after ``timeout`` seconds.
-
-    A Python thread cannot be killed: past the limit the task's result is
-    abandoned (the thread finishes in the background) and TaskTimeoutError is
-    returned, counted from the task's start on the worker.
-    """
-    import time
-
-    from .. import serialize
-
-    box: list = []
-    started = time.time()
-    thread = threading.Thread(target=lambda: box.append(run_task(fn, payload, memory_limit, key)),
-                              daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if box:
-        return box[0]
-    exc = TaskTimeoutError(f"{where} ran longer than its {timeout:g} s limit; the Dask worker "
-                           "abandoned it (its thread finishes in the background)")
-    return False, serialize.dumps_exception(exc), {"started": started, "finished": time.time()}
-
-
-# --- driver side -------------------------------------------------------------------------
+    result: dict[str, bool] = client.run(dask_worker.tune_malloc, mmap_threshold, trim_threshold)
+    return result
 
 
 def _local_hosts() -> set[str]:
@@ -166,6 +79,16 @@ def _local_hosts() -> set[str]:
     except OSError:
         pass
     return names
+
+
+class _Running:
+    """One Dask task standing for one copy of a shardwren task."""
+
+    __slots__ = ("dfut", "fn_id", "fut", "timer")
+
+    def __init__(self, fut: Future, dfut: Any, fn_id: str):
+        self.fut, self.dfut, self.fn_id = fut, dfut, fn_id
+        self.timer: Timer | None = None
 
 
 class DaskBackend(Backend):
@@ -179,13 +102,18 @@ class DaskBackend(Backend):
         Use an existing client instead (it is not closed on shutdown).
     blas_threads : int, optional
         BLAS threads per task (default 1: one per Dask worker thread).
+    workers, settings, key
+        See :class:`~shardwren.backends.base.Backend` (``workers`` is ignored: the
+        cluster's threads are its parallelism).
     """
 
     name = "dask"
+    options = ("address", "client")
+    kills_on_timeout = False  # a Dask worker thread cannot be killed: it is abandoned
 
-    def __init__(self, workers: int | None = None, blas_threads: int | None = None,
-                 settings: dict[str, Any] | None = None, address: str | None = None,
-                 client: Any = None, key: bytes | None = None):
+    def __init__(self, *, workers: int | None = None, blas_threads: int | None = None,
+                 settings: Mapping[str, Any] | None = None, key: bytes | None = None,
+                 address: str | None = None, client: Any = None, **options: Any):
         settings = settings or {}
         self._own_client = client is None
         if client is None:
@@ -209,8 +137,37 @@ class DaskBackend(Backend):
         #: Tasks are signed only with a configured secret: the workers must hold it too.
         self.signed = key is not None
         self._lock = threading.Lock()
-        self._outstanding: dict[Any, Future] = {}
+        self._outstanding: dict[str, _Running] = {}  # Dask key -> copy
+        self._fns: dict[str, list[Any]] = {}  # fn_id -> [Dask future of its bytes, users]
+        self._keys = itertools.count()
+        self._timers = Timers("shardwren-dask-deadlines")
+        self._subscribed = False
         self._closing = False
+
+    # -- capabilities of the cluster as it is now ----------------------------------------
+    def _max_threads(self) -> int:
+        return max(self.client.nthreads().values(), default=1)
+
+    @property
+    def isolates_tasks(self) -> bool:  # type: ignore[override]
+        """True when every worker runs one task thread (``--nthreads 1``)."""
+        return self._max_threads() == 1
+
+    @property
+    def enforces_memory_limit(self) -> bool:  # type: ignore[override]
+        """RLIMIT_DATA is per process: only workers with one task thread can enforce it."""
+        return self._max_threads() == 1
+
+    def check_limits(self, limits: Mapping[str, Any]) -> None:
+        if limits.get("memory_limit"):
+            threads = self._max_threads()
+            if threads > 1:
+                raise ConfigError(
+                    f"memory_limit cannot be enforced per task on this Dask cluster: its workers "
+                    f"run up to {threads} tasks in one process (--nthreads {threads}) and the "
+                    "limit (RLIMIT_DATA) is per process. Start workers with --nthreads 1 (and "
+                    "--nworkers N for more processes), or drop memory_limit and rely on the "
+                    "workers' own --memory-limit")
 
     @property
     def parallelism(self) -> int:
@@ -234,61 +191,168 @@ class DaskBackend(Backend):
                     f"({', '.join(sorted(remote))}); use s3://bucket/prefix, or, if every worker "
                     "mounts the same path, pass shared_filesystem=True (SHARDWREN_SHARED_FILESYSTEM=1)")
 
+    # -- submission ----------------------------------------------------------------------
     def submit(self, fn_id: str, fn_bytes: bytes, tasks: Sequence[tuple[Future, bytes]]) -> None:
         with self._lock:
             if self._closing:
                 raise ExecutorShutdownError("cannot submit tasks: the executor was shut down")
-        fn_ref = self.client.scatter(fn_bytes, hash=False)
-        for fut, payload in tasks:
-            if not fut._start():
-                continue
-            dfut = self.client.submit(_dask_task, fn_ref, fn_id, payload, self.blas_threads,
-                                      fut.limits.get("memory_limit"), fut.limits.get("timeout"),
-                                      f"task {fut.index} of job {fut.job_id}", self.signed,
-                                      pure=False,
-                                      key=f"shardwren-{fn_id}-{fut.index}-{fut.stats['attempt']}")
+            entry = self._fns.get(fn_id)
+            if entry is None:
+                fn_future = self.client.submit(dask_worker.function_bytes, fn_bytes, pure=False,
+                                               key=f"shardwren-fn-{fn_id}-{next(self._keys)}")
+                entry = self._fns[fn_id] = [fn_future, 0]
+            entry[1] += 1  # held while this call submits
+        try:
+            for fut, payload in tasks:
+                self._submit_one(fn_id, entry[0], fut, payload)
+        finally:
+            self._release_fn(fn_id)
+
+    def _submit_one(self, fn_id: str, fn_future: Any, fut: Future, payload: bytes) -> None:
+        if not fut.set_running():
+            return  # cancelled, or another copy already finished
+        timeout = fut.limits.get("timeout")
+        if timeout:
+            self._subscribe()
+        # A fresh key per copy: Client.submit returns the existing future for a known key,
+        # which would turn a backup or a retry into a no-op.
+        key = f"shardwren-{fn_id}-{fut.index}-{next(self._keys)}"
+        where = f"task {fut.index} of job {fut.job_id}"
+        running = _Running(fut, None, fn_id)
+        with self._lock:
+            if self._closing:
+                raise ExecutorShutdownError("cannot submit tasks: the executor was shut down")
+            self._outstanding[key] = running
+            self._fns[fn_id][1] += 1
+        try:
+            running.dfut = self.client.submit(
+                dask_worker.run, fn_future, fn_id, payload, self.blas_threads,
+                fut.limits.get("memory_limit"), timeout, where, self.signed,
+                key if timeout else None, pure=False, key=key)
+        except BaseException:
             with self._lock:
-                self._outstanding[dfut] = fut
-            dfut.add_done_callback(self._on_done)
+                self._outstanding.pop(key, None)
+            self._release_fn(fn_id)
+            raise
+        running.dfut.add_done_callback(self._on_done)
+
+    def _release_fn(self, fn_id: str) -> None:
+        with self._lock:
+            entry = self._fns.get(fn_id)
+            if entry is not None:
+                entry[1] -= 1
+                if entry[1] <= 0:
+                    del self._fns[fn_id]  # Dask forgets the bytes once no task needs them
+
+    def _finish(self, key: str) -> _Running | None:
+        """Take a copy out of the books (once: the first of its result and its deadline)."""
+        with self._lock:
+            running = self._outstanding.pop(key, None)
+        if running is not None:
+            if running.timer is not None:
+                running.timer.cancel()
+            self._release_fn(running.fn_id)
+        return running
 
     def _on_done(self, dfut: Any) -> None:
-        with self._lock:
-            fut = self._outstanding.pop(dfut, None)
-        if fut is None or fut.done():
+        running = self._finish(dfut.key)
+        if running is None:
             return
+        fut = running.fut
         try:
             ok, data, stats = dfut.result()
         except BaseException as exc:  # noqa: BLE001 - infrastructure failures
-            fut._fail(self._infra_error(exc, fut))
+            fut.set_failure(self._infra_error(exc, fut))
             return
-        from .. import serialize
-
         if ok:
-            fut._set_payload(data, stats)
+            fut.set_payload(data, stats)
         else:
-            fut._fail(serialize.loads_exception(data), stats)
+            fut.set_failure(serialize.loads_exception(data), stats)
 
     def _infra_error(self, exc: BaseException, fut: Future) -> BaseException:
-        if type(exc).__name__ == "KilledWorker":
-            return WorkerCrashedError(
-                f"task {fut.index} of job {fut.job_id} killed every Dask worker that ran it ({exc}); "
-                "it probably crashes its process or exceeds the worker's memory limit")
-        if type(exc).__name__ == "CancelledError" or self._closing:
-            return ExecutorShutdownError(f"task {fut.index} of job {fut.job_id} was cancelled: "
-                                         "the executor shut down or the cluster went away")
-        return exc
+        where = f"task {fut.index} of job {fut.job_id}"
+        name = type(exc).__name__
+        if self._closing:
+            err: BaseException = ExecutorShutdownError(
+                f"{where} was cancelled: the executor shut down")
+        elif name == "KilledWorker":
+            err = WorkerCrashedError(
+                f"{where} killed every Dask worker that ran it ({exc}); it probably crashes its "
+                "process or exceeds the worker's memory limit")
+        elif isinstance(exc, ImportError):
+            err = BackendNotInstalledError(
+                f"a Dask worker could not run {where}: {name}: {exc}. Install shardwren (and the "
+                "modules your functions import) on every worker: pip install 'shardwren[dask]'")
+        else:  # cancelled or lost by the cluster (a scheduler restart, a lost key, ...)
+            err = WorkerCrashedError(f"the Dask cluster lost {where} ({name}: {exc})")
+        err.__cause__ = exc
+        return err
 
+    # -- the driver's own deadline --------------------------------------------------------
+    def _subscribe(self) -> None:
+        with self._lock:
+            if self._subscribed:
+                return
+            self._subscribed = True
+        self.client.subscribe_topic(dask_worker.STARTED_TOPIC, self._on_started)
+
+    def _on_started(self, event: Any) -> None:
+        """A task with a timeout started on a worker (runs on the client's event loop)."""
+        msg = event[1] if isinstance(event, tuple) else event
+        key = msg.get("key") if isinstance(msg, dict) else None
+        with self._lock:
+            running = self._outstanding.get(key) if key else None
+        if running is None:
+            return  # another driver's task, or already done
+        limit = float(running.fut.limits.get("timeout") or 0)
+        margin = max(DEADLINE_MARGIN, 0.25 * limit)
+        try:
+            running.timer = self._timers.call_later(limit + margin, self._expire, key, limit,
+                                                    margin, time.time())
+        except RuntimeError:
+            pass  # shutting down
+
+    def _expire(self, key: str, limit: float, margin: float, since: float) -> None:
+        running = self._finish(key)
+        if running is None:
+            return
+        try:
+            running.dfut.cancel()
+        except Exception:  # noqa: BLE001, S110 - the cluster may be gone; the task is abandoned
+            pass
+        fut = running.fut
+        fut.set_failure(TaskTimeoutError(
+            f"task {fut.index} of job {fut.job_id} did not report back {limit + margin:.0f} s "
+            f"after it started (its {limit:g} s limit plus {margin:g} s): the Dask worker running "
+            "it stopped responding (paused, swapping or cut off), so it was abandoned"))
+
+    # -- lifetime -------------------------------------------------------------------------
     def shutdown(self, wait: bool = True) -> None:
         with self._lock:
             if self._closing:
                 return
-            pending = list(self._outstanding)
-        if wait and pending:
-            distributed.wait(pending)
+            waiting = [r.fut for r in self._outstanding.values()]
+        if wait and waiting:
+            cf.wait(waiting)  # our own futures: no default Dask client needed
         with self._lock:
             self._closing = True
-            pending = list(self._outstanding)
-        if pending:
-            self.client.cancel(pending)
+            remaining = list(self._outstanding.values())
+            self._outstanding.clear()
+            self._fns.clear()
+        self._timers.close()
+        if remaining:
+            try:
+                self.client.cancel([r.dfut for r in remaining if r.dfut is not None])
+            except Exception:  # noqa: BLE001, S110 - the cluster may already be gone
+                pass
+            for r in remaining:
+                r.fut.set_failure(ExecutorShutdownError(
+                    f"the executor shut down before task {r.fut.index} of job {r.fut.job_id} "
+                    "finished"))
+        if self._subscribed:
+            try:
+                self.client.unsubscribe_topic(dask_worker.STARTED_TOPIC)
+            except Exception:  # noqa: BLE001, S110 - best effort
+                pass
         if self._own_client:
             self.client.close()

@@ -1,18 +1,24 @@
-"""The embedded default backend: long-lived worker processes on this machine.
+"""Driver side of the embedded default backend: long-lived worker processes on this machine.
 
 Design (after loky's ``process_executor``):
 
 * each worker is a ``python -m shardwren.backends._worker`` subprocess (not a
   fork, so no inherited locks or threads, and no re-import of the user's
   ``__main__``) talking over one socketpair;
-* one manager thread in the driver waits on every worker socket with epoll,
+* one manager thread in the driver starts the workers (so the kernel kills them
+  when it ends: ``PR_SET_PDEATHSIG`` follows the thread that started a process),
+  waits on every worker socket and on the nearest task deadline with epoll,
   decodes result batches, completes futures and refills workers;
 * tasks are sent in batches sized from the measured task duration, so no-op
   maps run at thousands of tasks per second while long tasks go one at a time
   (no worker hoards work the others could take);
 * a worker that dies is noticed as EOF on its socket; the task it was running
-  (read from an 8-byte shared-memory slot) fails with :class:`WorkerCrashedError`,
-  the tasks queued behind it go back to the queue, and a fresh worker replaces it.
+  (read from a shared-memory slot) fails with :class:`WorkerCrashedError`, the
+  tasks queued behind it go back to the queue, and a fresh worker replaces it;
+* a frame the manager cannot decode, or one it did not expect, costs the worker
+  that sent it (killed and replaced) and fails the task it concerns, by name;
+  anything else that goes wrong in the manager fails every outstanding future with
+  :class:`ExecutorBrokenError` and kills the workers: nothing hangs.
 """
 
 from __future__ import annotations
@@ -23,7 +29,6 @@ import mmap
 import os
 import pickle
 import selectors
-import signal
 import socket
 import struct
 import subprocess
@@ -32,13 +37,21 @@ import threading
 import time
 import weakref
 from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Any
 
-from .. import serialize
-from ..errors import ExecutorShutdownError, TaskTimeoutError, WorkerCrashedError, describe_exit
-from ._worker import FN_CACHE_SIZE
+from .. import config, serialize
+from ..errors import (
+    ExecutorBrokenError,
+    ExecutorShutdownError,
+    ResultTransferError,
+    TaskTimeoutError,
+    WorkerCrashedError,
+    describe_exit,
+)
 from .base import Backend
+from .runtime import FN_CACHE_SIZE
 
 if TYPE_CHECKING:
     from ..futures import Future
@@ -51,54 +64,68 @@ MAX_REQUEUES = 3
 
 
 class _Task:
-    __slots__ = ("seq", "future", "fn_id", "fn_bytes", "payload", "isolate", "requeues")
+    __slots__ = ("fn_bytes", "fn_id", "future", "isolate", "limit", "payload", "requeues", "sent",
+                 "seq")
 
     def __init__(self, seq: int, future: Future, fn_id: str, fn_bytes: bytes, payload: bytes):
         self.seq, self.future, self.fn_id = seq, future, fn_id
         self.fn_bytes, self.payload = fn_bytes, payload
+        self.limit: float | None = future.limits.get("timeout")
         self.isolate = False
         self.requeues = 0
+        self.sent = 0.0
 
 
 class _Worker:
-    """Driver-side handle of one worker process."""
+    """Driver-side handle of one worker process (created in the manager thread only)."""
 
     def __init__(self, wid: int, blas_threads: int, key: bytes | None = None):
         self.wid = wid
         parent, child = socket.socketpair()
         slot_fd = os.memfd_create(f"shardwren-worker-{wid}")
-        os.ftruncate(slot_fd, 16)
-        self.slot = mmap.mmap(slot_fd, 16)
-        self.timed_out = 0  # seq of the task this worker was killed for, if any
-        env = dict(os.environ)
-        for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
-            env[var] = str(blas_threads)  # before numpy loads; threadpoolctl re-checks
-        # Functions pickled by reference (defined in the user's modules) must be
-        # importable in the worker exactly as in the driver.
-        env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "shardwren.backends._worker",
-             str(child.fileno()), str(slot_fd), str(blas_threads)],
-            pass_fds=(child.fileno(), slot_fd), stdin=subprocess.DEVNULL, env=env,
-        )
-        child.close()
-        os.close(slot_fd)
+        try:
+            os.ftruncate(slot_fd, 16)
+            self.slot = mmap.mmap(slot_fd, 16)
+            env = dict(os.environ)
+            for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+                env[var] = str(blas_threads)  # before numpy loads; threadpoolctl re-checks
+            # Functions pickled by reference (defined in the user's modules) must be
+            # importable in the worker exactly as in the driver.
+            env["PYTHONPATH"] = os.pathsep.join(p or os.getcwd() for p in sys.path)
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "shardwren.backends._worker",
+                 str(child.fileno()), str(slot_fd), str(blas_threads), str(os.getpid())],
+                pass_fds=(child.fileno(), slot_fd), stdin=subprocess.DEVNULL, env=env,
+            )
+        except BaseException:
+            parent.close()
+            raise
+        finally:
+            child.close()
+            os.close(slot_fd)
         self.conn = Connection(parent.detach())
         if key:  # never in argv or the environment, where other users could read it
             self.conn.send_bytes(pickle.dumps(("key", key)))
         self.inflight: deque[_Task] = deque()
+        self.limited = 0  # tasks in inflight with a timeout
         self.fns: OrderedDict[str, bool] = OrderedDict()  # mirrors the worker's LRU
-        self.send_lock = threading.Lock()
+        self.timed_out = 0  # seq of the task this worker was killed for, if any
+        self.trouble: tuple[str, int | None, BaseException | None] | None = None
 
     def running(self) -> tuple[int, float]:
         """(seq, start time) of the task running now; seq 0 when idle."""
-        return struct.unpack_from("qd", self.slot, 0)
+        while True:
+            seq = struct.unpack_from("q", self.slot, 0)[0]
+            started = struct.unpack_from("d", self.slot, 8)[0]
+            if struct.unpack_from("q", self.slot, 0)[0] == seq:  # not torn by a new task
+                return seq, started
 
     def running_seq(self) -> int:
         return self.running()[0]
 
     def send(self, tasks: list[_Task]) -> None:
         body = []
+        now = time.time()
         for t in tasks:
             if t.fn_id in self.fns:
                 self.fns.move_to_end(t.fn_id)
@@ -108,18 +135,35 @@ class _Worker:
                 if len(self.fns) > FN_CACHE_SIZE:
                     self.fns.popitem(last=False)
                 fn_bytes = t.fn_bytes
-            body.append((t.seq, t.fn_id, fn_bytes, t.payload, t.future.limits.get("memory_limit")))
+            memory_limit = t.future.limits.get("memory_limit")
+            where = f"task {t.future.index} of job {t.future.job_id}" if memory_limit else None
+            body.append((t.seq, t.fn_id, fn_bytes, t.payload, memory_limit, where))
+            t.sent = now
+            self.limited += t.limit is not None
             self.inflight.append(t)
         try:
             self.conn.send_bytes(pickle.dumps(("run", body), protocol=pickle.HIGHEST_PROTOCOL))
         except OSError:
             pass  # the worker died; its EOF is handled by the manager thread
 
+    def kill(self) -> None:
+        try:
+            self.proc.kill()
+        except ProcessLookupError:
+            pass
+
+    def reap(self, timeout: float = 5.0) -> int | None:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return self.proc.wait()
+
     def describe(self) -> str:
         return f"worker {self.wid} (pid {self.proc.pid})"
 
 
-_LIVE: "weakref.WeakSet[LocalBackend]" = weakref.WeakSet()
+_LIVE: weakref.WeakSet[LocalBackend] = weakref.WeakSet()
 
 
 @atexit.register
@@ -134,35 +178,50 @@ class LocalBackend(Backend):
     Parameters
     ----------
     workers : int, optional
-        Number of worker processes (default: number of CPU cores).
+        Number of worker processes (default: number of CPU cores); at least 1.
     blas_threads : int, optional
         BLAS threads per worker (default: ``max(1, cores // workers)``), so that
         workers x threads never exceeds the cores.
+    settings, key
+        See :class:`~shardwren.backends.base.Backend`.
     """
 
     name = "local"
+    kills_on_timeout = True
+    enforces_memory_limit = True
+    isolates_tasks = True
+    ships_key_privately = True
 
-    def __init__(self, workers: int | None = None, blas_threads: int | None = None,
-                 key: bytes | None = None, **_: object):
+    def __init__(self, *, workers: int | None = None, blas_threads: int | None = None,
+                 settings: Mapping[str, Any] | None = None, key: bytes | None = None,
+                 **options: Any):
         cores = os.cpu_count() or 1
-        self._n = int(workers or cores)
-        if self._n < 1:
-            raise ValueError(f"workers must be at least 1, got {workers}")
-        self.blas_threads = int(blas_threads or max(1, cores // self._n))
+        self._n: int = config.check("workers", workers, "LocalBackend(workers=...)") or cores
+        self.blas_threads: int = (config.check("blas_threads", blas_threads)
+                                  or max(1, cores // self._n))
         self._key = key
         self._lock = threading.RLock()
         self._pending: deque[_Task] = deque()
-        self._outstanding: set[Future] = set()
+        self._tasks: set[_Task] = set()  # submitted and not yet reported
         self._seq = itertools.count(1)
         self._wids = itertools.count()
-        self._avg_task = None  # EWMA of task seconds, None until measured
+        self._avg_task: float | None = None  # EWMA of task seconds, None until measured
         self._closing = False
-        self._selector = selectors.DefaultSelector()
+        self._broken: ExecutorBrokenError | None = None
+        self._workers: list[_Worker] = []
+        self._selector: selectors.BaseSelector | None = selectors.DefaultSelector()
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)  # a full pipe already means "wake up"
+        os.set_blocking(self._wake_r, False)
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._workers: list[_Worker] = [self._spawn() for _ in range(self._n)]
-        self._manager = threading.Thread(target=self._loop, name="shardwren-local", daemon=True)
+        self._ready = threading.Event()
+        self._start_error: BaseException | None = None
+        self._manager = threading.Thread(target=self._run, name="shardwren-local", daemon=True)
         self._manager.start()
+        self._ready.wait()
+        if self._start_error is not None:
+            self._manager.join()
+            raise self._start_error
         _LIVE.add(self)
 
     @property
@@ -182,25 +241,35 @@ class LocalBackend(Backend):
     # -- submission ------------------------------------------------------------
     def submit(self, fn_id: str, fn_bytes: bytes, tasks: Sequence[tuple[Future, bytes]]) -> None:
         with self._lock:
-            if self._closing:
-                raise ExecutorShutdownError("cannot submit tasks: the executor was shut down")
+            self._check_open()
             for fut, payload in tasks:
-                self._pending.append(_Task(next(self._seq), fut, fn_id, fn_bytes, payload))
-                self._outstanding.add(fut)
-            self._dispatch()
+                t = _Task(next(self._seq), fut, fn_id, fn_bytes, payload)
+                self._pending.append(t)
+                self._tasks.add(t)
+            timed = self._dispatch()
+        if timed and threading.current_thread() is not self._manager:
+            self._wake()  # the manager's wait must now end at this task's deadline
+
+    def _check_open(self) -> None:
+        if self._broken is not None:
+            raise ExecutorBrokenError(str(self._broken)) from self._broken.__cause__
+        if self._closing:
+            raise ExecutorShutdownError("cannot submit tasks: the executor was shut down")
 
     def _batch_size(self) -> int:
         if self._avg_task is None:
             return 1  # durations unknown: queue nothing behind a task that may be long
         return max(1, min(MAX_BATCH, int(BATCH_SECONDS / max(self._avg_task, 1e-7))))
 
-    def _dispatch(self) -> None:
-        """Fill idle capacity from the queue. Caller holds the lock."""
+    def _dispatch(self) -> bool:
+        """Fill idle capacity from the queue; whether a task with a timeout went out.
+        Caller holds the lock."""
         cap = self._batch_size()
+        timed = False
         for w in sorted(self._workers, key=lambda w: len(w.inflight)):
             if not self._pending:
-                return
-            if w.inflight and (w.inflight[-1].isolate or len(w.inflight) >= cap):
+                break
+            if w.trouble or w.inflight and (w.inflight[-1].isolate or len(w.inflight) >= cap):
                 continue
             # A fair share of the queue, so that one worker never takes it all.
             share = -(-len(self._pending) // len(self._workers))
@@ -211,104 +280,141 @@ class LocalBackend(Backend):
                 if t.isolate and (w.inflight or batch):
                     break
                 self._pending.popleft()
-                if t.requeues == 0 and not t.future._start():
-                    self._outstanding.discard(t.future)
-                    continue  # cancelled before it started
+                if not t.future.set_running():
+                    self._tasks.discard(t)
+                    continue  # cancelled before it started, or another copy finished
                 batch.append(t)
+                timed = timed or t.limit is not None
                 if t.isolate:
                     break
             if batch:
                 w.send(batch)
+        return timed
 
     # -- manager thread -----------------------------------------------------------
     def _spawn(self) -> _Worker:
         w = _Worker(next(self._wids), self.blas_threads, self._key)
+        assert self._selector is not None
         self._selector.register(w.conn.fileno(), selectors.EVENT_READ, w)
         return w
 
+    def _run(self) -> None:
+        try:
+            try:
+                with self._lock:
+                    for _ in range(self._n):
+                        self._workers.append(self._spawn())
+            except BaseException as exc:
+                self._start_error = exc
+                raise
+            finally:
+                self._ready.set()
+            self._loop()
+        except BaseException as exc:  # noqa: BLE001 - nothing may hang: fail them all
+            if self._start_error is None:
+                self._break(exc)
+        finally:
+            self._release()
+
     def _loop(self) -> None:
+        assert self._selector is not None
         while True:
-            # Poll while any task has a time limit; otherwise sleep until I/O.
-            with self._lock:  # only a worker's running task (its queue's head) can time out
-                limited = any(w.inflight and w.inflight[0].future.limits.get("timeout")
-                              for w in self._workers)
-            events = self._selector.select(0.05 if limited else None)
-            if limited:
-                self._enforce_timeouts()
-            for key, _ in events:
-                if key.data is None:
-                    os.read(self._wake_r, 4096)
-                    continue
-                w: _Worker = key.data
-                try:
-                    msg = w.conn.recv_bytes()
-                except (EOFError, OSError):
-                    self._on_exit(w)
-                    continue
-                self._on_results(w, pickle.loads(msg)[1])
             with self._lock:
                 if self._closing and not self._workers:
                     return
+                wait = self._until_next_deadline()
+            events = self._selector.select(wait)
+            for key, _ in events:
+                if key.data is None:
+                    self._drain_wake()
+                else:
+                    self._service(key.data)
+            self._enforce_timeouts()
 
-    def _enforce_timeouts(self) -> None:
-        """Kill the worker of any task past its time limit (it is replaced on exit)."""
-        now = time.time()
-        with self._lock:
-            for w in self._workers:
-                seq, started = w.running()
-                if not seq or w.timed_out:
-                    continue
-                task = next((t for t in w.inflight if t.seq == seq), None)
-                limit = task.future.limits.get("timeout") if task else None
-                if limit and now - started > limit:
-                    w.timed_out = seq
-                    try:
-                        os.kill(w.proc.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
+    def _service(self, w: _Worker) -> None:
+        """Read and handle one frame from ``w``; a bad frame costs that worker only."""
+        try:
+            msg = w.conn.recv_bytes()
+        except (EOFError, OSError):
+            self._on_exit(w)
+            return
+        except BaseException as exc:  # noqa: BLE001 - e.g. MemoryError for a huge frame
+            self._on_trouble(w, "lost", exc)
+            return
+        try:
+            kind, body = pickle.loads(msg)
+            if kind != "done" or not isinstance(body, list):
+                raise ValueError(f"a message of kind {kind!r}")
+        except BaseException as exc:  # noqa: BLE001 - undecodable: the frame is lost
+            del msg
+            self._on_trouble(w, "lost", exc)
+            return
+        del msg
+        self._on_results(w, body)
 
-    def _on_results(self, w: _Worker, body: list) -> None:
+    def _on_results(self, w: _Worker, body: list[Any]) -> None:
         done = []
+        unexpected = None
         with self._lock:
-            for seq, ok, data, stats in body:
+            for item in body:
+                try:
+                    seq, ok, data, stats = item
+                    if not (w.inflight and w.inflight[0].seq == seq and isinstance(stats, dict)
+                            and isinstance(data, (bytes, bytearray))):
+                        raise ValueError(f"a result for task #{seq}, which it was not running")
+                    took = float(stats["finished"]) - float(stats["started"])
+                except Exception as exc:  # noqa: BLE001 - a protocol violation
+                    unexpected = exc
+                    break
                 t = w.inflight.popleft()
-                assert t.seq == seq, (t.seq, seq)
-                took = stats["finished"] - stats["started"]
+                w.limited -= t.limit is not None
                 self._avg_task = took if self._avg_task is None else 0.8 * self._avg_task + 0.2 * took
                 stats["worker"] = w.wid
-                self._outstanding.discard(t.future)
+                self._tasks.discard(t)
                 done.append((t, ok, data, stats))
             self._dispatch()  # refill before completing futures: keep workers busy
         for t, ok, data, stats in done:
-            if ok:
-                t.future._set_payload(data, stats)
-            else:
-                t.future._fail(serialize.loads_exception(data), stats)
+            try:
+                if ok:
+                    t.future.set_payload(data, stats)
+                else:
+                    t.future.set_failure(serialize.loads_exception(data), stats)
+            except Exception as exc:  # noqa: BLE001 - one task's trouble is that task's
+                err = ResultTransferError(f"the result of task {t.future.index} of job "
+                                          f"{t.future.job_id} could not be delivered: "
+                                          f"{type(exc).__name__}: {exc}")
+                err.__cause__ = exc
+                t.future.set_failure(err, stats)
+        if unexpected is not None:
+            self._on_trouble(w, "unexpected", unexpected)
+
+    def _on_trouble(self, w: _Worker, kind: str, exc: BaseException) -> None:
+        """``w`` sent a frame that was lost (``kind="lost"``) or not expected: replace it."""
+        with self._lock:
+            first = w.inflight[0].seq if w.inflight else None
+            w.trouble = (kind, first, exc)
+        w.kill()  # its stream can no longer be trusted; handled as a death, right now
+        self._on_exit(w)
 
     def _on_exit(self, w: _Worker) -> None:
-        self._selector.unregister(w.conn.fileno())
-        w.conn.close()
-        try:
-            code = w.proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            w.proc.kill()
-            code = w.proc.wait()
+        with self._lock:  # never close a socket another thread may be sending on
+            if self._selector is not None:
+                try:
+                    self._selector.unregister(w.conn.fileno())
+                except (KeyError, ValueError, OSError):
+                    pass
+            w.conn.close()
+        code = w.reap()
         running = w.running_seq()
+        w.slot.close()
         failed: list[tuple[_Task, BaseException]] = []
         with self._lock:
-            self._workers.remove(w)
+            if w in self._workers:
+                self._workers.remove(w)
             for t in w.inflight:
-                if self._closing:
-                    failed.append((t, ExecutorShutdownError(
-                        f"the executor shut down before task {t.future.index} finished")))
-                elif t.seq == w.timed_out:
-                    limit = t.future.limits.get("timeout")
-                    failed.append((t, TaskTimeoutError(
-                        f"task {t.future.index} of job {t.future.job_id} ran longer than its "
-                        f"{limit:g} s limit; its worker was killed and replaced, the other tasks "
-                        "went on")))
-                elif t.seq == running or t.requeues >= MAX_REQUEUES:
-                    failed.append((t, self._crash_error(w, code, t)))
+                exc = self._fate(w, t, code, running)
+                if exc is not None:
+                    failed.append((t, exc))
                 else:
                     # Not started, or finished with its result still buffered: run it
                     # again, alone, so that a second death names the culprit for sure.
@@ -317,65 +423,158 @@ class LocalBackend(Backend):
             requeue = [t for t in w.inflight if all(t is not f for f, _ in failed)]
             self._pending.extendleft(reversed(requeue))
             for t, _ in failed:
-                self._outstanding.discard(t.future)
-            if not self._closing:
-                w2 = self._spawn()
-                self._workers.append(w2)
+                self._tasks.discard(t)
+            if not self._closing and self._broken is None:
+                self._workers.append(self._spawn())
                 self._dispatch()
         for t, exc in failed:
-            t.future._fail(exc, {"worker": w.wid, "pid": w.proc.pid, "exitcode": code})
+            t.future.set_failure(exc, {"worker": w.wid, "pid": w.proc.pid, "exitcode": code})
 
-    @staticmethod
-    def _crash_error(w: _Worker, code: int | None, t: _Task) -> WorkerCrashedError:
-        return WorkerCrashedError(
-            f"{w.describe()} died with {describe_exit(code)} while running task "
-            f"{t.future.index} of job {t.future.job_id}. The worker was replaced and the "
-            f"other tasks went on. If the task uses much memory, use larger machines or "
-            f"smaller blocks; if it crashes native code, check its inputs.",
-            exitcode=code,
-        )
+    def _fate(self, w: _Worker, t: _Task, code: int | None, running: int) -> BaseException | None:
+        """The error task ``t`` fails with now that ``w`` is gone, or None to run it again."""
+        what = f"task {t.future.index} of job {t.future.job_id}"
+        trouble = w.trouble
+        if self._closing:
+            return ExecutorShutdownError(f"the executor shut down before {what} finished")
+        if trouble is not None and trouble[0] == "lost" and t.seq == trouble[1]:
+            err = ResultTransferError(
+                f"the result of {what} could not be received from {w.describe()} "
+                f"({type(trouble[2]).__name__}: {trouble[2]}); the worker was replaced. If the "
+                "result is large, write it to the store and return its key instead")
+            err.__cause__ = trouble[2]
+            return err
+        if t.seq == w.timed_out:
+            return TaskTimeoutError(
+                f"{what} ran longer than its {t.limit:g} s limit; its worker was killed and "
+                "replaced, the other tasks went on")
+        if t.seq == running or t.requeues >= MAX_REQUEUES:
+            if trouble is not None:
+                return WorkerCrashedError(
+                    f"{w.describe()} sent an unexpected message "
+                    f"({type(trouble[2]).__name__}: {trouble[2]}) while running {what}; it was "
+                    "killed and replaced and the other tasks went on", exitcode=code)
+            return WorkerCrashedError(
+                f"{w.describe()} died with {describe_exit(code)} while running {what}. The "
+                "worker was replaced and the other tasks went on. If the task uses much memory, "
+                "use larger machines or smaller blocks; if it crashes native code, check its "
+                "inputs.", exitcode=code)
+        return None
+
+    # -- timeouts -----------------------------------------------------------------
+    def _until_next_deadline(self) -> float | None:
+        """Seconds until a running task could pass its timeout (None: no limit). Lock held."""
+        now = time.time()
+        nearest = None
+        for w in self._workers:
+            if not w.limited or w.timed_out:
+                continue
+            seq, started = w.running()
+            task = next((t for t in w.inflight if t.seq == seq), None) if seq else None
+            if task is not None and task.limit is not None:
+                deadline = started + task.limit
+            else:  # its limited tasks have not started: none can expire sooner than this
+                deadline = now + min(t.limit for t in w.inflight if t.limit is not None)
+            nearest = deadline if nearest is None else min(nearest, deadline)
+        return None if nearest is None else max(0.0, nearest - now) + 0.001
+
+    def _enforce_timeouts(self) -> None:
+        """Kill the worker of any task past its time limit (it is replaced on exit)."""
+        now = time.time()
+        with self._lock:
+            for w in self._workers:
+                if not w.limited or w.timed_out:
+                    continue
+                seq, started = w.running()
+                task = next((t for t in w.inflight if t.seq == seq), None) if seq else None
+                if task is not None and task.limit is not None and now - started > task.limit:
+                    w.timed_out = seq
+                    w.kill()  # SIGKILL: works on a stopped (SIGSTOP) worker too
 
     def _wake(self) -> None:
+        with self._lock:  # the fd is closed under this lock: never write to a reused number
+            if self._wake_w >= 0:
+                try:
+                    os.write(self._wake_w, b"x")
+                except OSError:
+                    pass
+
+    def _drain_wake(self) -> None:
         try:
-            os.write(self._wake_w, b"x")
+            while os.read(self._wake_r, 4096):
+                pass
         except OSError:
             pass
 
+    # -- failure of the backend itself ----------------------------------------------
+    def _break(self, exc: BaseException) -> None:
+        """The manager failed: fail every outstanding future, refuse new work."""
+        broken = ExecutorBrokenError(
+            f"the local backend's manager thread failed ({type(exc).__name__}: {exc}); every task "
+            "still outstanding failed with this error and new work is refused. Create a new "
+            "executor (and please report this with the traceback).")
+        broken.__cause__ = exc
+        with self._lock:
+            self._broken = broken
+            victims = list(self._tasks)
+            self._tasks.clear()
+            self._pending.clear()
+        for t in victims:
+            err = ExecutorBrokenError(str(broken))
+            err.__cause__ = exc
+            t.future.set_failure(err)
+
+    def _release(self) -> None:
+        """Manager thread, on its way out: no worker, descriptor or mapping remains."""
+        with self._lock:
+            workers, self._workers = list(self._workers), []
+            if self._selector is not None:
+                self._selector.close()
+                self._selector = None
+            for fd in (self._wake_r, self._wake_w):
+                if fd >= 0:
+                    os.close(fd)
+            self._wake_r = self._wake_w = -1
+        for w in workers:
+            w.kill()
+            w.conn.close()
+            w.reap()
+            w.slot.close()
+
     # -- shutdown -----------------------------------------------------------------
     def shutdown(self, wait: bool = True) -> None:
-        if wait:
+        in_manager = threading.current_thread() is self._manager
+        if wait and not in_manager:
             with self._lock:
-                outstanding = list(self._outstanding)
+                outstanding = [t.future for t in self._tasks]
             for fut in outstanding:
                 try:
                     fut.exception()
-                except BaseException:  # noqa: BLE001 - cancelled futures
+                except BaseException:  # noqa: BLE001, S110 - cancelled futures
                     pass
         with self._lock:
-            if self._closing:
-                return
+            already = self._closing
             self._closing = True
             pending, self._pending = list(self._pending), deque()
+            for t in pending:
+                self._tasks.discard(t)
             workers = list(self._workers)
-        for t in pending:
-            if t.requeues == 0 and not t.future._start():
-                continue
-            t.future._retry = None
-            t.future._fail(ExecutorShutdownError(
-                f"the executor shut down before task {t.future.index} of job "
-                f"{t.future.job_id} started"))
-        for w in workers:
-            try:
-                w.conn.send_bytes(pickle.dumps(("exit", None)))
-            except OSError:
-                pass
-        deadline = time.monotonic() + (5.0 if wait else 0.5)
-        for w in workers:
-            try:
-                w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                w.proc.kill()
+            for w in workers:
+                try:
+                    w.conn.send_bytes(pickle.dumps(("exit", None)))
+                except OSError:
+                    pass
+        if not already:
+            for t in pending:
+                t.future.set_failure(ExecutorShutdownError(
+                    f"the executor shut down before task {t.future.index} of job "
+                    f"{t.future.job_id} started"))
+            deadline = time.monotonic() + (5.0 if wait else 0.5)
+            for w in workers:
+                try:
+                    w.proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+                except subprocess.TimeoutExpired:
+                    w.kill()
         self._wake()
-        if threading.current_thread() is not self._manager:
-            self._manager.join(timeout=10)
+        if not in_manager:
+            self._manager.join(timeout=30)
         _LIVE.discard(self)
