@@ -80,7 +80,7 @@ class IdxSource:
         self.shape = (int(dims[0]), int(np.prod(dims[1:], dtype=np.int64)) if len(dims) > 1 else 1)
         self._mm = None if self._gz else np.memmap(self.path, dtype=self._raw_dtype, mode="r",
                                                    offset=self._offset, shape=self.shape)
-        self._fh = None
+        self._fh: Any = None
         self._next = 0
 
     def _open(self):
