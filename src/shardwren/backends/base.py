@@ -9,7 +9,6 @@ above it, in the executor and the linear-algebra layer.
 from __future__ import annotations
 
 import abc
-import importlib
 import io
 import logging
 import os
@@ -20,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Any, Sequence
 
 from .. import _iostats, serialize
+from .._optional import install_hint, require
 from ..errors import BackendNotInstalledError, TaskMemoryError, UnknownBackendError
 
 if TYPE_CHECKING:
@@ -55,37 +55,32 @@ class Backend(abc.ABC):
         """Raise if the workers cannot reach ``store`` (default: they can)."""
 
 
-# name -> (module, class, pip extra or None). Imported only when asked for, so a
-# missing optional dependency costs nothing until it is needed (fsspec's registry).
+# name -> (module, class, the optional library it needs or None). Imported only when
+# asked for, so a missing optional dependency costs nothing until it is needed
+# (fsspec's registry); shardwren._optional.INSTALL says which pip extra brings it.
 _REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "local": ("shardwren.backends.local", "LocalBackend", None),
-    "dask": ("shardwren.backends.dask", "DaskBackend", "dask"),
+    "dask": ("shardwren.backends.dask", "DaskBackend", "distributed"),
 }
 
 
 def available_backends() -> str:
     """A one-line description of every backend and how to install it."""
     return ", ".join(
-        f"{name!r}" + (f" (pip install 'shardwren[{extra}]')" if extra else " (built in)")
-        for name, (_, _, extra) in _REGISTRY.items()
+        f"{name!r}" + (f" ({install_hint(needs)})" if needs else " (built in)")
+        for name, (_, _, needs) in _REGISTRY.items()
     )
 
 
 def backend_class(name: str) -> type[Backend]:
     """Look a backend class up by name, importing it on first use."""
     try:
-        module, cls, extra = _REGISTRY[name]
+        module, cls, needs = _REGISTRY[name]
     except KeyError:
         raise UnknownBackendError(
             f"unknown backend {name!r}; available backends: {available_backends()}"
         ) from None
-    try:
-        return getattr(importlib.import_module(module), cls)
-    except ImportError as exc:
-        raise BackendNotInstalledError(
-            f"backend {name!r} needs packages that are not installed ({exc}); "
-            f"install them with: pip install 'shardwren[{extra}]'"
-        ) from exc
+    return getattr(require(module, f"backend {name!r}", needs, BackendNotInstalledError), cls)
 
 
 # --- worker side -----------------------------------------------------------------
