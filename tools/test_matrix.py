@@ -13,11 +13,11 @@ install``) and runs pytest from the checkout against it:
     Every extra pyproject.toml declares plus the libraries users commonly have beside
     us (:data:`ALONGSIDE`), Python 3.11: the suite.
 ``py313``
-    The same on Python 3.13: the suite.
+    The same on Python 3.13: the suite. (``py312``, on request: Python 3.12.)
 ``lowest``
-    Every dependency at the lowest version pyproject.toml allows (a constraints file
-    derived from its ``>=`` bounds, written to ``.matrix/lowest-constraints.txt``),
-    Python 3.11: the suite.
+    Every dependency at the lowest release pyproject.toml allows (a constraints file
+    derived from its ``>=`` bounds and the index's releases, written to
+    ``.matrix/lowest/lowest-constraints.txt``), Python 3.11: the suite.
 
 ``--short`` (what CI runs) keeps the core leg whole and runs a representative
 subset (:data:`SHORT`) in the others. Virtualenvs are reused while pyproject.toml
@@ -51,15 +51,21 @@ PYPROJECT = ROOT / "pyproject.toml"
 #: brings (yet): the full leg checks that we coexist with them.
 ALONGSIDE = ["xarray"]
 
-#: CI's short run of the suite legs: one file per dependency that could break.
+#: CI's short run of the py313 and lowest legs: one file per dependency that could break
+#: there, without the minutes-long MNIST cases (SHORT_DESELECT).
 SHORT = [
     "tests/test_core_install.py",   # numpy, zarr, the local backend
     "tests/test_optional.py",       # every optional integration, present and absent
     "tests/test_observability.py",  # pandas, matplotlib
-    "tests/test_matrix.py",         # zarr v3, fsspec, crc32c
+    "tests/test_matrix.py",         # zarr v3, fsspec, crc32c, dask.array reading our arrays
     "tests/test_backend_dask.py",   # distributed against real scheduler/worker processes
     "tests/test_knn.py",            # scikit-learn as the referee, faiss
 ]
+SHORT_DESELECT = "not mnist"
+#: The full leg's short run: what differs from `make test` there is the optional stack
+#: and a built (not editable) install.
+SHORT_FULL = ["tests/test_core_install.py", "tests/test_optional.py",
+              "tests/test_observability.py"]
 
 CORE_TESTS = ["tests/test_core_install.py", "tests/test_optional.py"]
 
@@ -95,12 +101,23 @@ def test_requirements(project: dict) -> list[str]:
 _LOWER = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(.*)$")
 
 
-def lowest_constraints(project: dict) -> tuple[list[str], list[str]]:
-    """``name==lowest`` for every requirement with a ``>=`` bound, and those without one."""
+def _release(v: str) -> tuple[int, ...] | None:
+    """A final release's version as a tuple (None for pre-, post- and dev releases)."""
+    return tuple(int(p) for p in v.split(".")) if re.fullmatch(r"\d+(\.\d+)*", v) else None
+
+
+def _at_least(v: tuple[int, ...], bound: tuple[int, ...]) -> bool:
+    n = max(len(v), len(bound))
+    return v + (0,) * (n - len(v)) >= bound + (0,) * (n - len(bound))
+
+
+def lower_bounds(project: dict) -> tuple[dict[str, str], list[str]]:
+    """Each requirement's ``>=`` bound (the highest, if two extras name one package),
+    and the requirements without one."""
     reqs = list(project["project"].get("dependencies", []))
     for extra in project["project"].get("optional-dependencies", {}).values():
         reqs += extra
-    pins: dict[str, str] = {}
+    bounds: dict[str, str] = {}
     unbounded = []
     for req in reqs:
         m = _LOWER.match(req.split(";")[0])
@@ -112,10 +129,26 @@ def lowest_constraints(project: dict) -> tuple[list[str], list[str]]:
             unbounded.append(req)
             continue
         key = re.sub(r"[-_.]+", "-", name).lower()
-        # The highest lower bound wins if two extras name the same package.
-        pins[key] = max(pins.get(key, bound.group(1)), bound.group(1),
-                        key=lambda v: tuple(int(p) if p.isdigit() else 0 for p in v.split(".")))
-    return [f"{k}=={v}" for k, v in sorted(pins.items())], unbounded
+        if key not in bounds or _at_least(_release(bound.group(1)), _release(bounds[key])):
+            bounds[key] = bound.group(1)
+    return bounds, unbounded
+
+
+def lowest_constraints(bounds: dict[str, str], vpy: str, log) -> list[str]:
+    """``name==V`` with V the lowest final release >= each bound that the index has for
+    this interpreter (a bound need not be a release: pytest-timeout>=2.3 means 2.3.1)."""
+    pins = []
+    for name, bound in sorted(bounds.items()):
+        out = subprocess.run([vpy, "-m", "pip", "index", "versions", name],
+                             capture_output=True, text=True, timeout=300)
+        log.write(f"$ pip index versions {name}\n{out.stdout}")
+        listed = re.search(r"^Available versions: (.*)$", out.stdout, re.M)
+        versions = [v for v in (listed.group(1).split(", ") if listed else []) if _release(v)]
+        ok = [v for v in versions if _at_least(_release(v), _release(bound))]
+        if not ok:
+            raise RuntimeError(f"no release of {name} >= {bound} for this Python: {out.stderr[-500:]}")
+        pins.append(f"{name}=={min(ok, key=_release)}")
+    return pins
 
 
 def find_python(version: str) -> str | None:
@@ -188,27 +221,36 @@ def install(leg: Leg, python: str, venv: Path, log, timeout: float) -> tuple[boo
               "lowest": leg.lowest, "pyproject": hashlib.sha256(PYPROJECT.read_bytes()).hexdigest(),
               "tests": test_requirements(project)}
     stamp = venv / "matrix-recipe.json"
+    vpy = str(venv / "bin" / "python")
     if stamp.exists() and json.loads(stamp.read_text()) == recipe:
+        run([vpy, "-m", "pip", "freeze"], log, 120)  # what was tested, in the log
         return True, "reused"
     shutil.rmtree(venv, ignore_errors=True)
-    vpy = str(venv / "bin" / "python")
     pip = [vpy, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     target = "." + (f"[{','.join(leg.extras)}]" if leg.extras else "")
     steps = [[python, "-m", "venv", str(venv)], pip + ["--upgrade", "pip"]]
-    if leg.lowest:
-        pins, unbounded = lowest_constraints(project)
-        cfile = venv.parent / "lowest-constraints.txt"
-        cfile.write_text("# Derived by tools/test_matrix.py from pyproject.toml's lower bounds.\n"
-                         + "".join(p + "\n" for p in pins))
-        if unbounded:
-            log.write(f"note: no lower bound to test for {unbounded}\n")
-        steps.append(pip + ["-c", str(cfile), target] + leg.packages + test_requirements(project))
-    else:
-        steps.append(pip + [target] + leg.packages + test_requirements(project))
-    for cmd in steps:  # pip builds shardwren's wheel in an isolated build environment
+    for cmd in steps:
         code = run(cmd, log, timeout)
         if code != 0:
-            return False, f"install failed ({' '.join(cmd[3:6])}...: exit {code})"
+            return False, f"{cmd[2]} {cmd[3]} failed (exit {code})"
+    constraints = []
+    if leg.lowest:
+        bounds, unbounded = lower_bounds(project)
+        if unbounded:
+            log.write(f"note: no lower bound to test for {unbounded}\n")
+        try:
+            pins = lowest_constraints(bounds, vpy, log)
+        except (RuntimeError, subprocess.TimeoutExpired) as exc:
+            return False, f"finding the lowest versions failed: {exc}"
+        cfile = venv / "lowest-constraints.txt"
+        cfile.write_text("# tools/test_matrix.py: the lowest release allowed by each of "
+                         "pyproject.toml's >= bounds.\n" + "".join(p + "\n" for p in pins))
+        constraints = ["-c", str(cfile)]
+    # pip builds shardwren's wheel from the checkout in an isolated build environment.
+    code = run(pip + constraints + [target] + leg.packages + test_requirements(project), log,
+               timeout)
+    if code != 0:
+        return False, f"pip install {target} failed (exit {code})"
     run([vpy, "-m", "pip", "freeze"], log, 120)
     stamp.write_text(json.dumps(recipe))
     return True, "installed"
@@ -231,7 +273,7 @@ def summary_counts(text: str) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--legs", default="core,full,py313,lowest",
-                    help="comma-separated legs to run (default: all): core, full, py313, lowest")
+                    help="comma-separated legs (default: core,full,py313,lowest; also py312)")
     ap.add_argument("--short", action="store_true",
                     help="CI's run: a representative subset of the suite in full/py313/lowest")
     ap.add_argument("--workdir", default=str(ROOT / ".matrix"), help="where the virtualenvs live")
@@ -245,8 +287,10 @@ def main(argv: list[str] | None = None) -> int:
     suite = SHORT if args.short else None
     legs = {
         "core": Leg("core", "3.11", tests=CORE_TESTS, env={"SHARDWREN_EXPECT_CORE_ONLY": "1"}),
-        "full": Leg("full", "3.11", extras=extras, packages=ALONGSIDE, tests=suite),
+        "full": Leg("full", "3.11", extras=extras, packages=ALONGSIDE,
+                    tests=SHORT_FULL if args.short else None),
         "py313": Leg("py313", "3.13", extras=extras, tests=suite),
+        "py312": Leg("py312", "3.12", extras=extras, tests=suite),  # on request only
         "lowest": Leg("lowest", "3.11", extras=extras, lowest=True, tests=suite),
     }
     chosen = [s.strip() for s in args.legs.split(",") if s.strip()]
@@ -280,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"leg {name}: FAILED: no Python {leg.python} found (PATH or pyenv)")
             results.append((name, "no python", {}, 0.0, 0.0))
             continue
-        with open(logpath, "w") as log:
+        with open(logpath, "w", buffering=1) as log:
             t0 = time.monotonic()
             ok, note = install(leg, python, venv, log, args.install_timeout)
             t_install = time.monotonic() - t0
@@ -290,15 +334,16 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             if leg.lowest:
                 print("lowest allowed versions: "
-                      + " ".join((workdir / "lowest-constraints.txt").read_text().split("\n")[1:]))
-            env = dict(base_env, **leg.env)
+                      + " ".join((venv / "lowest-constraints.txt").read_text().split("\n")[1:]))
+            env = dict(base_env, PYTHONUNBUFFERED="1", **leg.env)  # progress as it happens
             cmd = [str(venv / "bin" / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
                    *(leg.tests or []), *args.pytest_args]
+            if args.short and leg.tests not in (None, CORE_TESTS):
+                cmd += ["-k", SHORT_DESELECT]
             t1 = time.monotonic()
             code = run(cmd, log, args.test_timeout, env=env, echo=True)
             t_tests = time.monotonic() - t1
-            text = logpath.read_text()
-        counts = summary_counts(text)
+        counts = summary_counts(logpath.read_text())
         status = "ok" if code == 0 else f"pytest exit {code}"
         print(f"leg {name}: {status}; install {t_install:.0f} s ({note}), tests {t_tests:.0f} s",
               flush=True)
