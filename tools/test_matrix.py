@@ -28,6 +28,7 @@ leg fails. The last line sums the legs: ``matrix: N passed, N failed, N skipped`
 from __future__ import annotations
 
 import argparse
+import codecs
 import glob
 import hashlib
 import json
@@ -184,7 +185,7 @@ def run(cmd: list[str], log, timeout: float, env: dict[str, str] | None = None,
     log.write(f"\n$ {' '.join(cmd)}\n")
     log.flush()
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                            stderr=subprocess.STDOUT, start_new_session=True)
     timed_out = threading.Event()
 
     def kill() -> None:
@@ -197,11 +198,15 @@ def run(cmd: list[str], log, timeout: float, env: dict[str, str] | None = None,
     watchdog = threading.Timer(timeout, kill)
     watchdog.start()
     try:
-        for line in proc.stdout:
-            log.write(line)
+        # Chunks, not lines: pytest's progress dots come without a newline.
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        for chunk in iter(lambda: os.read(proc.stdout.fileno(), 65536), b""):
+            text = decoder.decode(chunk)
+            log.write(text)
             if echo:
-                sys.stdout.write(line)
+                sys.stdout.write(text)
                 sys.stdout.flush()
+        proc.stdout.close()
         code = proc.wait()
     finally:
         watchdog.cancel()
