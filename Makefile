@@ -49,3 +49,10 @@ docs-images: $(STAMP)
 
 clean:
 	rm -rf $(VENV) .pytest_cache benchmarks/results
+
+# The environment matrix (tools/test_matrix.py): a core-only install, the full optional
+# stack, Python 3.13 and the lowest allowed versions, each in its own virtualenv under
+# .matrix/. MATRIX_ARGS="--legs core,py313 --short" picks legs and CI's short subset.
+.PHONY: test-matrix
+test-matrix:
+	$(PYTHON) tools/test_matrix.py $(MATRIX_ARGS)

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -63,3 +64,28 @@ def test_knn_command_on_mnist(runner, method, phases):
 def test_knn_command_refuses_pruned_materialised(runner):
     out = runner.invoke(cli.main, ["knn", "--materialize-distances", "--method", "pruned"])
     assert out.exit_code != 0 and "drop --method" in out.output
+
+
+def test_demo_says_where_it_looked_for_mnist(tmp_path, monkeypatch, capsys):
+    """Regression: the demo quoted only the error's first line, which ended in "in:" and
+    so printed an empty list of the places searched ("Looked for ... in:;")."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("SHARDWREN_OFFLINE", "1")
+    monkeypatch.delenv("SHARDWREN_DATA_DIR", raising=False)
+    real_load = datasets.load
+
+    def mnist_only(name, data_dir=None, download=True):
+        if name != "mnist":  # whatever this machine has, the demo goes on to its last resort
+            raise DatasetNotFoundError(f"{name} not found (test)")
+        return real_load(name, data_dir, download)
+
+    monkeypatch.setattr(datasets, "load", mnist_only)
+    tiny = (np.zeros((4, 2), np.float32), np.zeros(4, np.int64)) * 2
+    monkeypatch.setattr(cli, "_digits", lambda: tiny)
+    assert cli._demo_data(str(tmp_path / "data"))[0] == "scikit-learn digits"
+    out = capsys.readouterr().out
+    places = [tmp_path / "data" / "mnist", tmp_path / "data",
+              tmp_path / "home" / ".cache" / "shardwren" / "mnist", "/usr/share/datasets/mnist"]
+    assert f"mnist not found in {', '.join(map(str, places))}; not downloaded: SHARDWREN_OFFLINE is set" \
+        in out, out
+    assert "in:;" not in out

@@ -10,7 +10,8 @@ import click
 import numpy as np
 
 import shardwren
-from shardwren.errors import ShardwrenError
+from shardwren._optional import require
+from shardwren.errors import MissingDependencyError, ShardwrenError
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -39,9 +40,8 @@ def _load(dataset: str, data_dir: str | None):
 
 
 def _digits():
-    from sklearn.datasets import load_digits
-
-    d = load_digits()
+    d = require("sklearn.datasets", "the demo's fallback data (scikit-learn's 8x8 digits)") \
+        .load_digits()
     X, y = d.data.astype(np.float32), d.target.astype(np.int64)
     return X[:1400], y[:1400], X[1400:], y[1400:]
 
@@ -290,9 +290,15 @@ def _demo_data(data_dir: str | None):
         click.echo(f"(MNIST unavailable: {first}; using the installed Fashion-MNIST)")
         return "Fashion-MNIST", data, 4000
     except DatasetNotFoundError:
-        click.echo(f"(MNIST unavailable: {first}; Fashion-MNIST not installed; "
-                   "using scikit-learn's 8x8 digits)")
-        return "scikit-learn digits", _digits(), 500
+        pass
+    try:
+        digits = _digits()
+    except MissingDependencyError as exc:
+        raise click.ClickException(f"MNIST unavailable: {first}; Fashion-MNIST not installed; "
+                                   f"and {exc}") from None
+    click.echo(f"(MNIST unavailable: {first}; Fashion-MNIST not installed; "
+               "using scikit-learn's 8x8 digits)")
+    return "scikit-learn digits", digits, 500
 
 
 @main.command()

@@ -138,8 +138,14 @@ def load(name: str, data_dir: str | os.PathLike | None = None, download: bool = 
         errors = _download(name, cache_dir(name))
         folder = cache_dir(name) if not errors else None
     if folder is None:
+        # The first line stands alone (callers such as `shardwren demo` quote only it):
+        # where we looked and why nothing was downloaded; the details follow.
+        why = ("the download failed" if errors else
+               "not downloaded: SHARDWREN_OFFLINE is set" if os.environ.get("SHARDWREN_OFFLINE")
+               else "not downloaded (download=False)")
         raise DatasetNotFoundError(
-            f"{name} not found. Looked for {', '.join(s + '[.gz]' for s in FILES)} in:\n  "
+            f"{name} not found in {', '.join(str(d) for d in searched)}; {why}\n"
+            f"Looked for {', '.join(s + '[.gz]' for s in FILES)} in:\n  "
             + "\n  ".join(str(d) for d in searched)
             + ("\nDownload failed:\n  " + "\n  ".join(errors) if errors else "")
             + f"\nPut the four files in one of those folders, pass data_dir= (--data-dir), "

@@ -26,7 +26,14 @@ class UnknownBackendError(ConfigError):
     """The backend name is not one shardwren knows."""
 
 
-class BackendNotInstalledError(ShardwrenError, ImportError):
+class MissingDependencyError(ShardwrenError, ImportError):
+    """A feature needs an optional library that is not installed (or cannot be imported).
+
+    The message names the library and the ``pip install`` line that brings it.
+    """
+
+
+class BackendNotInstalledError(MissingDependencyError):
     """A known backend or store needs an optional dependency that is missing."""
 
 

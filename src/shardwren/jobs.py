@@ -14,11 +14,13 @@ import array
 import json
 import math
 import queue
+import sys
 import threading
 from collections import Counter, OrderedDict
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any
 
+from ._optional import optional
 from .errors import KeyNotFoundError
 from .storage import Store
 
@@ -29,21 +31,55 @@ TASK_FIELDS = ("job_id", "index", "attempt", "worker", "host", "pid", "submitted
 
 
 def records(fs_or_stats: Iterable[Any]) -> list[dict[str, Any]]:
-    """Task records from futures (their ``stats``) or from records already."""
-    if hasattr(fs_or_stats, "to_dict"):  # the DataFrame job_stats returns when pandas is present
-        fs_or_stats = fs_or_stats.to_dict("records")
+    """Task records from futures (their ``stats``), from records already, or from the
+    pandas DataFrame ``Executor.job_stats`` returns when pandas is installed.
+
+    Raises
+    ------
+    TypeError
+        For anything else, naming what was given.
+    """
+    frame = _frame_records(fs_or_stats)
+    if frame is not None:
+        return frame
     out = []
     for item in fs_or_stats:
-        stats = item if isinstance(item, dict) else item.stats
+        if isinstance(item, dict):
+            stats = item
+        elif isinstance(getattr(item, "stats", None), dict):
+            stats = item.stats
+        else:
+            raise TypeError(
+                f"expected futures, task records (dicts) or a DataFrame of them; got an "
+                f"iterable of {type(item).__name__} ({item!r:.60})")
         out.append({k: stats.get(k) for k in TASK_FIELDS})
     return out
 
 
+def _frame_records(table: Any) -> list[dict[str, Any]] | None:
+    """The records in a pandas DataFrame, or None when ``table`` is not one.
+
+    Iterating a DataFrame yields its column names, so it needs its own path.
+    pandas stores a missing value as NaN (truthy), and numbers as numpy scalars
+    (not JSON-serialisable): both become what a record holds, None and Python
+    numbers, so a record read back from a table equals the one written.
+    """
+    pd = sys.modules.get("pandas")  # a DataFrame exists only if pandas was imported
+    if pd is None or not isinstance(table, pd.DataFrame):
+        return None
+    cols = [c for c in table.columns if c in TASK_FIELDS]
+    rows = table[cols].astype(object).where(table[cols].notna(), None).to_dict("records")
+    return [{k: _native(r.get(k)) for k in TASK_FIELDS} for r in rows]
+
+
+def _native(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") and hasattr(value, "dtype") else value
+
+
 def as_table(recs: list[dict[str, Any]]):
     """A pandas DataFrame when pandas is installed, else the list itself."""
-    try:
-        import pandas as pd
-    except ImportError:
+    pd = optional("pandas", "job_stats")
+    if pd is None:
         return recs
     return pd.DataFrame.from_records(recs, columns=TASK_FIELDS)
 

@@ -1,7 +1,8 @@
 """Pictures of jobs: a PyWren-style timeline and a histogram of task durations.
 
-matplotlib, headless (Agg). Both accept futures or task records (``ex.job_stats``,
-``shardwren.jobs.load_job``).
+matplotlib (``pip install 'shardwren[plot]'``), headless (Agg). Both accept futures
+or task records: ``ex.job_stats`` (a list of dicts, or a pandas DataFrame),
+``shardwren.jobs.load_job``.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ._optional import require
 from .jobs import records
 
 #: Bar colours by outcome; failures by label, other labels fall back to red.
@@ -18,13 +20,10 @@ COLORS = {"ok": "#2a9d8f", "WorkerCrashedError": "#e63946", "TaskTimeoutError": 
 USER_ERROR = "#e9c46a"
 
 
-def _figure():
-    import matplotlib
-
+def _figure(feature: str):
+    matplotlib = require("matplotlib", feature)
     matplotlib.use("Agg", force=True)
-    import matplotlib.pyplot as plt
-
-    return plt
+    return require("matplotlib.pyplot", feature)
 
 
 def _color(r: dict[str, Any]) -> str:
@@ -48,7 +47,7 @@ def timeline(fs_or_stats: Iterable[Any], path: str, title: str | None = None,
     str
         ``path``.
     """
-    plt = _figure()
+    plt = _figure("plot.timeline")
     recs = [r for r in records(fs_or_stats) if r.get("started") and r.get("finished")]
     if not recs:
         raise ValueError("no finished tasks to plot")
@@ -83,7 +82,7 @@ def timeline(fs_or_stats: Iterable[Any], path: str, title: str | None = None,
 def histogram(fs_or_stats: Iterable[Any], path: str, bins: int = 30,
               size: tuple[float, float] = (8, 4), dpi: int = 100) -> str:
     """Histogram of task durations (seconds) to ``path`` (PNG)."""
-    plt = _figure()
+    plt = _figure("plot.histogram")
     recs = [r for r in records(fs_or_stats) if r.get("started") and r.get("finished")]
     if not recs:
         raise ValueError("no finished tasks to plot")

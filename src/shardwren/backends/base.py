@@ -81,10 +81,10 @@ thread, process or file descriptor of the backend remains.
 from __future__ import annotations
 
 import abc
-import importlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from .._optional import install_hint, require
 from ..errors import BackendNotInstalledError, ConfigError, UnknownBackendError
 
 if TYPE_CHECKING:
@@ -176,35 +176,31 @@ class Backend(abc.ABC):
                 "tasks share a process; drop memory_limit or use a backend that isolates tasks")
 
 
-# name -> (module, class, pip extra or None). Imported only when asked for, so a
-# missing optional dependency costs nothing until it is needed (fsspec's registry).
+# name -> (module, class, the optional library it needs or None). Imported only when
+# asked for, so a missing optional dependency costs nothing until it is needed
+# (fsspec's registry); shardwren._optional.INSTALL says which pip extra brings it.
 _REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "local": ("shardwren.backends.local", "LocalBackend", None),
-    "dask": ("shardwren.backends.dask", "DaskBackend", "dask"),
+    "dask": ("shardwren.backends.dask", "DaskBackend", "distributed"),
 }
 
 
 def available_backends() -> str:
     """A one-line description of every backend and how to install it."""
     return ", ".join(
-        f"{name!r}" + (f" (pip install 'shardwren[{extra}]')" if extra else " (built in)")
-        for name, (_, _, extra) in _REGISTRY.items()
+        f"{name!r}" + (f" ({install_hint(needs)})" if needs else " (built in)")
+        for name, (_, _, needs) in _REGISTRY.items()
     )
 
 
 def backend_class(name: str) -> type[Backend]:
     """Look a backend class up by name, importing it on first use."""
     try:
-        module, cls, extra = _REGISTRY[name]
+        module, cls, needs = _REGISTRY[name]
     except KeyError:
         raise UnknownBackendError(
             f"unknown backend {name!r}; available backends: {available_backends()}"
         ) from None
-    try:
-        found: type[Backend] = getattr(importlib.import_module(module), cls)
-    except ImportError as exc:
-        raise BackendNotInstalledError(
-            f"backend {name!r} needs packages that are not installed ({exc}); "
-            f"install them with: pip install 'shardwren[{extra}]'"
-        ) from exc
+    found: type[Backend] = getattr(
+        require(module, f"backend {name!r}", needs, BackendNotInstalledError), cls)
     return found

@@ -17,12 +17,13 @@ from typing import Any
 import fsspec
 
 from .. import _iostats, config
+from .._optional import missing
 from ..errors import BackendNotInstalledError, KeyNotFoundError, StoreWriteError, UnknownSchemeError
 
 DEFAULT_STORE = "~/.shardwren/store"
 
-# protocol -> pip extra that installs it (for the ImportError hint)
-_EXTRAS = {"s3": "s3", "s3a": "s3"}
+# protocol -> the optional library implementing it (shardwren._optional names its extra)
+_NEEDS = {"s3": "s3fs", "s3a": "s3fs"}
 
 
 def default_store_url() -> str:
@@ -204,10 +205,12 @@ def _filesystem(scheme: str, options: dict[str, Any]):
     try:
         return fsspec.filesystem(scheme, **options)
     except ImportError as exc:
-        extra = _EXTRAS.get(scheme)
-        hint = f"pip install 'shardwren[{extra}]'" if extra else "install its fsspec implementation"
+        if scheme in _NEEDS:
+            raise missing(f"store scheme {scheme}://", _NEEDS[scheme], exc,
+                          BackendNotInstalledError) from exc
         raise BackendNotInstalledError(
-            f"store scheme {scheme}:// needs a package that is not installed ({exc}): {hint}"
+            f"store scheme {scheme}:// needs a package that is not installed ({exc}): "
+            "install its fsspec implementation"
         ) from exc
 
 
