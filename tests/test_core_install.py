@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 
-import shardwren
 from shardwren.linalg import knn
 from shardwren.matrix import ShardedMatrix
 
