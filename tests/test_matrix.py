@@ -183,16 +183,16 @@ def test_corruption_is_detected_with_block_index(tmp_path, monkeypatch):
     path.write_bytes(bytes(raw))
     with pytest.raises(CorruptBlockError, match=r"block \(1, 0\).*'k'"):
         m.get_block(1, 0)
-    monkeypatch.setattr(shardwren.matrix, "MAP_MIN_BYTES", 0)
+    monkeypatch.setattr(shardwren.storage, "MAP_MIN_BYTES", 0)
     with pytest.raises(CorruptBlockError, match=r"block \(1, 0\).*'k'"):
         m.get_block(1, 0, copy=False)  # the mapped read checks the same checksum
     m.get_block(0, 0)  # the others are fine
 
 
 def test_mapped_block_reads_are_read_only_views_that_survive_rewrites(tmp_path, monkeypatch):
-    import shardwren.matrix
+    import shardwren.storage
 
-    monkeypatch.setattr(shardwren.matrix, "MAP_MIN_BYTES", 0)
+    monkeypatch.setattr(shardwren.storage, "MAP_MIN_BYTES", 0)
     X = rand((25, 7), "float32")
     m = ShardedMatrix.from_numpy(X, "k", [10, 4], store=f"file://{tmp_path}")
     for i, j in m.block_idxs:  # ragged edge blocks included

@@ -300,12 +300,14 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
         if symmetric:
             pairs = [(i, j) for i in range(T.grid[0]) for j in range(i, T.grid[0])]
             out, ran = run_resumable(ex, lambda i, j: _pair_tile(T, i, j, k, cols, exclude_self),
-                                     pairs, key, "pair", resume, progress)
+                                     pairs, key, "pair", resume, progress,
+                                     fingerprint={"train": T, "k": k, "exclude_self": exclude_self})
             results = [p for r in out for p in r]
         else:
             tiles = [(i, j) for i in range(Q.grid[0]) for j in range(T.grid[0])]
             results, ran = run_resumable(ex, lambda i, j: _query_tile(Q, T, i, j, k, cols),
-                                         tiles, key, "tile", resume, progress)
+                                         tiles, key, "tile", resume, progress,
+                                         fingerprint={"train": T, "query": Q, "k": k})
         t3 = time.perf_counter()
         dist, ind = _assemble(results, Q, k)
         timings.update(shard=t1 - t0, columns=t2 - t1, tiles=t3 - t2,

@@ -47,7 +47,7 @@ import numpy as np
 
 from ..executor import Executor
 from ..futures import get_all_results
-from ..matrix import ShardedMatrix
+from ..matrix import ShardedMatrix, scratch_matrix
 from ._common import new_token, run_resumable, sq_norms
 from .knn import _cached, _gemm_nt
 
@@ -325,8 +325,7 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
         return PrunedIndex(T, mean, P_full[:0], None, 0.0, info)
     P = np.ascontiguousarray(P_full[:m])
     C = margin_constant(m, d)
-    Z = ShardedMatrix(f"tmp/pruned-{new_token()[:12]}", shape=(n, m + 4),
-                      shard_sizes=(T.shard_sizes[0], m + 4), dtype=np.float32, store=T.store)
+    Z = scratch_matrix(T.store, "pruned", (n, m + 4), (T.shard_sizes[0], m + 4), np.float32)
     token = new_token()
     get_all_results(executor.map(lambda j: _project_block(T, Z, j, mean, P, C, token),
                                  range(T.grid[0])), progress=progress)
@@ -459,7 +458,8 @@ def query(index: PrunedIndex, Q: ShardedMatrix, k: int, executor: Executor,
               for i in range(Q.grid[0]) for r in range(0, Q.block_shape(i, 0)[0], QUERY_ROWS)]
     results, ran = run_resumable(
         executor, lambda i, r0, r1: _pruned_block(index, Q, i, r0, r1, k, exclude_self),
-        pieces, key, "pruned", resume, progress)
+        pieces, key, "pruned", resume, progress,
+        fingerprint={"train": index.train, "query": Q, "k": k, "exclude_self": exclude_self})
     dist = np.empty((Q.shape[0], k), dtype=np.float64)
     ind = np.empty((Q.shape[0], k), dtype=np.int64)
     survivors = 0
