@@ -42,6 +42,8 @@ DEFAULT_STORE = "~/.shardwren/store"
 #: mapping keeps a file descriptor open (Python's mmap holds a duplicate), and small
 #: reads are cheap anyway.
 MAP_MIN_BYTES = 4 << 20
+#: Local reads go into the destination in pieces of this size.
+_READ_PIECE = 1 << 20
 #: Mapped reads fault their pages in at once (Linux), not one by one.
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 #: Suffix of a local value being written (``<key>.<owner tag>.<id>.partial``).
@@ -210,14 +212,17 @@ class Store:
                 buf = np.frombuffer(mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE,
                                               prot=mmap.PROT_READ), dtype=np.uint8)
             else:
+                # Fresh memory, not zeroed: reading fills it. (FileIO.readinto in pieces
+                # measured 5x faster than one os.readv into a fresh buffer.)
                 buf = np.empty(size, dtype=np.uint8)
                 view, got = memoryview(buf), 0
-                while got < size:
-                    n = os.readv(fd, [view[got:]])
-                    if n == 0:  # truncated under us: what we hold is all there is
-                        buf = buf[:got]
-                        break
-                    got += n
+                with open(fd, "rb", buffering=0, closefd=False) as fh:
+                    while got < size:
+                        n = fh.readinto(view[got:got + _READ_PIECE])
+                        if not n:  # truncated under us: what we hold is all there is
+                            buf = buf[:got]
+                            break
+                        got += n
         finally:
             os.close(fd)
         _iostats.add_read(buf.nbytes)
