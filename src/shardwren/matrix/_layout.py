@@ -426,8 +426,8 @@ def check_tree(store: Store, key: str) -> None:
         if node_kind(store, prefix) == "array":
             where = f"matrix {prefix!r}" if prefix else "the store root (an array)"
             raise KeyConflictError(
-                f"cannot create matrix {key!r} in {store.url}: it would lie inside {where}'s "
-                "tree and could overwrite its blocks; pick a key outside it")
+                f"cannot create matrix {key!r} in {store.url}: it would lie inside the tree of "
+                f"{where} and could overwrite its blocks; pick a key outside it")
     inside = store.list(key)
     if f"{key}/{V3}" in inside:
         return  # created meanwhile by a concurrent caller: its exclusive write decides
@@ -440,6 +440,19 @@ def check_tree(store: Store, key: str) -> None:
             f"cannot create matrix {key!r} in {store.url}: the key already holds {what}; "
             "nothing was changed. Pick another key, or delete what is there first "
             f"(store.delete({key!r}))")
+
+
+def drop_empty_group(store: Store, key: str) -> None:
+    """Make room for a matrix at ``key`` where only an empty group is (one left
+    behind when the matrices under it were deleted); refuse a group with members."""
+    inside = store.list(key)
+    if inside != [f"{key}/{V3}"]:
+        members = sorted({k[len(key) + 1:].split("/", 1)[0] for k in inside} - {V3})
+        raise KeyConflictError(
+            f"cannot create matrix {key!r} in {store.url}: the key is a Zarr group holding "
+            f"{', '.join(repr(f'{key}/{m}') for m in members[:3])}"
+            f"{', ...' if len(members) > 3 else ''}; pick another key")
+    store.delete(f"{key}/{V3}", missing_ok=True)
 
 
 def ensure_groups(store: Store, key: str) -> None:

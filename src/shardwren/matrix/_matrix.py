@@ -19,7 +19,6 @@ import json
 import uuid
 import warnings
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 import numpy as np
@@ -31,6 +30,7 @@ from ..errors import (
     KeyIsPrefixError,
     KeyNotFoundError,
     MatrixExistsError,
+    NotAMatrixError,
     ShapeMismatchError,
     StoreWriteError,
 )
@@ -154,7 +154,13 @@ class ShardedMatrix:
             if len(dims) != 2:
                 raise ShapeMismatchError(f"dims must name two dimensions, got {dims!r}")
         for _ in range(_CREATE_ATTEMPTS):
-            existing = _layout.read(self.store, self.key)
+            try:
+                existing = _layout.read(self.store, self.key)
+            except NotAMatrixError:
+                if _layout.node_kind(self.store, self.key) != "group":
+                    raise
+                _layout.drop_empty_group(self.store, self.key)
+                continue
             if existing is None:
                 _layout.check_tree(self.store, self.key)
                 if _layout.create(self.store, self.key, shape, chunks, want, fill, compressor,

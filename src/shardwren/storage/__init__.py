@@ -273,14 +273,18 @@ class Store:
         Temporaries of writes in progress (or abandoned: see
         :func:`collect_garbage`) are not listed.
         """
-        base = self.root if not prefix.strip("/") else self.path(prefix)
+        prefix = prefix.strip("/")
+        base = self.path(prefix) if prefix else self.root
         try:
             found = self.fs.find(base)
         except (FileNotFoundError, NotADirectoryError):
             return []
         cut = len(self.root.rstrip("/")) + 1
-        return sorted(p[cut:] for p in (self.fs._strip_protocol(f) for f in found)
-                      if not p.endswith(PARTIAL))
+        under = prefix + "/" if prefix else ""
+        # Only keys strictly under the prefix: object-store listings may also return
+        # the prefix itself (a "directory" created meanwhile) or siblings sharing it.
+        return sorted(k for k in (self.fs._strip_protocol(f)[cut:] for f in found)
+                      if k.startswith(under) and not k.endswith(PARTIAL))
 
     def temporaries(self) -> list[tuple[str, float, int]]:
         """``(key, modified time, size)`` of every ``.partial`` temporary: values a
