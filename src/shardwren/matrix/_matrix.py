@@ -134,8 +134,11 @@ class ShardedMatrix:
                     f"shape: ShardedMatrix({self.key!r}, shape=..., shard_sizes=...)")
             self._layout = layout
         else:
-            self._layout = self._create(shape, shard_sizes, dtype, overwrite, fill_value,
-                                        compressor, dims)
+            try:
+                self._layout = self._create(shape, shard_sizes, dtype, overwrite, fill_value,
+                                            compressor, dims)
+            except StoreWriteError as exc:
+                raise StoreWriteError(exc.errno, f"creating matrix {self.key!r}: {exc}") from exc
 
     # -- creation ----------------------------------------------------------------------
     def _create(self, shape, shard_sizes, dtype, overwrite, fill, compressor, dims) -> Layout:

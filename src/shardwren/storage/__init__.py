@@ -347,6 +347,8 @@ class Store:
         parts = _parts(data)
         try:
             if self.is_local:
+                if os.path.lexists(path):  # the common case needs no temporary at all
+                    return False
                 tmp = self._write_temporary(path, parts)
                 try:
                     os.link(tmp, path)  # fails if path exists: the exclusive step
