@@ -274,7 +274,9 @@ class Store:
         :func:`collect_garbage`) are not listed.
         """
         prefix = prefix.strip("/")
-        base = self.path(prefix) if prefix else self.root
+        # fsspec's memory file system cannot list below a key that is also a value:
+        # list it all (it lives in this process, and is small) and filter.
+        base = self.path(prefix) if prefix and self.scheme != "memory" else self.root
         try:
             found = self.fs.find(base)
         except (FileNotFoundError, NotADirectoryError):
