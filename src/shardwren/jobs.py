@@ -24,7 +24,10 @@ TASK_FIELDS = ("job_id", "index", "attempt", "worker", "host", "pid", "submitted
 
 
 def records(fs_or_stats: Iterable[Any]) -> list[dict[str, Any]]:
-    """Task records from futures (their ``stats``) or from records already."""
+    """Task records from futures (their ``stats``), from records already, or from
+    the DataFrame :func:`as_table` made of them."""
+    if hasattr(fs_or_stats, "to_dict"):  # a pandas DataFrame (pandas came with xarray)
+        fs_or_stats = fs_or_stats.to_dict("records")
     out = []
     for item in fs_or_stats:
         stats = item if isinstance(item, dict) else item.stats
