@@ -174,17 +174,25 @@ class _Leases:
                 except Exception:  # noqa: BLE001 - a missed renewal is retried; TTL is 20 renewals
                     pass
 
-    def release_all(self) -> None:
+    def release_all(self, timeout: float = 2.0) -> None:
+        """Remove this process's leases (at exit). Bounded: an unreachable store must
+        not hold up the interpreter's exit; `store gc` removes a lease left behind."""
         if os.getpid() != self.pid:
             return
         self.stop.set()
         with self.lock:
             stores, self.stores = list(self.stores.values()), {}
-        for store in stores:
-            try:
-                store.delete(lease_key(owner_tag()), missing_ok=True)
-            except Exception:  # noqa: BLE001 - exiting; gc removes a stale lease later
-                pass
+
+        def remove() -> None:
+            for store in stores:
+                try:
+                    store.delete(lease_key(owner_tag()), missing_ok=True)
+                except Exception:  # noqa: BLE001 - exiting; gc removes a stale lease later
+                    pass
+
+        t = threading.Thread(target=remove, name="shardwren-lease-release", daemon=True)
+        t.start()
+        t.join(timeout)
 
 
 _leases: _Leases | None = None
