@@ -99,3 +99,18 @@ def test_geometry_arithmetic_matches_the_list_it_replaces(n, c, i):
     if i < blocks:
         start, end = span(i, n, c)
         assert start == i * c and end == min(n, (i + 1) * c) and (n == 0 or start < end)
+
+
+@settings(max_examples=12, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(case=stored())
+def test_round_trip_on_s3(s3_url, case):
+    """The same round trip through moto's S3 server (one code path for every store)."""
+    data, blocks, compressor = case
+    store = shardwren.open_store(s3_url)
+    key = f"m{uuid.uuid4().hex[:6]}"
+    m = ShardedMatrix.from_numpy(data, key, blocks, store=store, compressor=compressor)
+    np.testing.assert_array_equal(ShardedMatrix(key, store=store).numpy(),
+                                  data.astype(data.dtype.newbyteorder("=")))
+    m.delete()
+    assert store.list(key) == []

@@ -505,19 +505,24 @@ def fix_dtype(store: Store, layout: Layout, dtype: np.dtype) -> Layout:
     return replace(layout, dtype=won, fill_value=_parse_fill(_fill_json(layout.fill, won), won))
 
 
-def own_keys(store: Store, layout: Layout) -> list[str]:
-    """Every key of the matrix itself: not those of other nodes created inside its tree."""
+def own_keys(store: Store, layout: Layout) -> tuple[list[str], set[str]]:
+    """Every key of the matrix itself, and the prefixes of other nodes created inside
+    its tree (whose keys are not the matrix's)."""
     found = store.list(layout.key)
     nested = {k.rsplit("/", 1)[0] for k in found
               if k != f"{layout.key}/{V3}" and k.endswith(("/" + V3, "/" + V2_ARRAY, "/" + V2_GROUP))}
-    return [k for k in found if not any(k.startswith(p + "/") for p in nested)]
+    return [k for k in found if not any(k.startswith(p + "/") for p in nested)], nested
 
 
 def delete(store: Store, layout: Layout) -> None:
     """Remove the matrix: its chunks and claim first, its metadata last, so that an
     interrupted delete leaves a matrix with fewer blocks, never blocks without metadata.
     Other nodes inside its tree are left alone."""
-    keys = own_keys(store, layout)
+    keys, nested = own_keys(store, layout)
     meta = {f"{layout.key}/{name}" for name in (V3, V2_ARRAY, V2_ATTRS)}
+    chunks = layout.chunk_listing
+    if chunks != layout.key and not any(p == chunks or p.startswith(chunks + "/") for p in nested):
+        store.delete(chunks, missing_ok=True)  # one recursive delete: bulk on S3
+        keys = [k for k in keys if not k.startswith(chunks + "/")]
     for k in [k for k in keys if k not in meta] + [k for k in keys if k in meta]:
         store.delete(k, missing_ok=True)

@@ -382,7 +382,7 @@ class ShardedMatrix:
         """A block of an array in a layout shardwren does not decode itself: zarr's
         codec pipeline, reading through the same Store."""
         try:
-            return self.zarr.blocks[bi, bj]
+            return np.asarray(self.zarr.blocks[bi, bj]).astype(self._layout.dtype, copy=False)
         except OSError:
             raise
         except Exception as exc:  # noqa: BLE001 - any decoding failure is a corrupt chunk
