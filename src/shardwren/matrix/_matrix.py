@@ -275,7 +275,7 @@ class ShardedMatrix:
     def block_idxs_exist(self) -> list[tuple[int, int]]:
         """Blocks that have been written (listed from the store: one listing)."""
         L = self._layout
-        g = L.shape and (count(L.shape[0], L.chunks[0]), count(L.shape[1], L.chunks[1]))
+        g = (count(L.shape[0], L.chunks[0]), count(L.shape[1], L.chunks[1]))
         found = set()
         for k in self.store.list(L.chunk_listing):
             ij = L.parse_chunk_key(k)
