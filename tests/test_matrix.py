@@ -550,7 +550,7 @@ def test_full_store_raises_store_write_error(full_store):
             ShardedMatrix(f"big{n}", shape=(2, 2), dtype="int8", store=full_store)
 
 
-def test_read_only_store_raises_store_write_error(read_only_store, executor):
+def test_read_only_store_raises_store_write_error(read_only_store):
     from shardwren.errors import StoreWriteError
     from shardwren.linalg import pairwise_sq_euclidean
 
