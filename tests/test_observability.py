@@ -40,7 +40,7 @@ def test_stats_are_consistent(executor, tmp_path):
         s = f.stats
         assert s["submitted"] <= s["started"] <= s["finished"]
         assert s["attempt"] == 1 and s["outcome"] == "ok" and s["failure"] is None
-        assert s["bytes_read"] == 400 and s["bytes_written"] == 0
+        assert s["bytes_read"] == 404 and s["bytes_written"] == 0  # the block and its crc32c
     fs[0].result()
     assert fs[0].stats["fetched"] >= fs[0].stats["finished"]
 

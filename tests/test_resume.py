@@ -96,7 +96,9 @@ def test_knn_resume_reuses_saved_tiles(executor):
         knn(T, Q, 1, executor=executor, resume=True)
 
 
-def test_pruned_knn_resume_reuses_saved_query_slices(executor):
+def test_pruned_knn_resume_reuses_saved_parts(executor):
+    from shardwren.linalg import pruned
+
     rng = np.random.default_rng(2)
     centres = rng.normal(0, 10, (20, 32))
     data = (centres[rng.integers(0, 20, 6500)] + rng.normal(0, 1, (6500, 32))).astype(np.float32)
@@ -104,13 +106,155 @@ def test_pruned_knn_resume_reuses_saved_query_slices(executor):
     Q = ShardedMatrix.from_numpy(data[4000:], "pq", (1000, 32), store=executor.store)
     tm = {}
     d1, i1 = knn(T, Q, 2, executor=executor, method="pruned", resume=True, key="pjob", timings=tm)
-    assert tm["pruning"] and tm["tasks"] == 3  # query slices of 1,000 rows
+    index = pruned.fit(T, executor, k=2)
+    phase1, phase2, _ = pruned.plan_query(index, Q, executor.parallelism)
+    assert tm["pruning"] and tm["tasks"] == len(phase1) + len(phase2)
     parts = executor.store.list("pjob/parts")
-    assert len(parts) == 3
-    executor.store.delete(parts[1])
+    assert len(parts) == tm["tasks"]
+    lost = [p for p in parts if "pruned-range" in p][:1]  # a driver died before this one
+    executor.store.delete(lost[0])
     tm2 = {}
     d2, i2 = knn(T, Q, 2, executor=executor, method="pruned", resume=True, key="pjob", timings=tm2)
     assert tm2["tasks"] == 1
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_array_equal(d1, d2)
     np.testing.assert_array_equal(i1, knn(T, Q, 2, executor=executor, method="brute")[1])
+
+
+# --- issue 16: parts carry a fingerprint and are never unpickled ------------------------------
+
+
+def test_knn_resume_refuses_a_different_jobs_parts(executor):
+    """knn(..., resume=True, key=K) used to return another job's answer (other data, other k)."""
+    from shardwren.errors import ResumeMismatchError
+
+    rng = np.random.default_rng(7)
+    train, query = rng.random((300, 8), dtype=np.float32), rng.random((60, 8), dtype=np.float32)
+    T = ShardedMatrix.from_numpy(train, "ft", (100, 8), store=executor.store)
+    T2 = ShardedMatrix.from_numpy(train[::-1].copy(), "ft2", (100, 8), store=executor.store)
+    Q = ShardedMatrix.from_numpy(query, "fq", (30, 8), store=executor.store)
+    d1, i1 = knn(T, Q, 3, executor=executor, resume=True, key="fjob")
+    with pytest.raises(ResumeMismatchError, match="train: same shape, other data") as info:
+        knn(T2, Q, 3, executor=executor, resume=True, key="fjob")
+    assert isinstance(info.value, ValueError) and "key=" in str(info.value)
+    with pytest.raises(ResumeMismatchError, match="k: 3 then, 5 now"):
+        knn(T, Q, 5, executor=executor, resume=True, key="fjob")
+    tm = {}
+    d2, i2 = knn(T, Q, 3, executor=executor, resume=True, key="fjob", timings=tm)
+    assert tm["tasks"] == T.grid[0]  # only the column pass: every tile reused
+    np.testing.assert_array_equal(i1, i2)
+    # the other job, under its own key, gets its own (correct) answer
+    _, i3 = knn(T2, Q, 3, executor=executor, resume=True, key="fjob2")
+    np.testing.assert_array_equal(i3, 299 - i1)
+
+
+def test_resume_with_array_inputs_reuses_parts(executor):
+    """Arrays are sharded under a new scratch key each call: the fingerprint digests the
+    contents, not the key, so a resumed call still finds its parts."""
+    rng = np.random.default_rng(8)
+    train, query = rng.random((200, 6), dtype=np.float32), rng.random((50, 6), dtype=np.float32)
+    _, i1 = knn(train, query, 2, executor=executor, resume=True, key="arrjob", block_size=50)
+    tm = {}
+    _, i2 = knn(train, query, 2, executor=executor, resume=True, key="arrjob", block_size=50,
+                timings=tm)
+    assert tm["tasks"] == 4  # 4 training blocks' column pass; 0 tiles
+    np.testing.assert_array_equal(i1, i2)
+
+
+def test_resume_parts_are_never_unpickled(executor, tmp_path):
+    """Anyone who could write the bucket used to run code in the driver: parts were
+    pickle.loads-ed. A planted pickle is now just an unreadable part, computed again."""
+    import pickle
+
+    sentinel = tmp_path / "pwned"
+
+    class Evil:
+        def __reduce__(self):
+            return (open, (str(sentinel), "w"))
+
+    rng = np.random.default_rng(9)
+    train, query = rng.random((200, 6), dtype=np.float32), rng.random((40, 6), dtype=np.float32)
+    T = ShardedMatrix.from_numpy(train, "et", (100, 6), store=executor.store)
+    Q = ShardedMatrix.from_numpy(query, "eq", (40, 6), store=executor.store)
+    _, i1 = knn(T, Q, 1, executor=executor, resume=True, key="evil")
+    parts = executor.store.list("evil/parts")
+    executor.store.put(parts[0], pickle.dumps(Evil()))
+    tm = {}
+    _, i2 = knn(T, Q, 1, executor=executor, resume=True, key="evil", timings=tm)
+    assert not sentinel.exists()
+    assert tm["tasks"] == 1 + T.grid[0]  # the planted part was recomputed
+    np.testing.assert_array_equal(i1, i2)
+
+
+def test_part_of_another_job_is_refused(executor):
+    from shardwren.errors import ResumeMismatchError
+
+    rng = np.random.default_rng(10)
+    T = ShardedMatrix.from_numpy(rng.random((200, 4)), "ot", (100, 4), store=executor.store)
+    Q = ShardedMatrix.from_numpy(rng.random((30, 4)), "oq", (30, 4), store=executor.store)
+    knn(T, Q, 1, executor=executor, resume=True, key="ja")
+    knn(T, Q, 2, executor=executor, resume=True, key="jb")
+    s = executor.store
+    s.put("ja/parts/tile-0-1", s.get("jb/parts/tile-0-1"))  # same name, other job
+    with pytest.raises(ResumeMismatchError, match="tile-0-1 carries another fingerprint"):
+        knn(T, Q, 1, executor=executor, resume=True, key="ja")
+
+
+def test_resume_under_a_key_with_slashes_recomputes_only_missing(executor):
+    """block_idxs_exist was empty for keys with '/', so resume=True recomputed everything."""
+    rng = np.random.default_rng(11)
+    X, Y = rng.random((40, 5)), rng.random((20, 5))
+    D = pairwise_sq_euclidean(X, Y, executor=executor, key="proj/run1/D", block_size=10)
+    D.delete_block(2, 1)
+    D.delete_block(0, 0)
+    pairwise_sq_euclidean(X, Y, executor=executor, key="proj/run1/D", block_size=10, resume=True)
+    assert len(executor.history[-1][2]) == 2
+    np.testing.assert_allclose(ShardedMatrix("proj/run1/D", store=executor.store).numpy(),
+                               ((X[:, None] - Y[None]) ** 2).sum(-1))
+
+
+def test_run_resumable_needs_a_fingerprint(executor):
+    from shardwren.linalg._common import run_resumable
+
+    with pytest.raises(TypeError, match="fingerprint="):
+        run_resumable(executor, lambda i: i, [(1,)], "fp", "x", True)
+
+
+@pytest.mark.parametrize("value", [
+    (3, np.arange(6, dtype=np.float32).reshape(2, 3), np.array([[1, 2]], np.int64)),
+    [(0, np.zeros((0, 2)), np.ones((0, 2), np.int64)), (1, np.ones((1, 2)), np.eye(1))],
+    (np.int64(4), np.float32(2.5), "text", None, True, {"a": [1.5, np.nan]}),
+    (np.array("unicode"), np.array([b"ab"]), np.complex64(1 + 2j)),
+])
+def test_parts_round_trip_as_plain_arrays(value):
+    from shardwren.linalg._common import _decode_result, _encode_result
+
+    digest, back = _decode_result(_encode_result(value, "d" * 64))
+    assert digest == "d" * 64
+
+    def same(a, b):
+        assert type(a) is type(b), (a, b)
+        if isinstance(a, (tuple, list)):
+            assert len(a) == len(b) and all(same(x, y) or True for x, y in zip(a, b))
+        elif isinstance(a, dict):
+            assert a.keys() == b.keys() and all(same(a[k], b[k]) or True for k in a)
+        elif isinstance(a, (np.ndarray, np.generic)):
+            assert a.dtype == b.dtype
+            np.testing.assert_array_equal(a, b)
+        elif isinstance(a, float) and np.isnan(a):
+            assert np.isnan(b)
+        else:
+            assert a == b
+        return True
+
+    same(value, back)
+
+
+def test_results_that_need_pickle_are_refused():
+    from shardwren.linalg._common import _decode_result, _encode_result
+
+    for bad in [np.array([object()]), (1, {2: 3}), {1, 2}, object()]:
+        with pytest.raises(TypeError, match="plain arrays"):
+            _encode_result(bad, "d")
+    with pytest.raises(ValueError, match="not a saved part"):
+        _decode_result(b"\x80\x04K\x01.")  # a pickle

@@ -152,3 +152,116 @@ def test_full_or_read_only_store_is_named(tmp_path, monkeypatch, err, words):
     monkeypatch.setattr(pathlib.Path, "open", lambda self, mode="r", *a, **k: refusing_open(str(self), mode, *a, **k))
     with pytest.raises(StoreWriteError, match=rf"block \(0, 1\).*{words}"):
         m.put_block(0, 1, np.ones((2, 2), np.float32))
+
+
+# --- issue 16: exclusive creation, buffers, ranges --------------------------------------------
+
+
+def test_put_if_absent_creates_once(store):
+    assert store.put_if_absent("a/meta", b"first") is True
+    assert store.put_if_absent("a/meta", b"second") is False
+    assert store.get("a/meta") == b"first"
+    assert store.exclusive_create
+    assert store.list("a") == ["a/meta"]  # no temporaries left behind
+
+
+def test_put_if_absent_one_winner_among_threads(store):
+    from concurrent.futures import ThreadPoolExecutor
+
+    for trial in range(5):
+        with ThreadPoolExecutor(8) as pool:
+            won = list(pool.map(lambda n: store.put_if_absent(f"k{trial}", f"v{n}".encode()),
+                                range(8)))
+        assert won.count(True) == 1
+        assert store.get(f"k{trial}") == f"v{won.index(True)}".encode()
+
+
+def test_get_buffer_range_and_size(store):
+    data = bytes(range(256)) * 40
+    store.put("b/v", [data[:100], memoryview(data)[100:]])
+    buf = store.get_buffer("b/v")
+    assert buf.dtype == np.uint8 and bytes(buf) == data
+    assert store.get_range("b/v", -4) == data[-4:]
+    assert store.get_range("b/v", 10, 20) == data[10:20]
+    assert store.size("b/v") == len(data)
+    with pytest.raises(KeyNotFoundError):
+        store.get_buffer("b/none")
+    with pytest.raises(KeyNotFoundError):
+        store.size("b/none")
+
+
+def test_local_buffers_are_fresh_or_mapped(tmp_path, monkeypatch):
+    import shardwren.storage
+
+    s = shardwren.open_store(f"file://{tmp_path}")
+    s.put("v", b"x" * 5000)
+    assert s.get_buffer("v").flags.writeable  # fresh memory, the caller's
+    monkeypatch.setattr(shardwren.storage, "MAP_MIN_BYTES", 4096)
+    mapped = s.get_buffer("v", mapped=True)
+    assert not mapped.flags.writeable and bytes(mapped[:3]) == b"xxx"
+    s.put("v", b"y" * 5000)  # replaced by rename: the mapping keeps what it saw
+    assert bytes(mapped[:3]) == b"xxx" and bytes(s.get_buffer("v", mapped=True)[:3]) == b"yyy"
+
+
+def test_a_folder_is_not_a_value(tmp_path):
+    from shardwren.errors import KeyIsPrefixError
+
+    s = shardwren.open_store(f"file://{tmp_path}")
+    s.put("dir/inner", b"1")
+    for read in (s.get, s.get_buffer, s.size, lambda k: s.get_range(k, 0)):
+        with pytest.raises(KeyIsPrefixError, match="'dir' .* is a prefix"):
+            read("dir")
+
+
+def test_list_is_strictly_under_the_prefix(store):
+    store.put("ab/x", b"1")
+    store.put("a/y", b"2")
+    store.put("a", b"3") if store.scheme != "file" else None
+    assert store.list("a") == ["a/y"]
+    assert store.list("ab") == ["ab/x"]
+
+
+def test_local_write_temporaries_carry_the_owner_tag(tmp_path, monkeypatch):
+    from shardwren.storage import _owners
+
+    s = shardwren.open_store(f"file://{tmp_path}")
+    seen = []
+    real_replace = os.replace
+
+    def spy(src, dst):
+        seen.append(os.path.basename(src))
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", spy)
+    s.put("k", b"v")
+    assert seen and f".{_owners.owner_tag()}." in seen[0] and seen[0].endswith(".partial")
+    assert s.temporaries() == []
+
+
+def test_delete_refused_names_the_key(tmp_path, monkeypatch):
+    import shutil
+
+    from shardwren.errors import StoreWriteError
+
+    s = shardwren.open_store(f"file://{tmp_path}")
+    s.put("d/x", b"1")
+
+    def refuse(*a, **k):
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr(os, "remove", refuse)
+    monkeypatch.setattr(os, "unlink", refuse)
+    monkeypatch.setattr(os, "rmdir", refuse)
+    monkeypatch.setattr(shutil, "rmtree", refuse)
+    with pytest.raises(StoreWriteError, match="cannot delete 'd/x'.*read-only file system"):
+        s.delete("d/x")
+
+
+def test_zarr_adapter_round_trip(store):
+    import zarr
+
+    z = zarr.create_array(store.zarr_store("zz"), shape=(5, 5), chunks=(2, 2), dtype="i4")
+    z[:] = np.arange(25).reshape(5, 5)
+    again = zarr.open_array(store.zarr_store("zz"), mode="r")
+    np.testing.assert_array_equal(again[:], np.arange(25).reshape(5, 5))
+    assert "zz/zarr.json" in store.list("zz")

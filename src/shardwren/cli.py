@@ -190,8 +190,6 @@ def knn(dataset, k, block_size, materialize_distances, train_vs_train, method, d
 def _matrix_input(path: str, name: str, ex: shardwren.Executor, block_size: int):
     """``(matrix, scratch)``: a stored whole-row-block matrix is used in place; any other
     source is streamed into the executor's store (``scratch``, deleted afterwards)."""
-    import uuid
-
     from . import sources
     from .matrix import open_url
 
@@ -206,8 +204,8 @@ def _matrix_input(path: str, name: str, ex: shardwren.Executor, block_size: int)
         except (ShardwrenError, ValueError, FileNotFoundError, KeyError):
             pass
     click.echo(f"sharding {name} from {path} ...")
-    m = sources.shard(path, f"tmp/cli-{name}-{uuid.uuid4().hex[:8]}", block_rows=block_size,
-                      store=ex.store, progress=True)
+    m = sources.shard(path, scratch=f"cli-{name}", block_rows=block_size, store=ex.store,
+                      progress=True)
     return m, m
 
 
@@ -388,11 +386,39 @@ def matrix_info(url) -> None:
     """Shape, blocks, dtype, compression and completeness of the matrix at URL."""
     m = _url_matrix(url)
     have = len(m.block_idxs_exist)
-    nbytes = sum(m.store.fs.size(m.store.path(k)) for k in m.store.list(m.key))
+    nbytes = sum(m.store.size(k) for k in m.store.list(m.key))
     click.echo(f"{url}\n  shape {m.shape}, blocks of {m.shard_sizes} ({m.grid[0]} x {m.grid[1]} grid), "
                f"dtype {m.dtype}\n  blocks written {have} of {m.num_blocks}; "
-               f"{nbytes / 2**20:.1f} MiB in the store; compressor {m._compressor}, crc32c checksums\n"
+               f"{nbytes / 2**20:.1f} MiB in the store; compressor {m.compressor}"
+               f"{', crc32c checksums' if m.layout.codec != 'zarr' else ''}\n"
                f"  readable by zarr.open_array({url!r})")
+
+
+@main.group("store")
+def store_group() -> None:
+    """Maintain a store."""
+
+
+@store_group.command("gc")
+@click.option("--store", default=None, help="Store to clean (default: the default store).")
+@click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
+def store_gc(store, dry_run) -> None:
+    """Remove what killed processes left behind: scratch inputs (tmp/<name>-<owner>-<id>),
+    .partial temporaries and leases of owners that are dead. A live job's are kept.
+    """
+    from .storage import collect_garbage, open_store
+
+    try:
+        s = open_store(store)
+        found = collect_garbage(s, dry_run=dry_run)
+    except ShardwrenError as exc:
+        raise click.ClickException(str(exc)) from None
+    verb = "would remove" if dry_run else "removed"
+    for g in found:
+        click.echo(f"{verb} {g.kind:8} {g.key}  ({g.nbytes / 2**20:.2f} MiB; {g.reason})")
+    total = sum(g.nbytes for g in found)
+    click.echo(f"{s.url}: {verb} {len(found)} item{'s' if len(found) != 1 else ''}, "
+               f"{total / 2**20:.2f} MiB" if found else f"{s.url}: nothing to remove")
 
 
 @main.group(invoke_without_command=True)

@@ -116,6 +116,26 @@ class MatrixExistsError(ShardwrenError, FileExistsError):
     """A matrix exists with another layout and ``overwrite=False`` was given."""
 
 
+class KeyIsPrefixError(ShardwrenError, IsADirectoryError):
+    """A key names a prefix (a directory of other keys), not a value."""
+
+
+class KeyConflictError(ShardwrenError, FileExistsError):
+    """A key would reach into another node's tree (or hold one inside its own)."""
+
+
+class MetadataError(ShardwrenError, ValueError):
+    """A node's metadata (``zarr.json``, ``.zarray``) is not valid JSON or lacks a field."""
+
+
+class NotAMatrixError(ShardwrenError, ValueError):
+    """A key holds a Zarr node that is not a 2-D numeric array (a group, a 1-D array, ...)."""
+
+
+class ResumeMismatchError(ShardwrenError, ValueError):
+    """Saved partial results under a key were produced by a different job."""
+
+
 class DatasetNotFoundError(ShardwrenError, FileNotFoundError):
     """A dataset's files could not be found or downloaded."""
 

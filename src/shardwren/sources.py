@@ -182,9 +182,9 @@ def check_free_space(store: Any, nbytes: int, what: str) -> None:
             "fewer rows")
 
 
-def shard(source: Any, key: str, block_rows: int = 4000, store: Any = None,
+def shard(source: Any, key: str | None = None, block_rows: int = 4000, store: Any = None,
           dtype: Any = None, executor: Any = None, progress: bool | None = None,
-          overwrite: bool = True):
+          overwrite: bool = True, scratch: str | None = None):
     """Write a source into a new ShardedMatrix of whole-row blocks, one block at a time.
 
     Parameters
@@ -203,12 +203,15 @@ def shard(source: Any, key: str, block_rows: int = 4000, store: Any = None,
         Write the blocks from its workers (each reads its own rows of the source,
         which must then be a path or URL the workers can open); default: from this
         process, one block row at a time.
+    scratch : str, optional
+        Instead of ``key``: a scratch matrix named after this, owned by this
+        process (``shardwren store gc`` removes it if the process dies first).
 
     Returns
     -------
     ShardedMatrix
     """
-    from .matrix import ShardedMatrix
+    from .matrix import ShardedMatrix, scratch_matrix
     from .storage import open_store
 
     src = open_source(source)
@@ -218,20 +221,35 @@ def shard(source: Any, key: str, block_rows: int = 4000, store: Any = None,
     st = open_store(store)
     n, d = src.shape
     check_free_space(st, n * d * dt.itemsize, f"sharding a {n} x {d} {dt} matrix")
-    M = ShardedMatrix(key, shape=(n, d), shard_sizes=(max(1, min(block_rows, max(n, 1))), max(d, 1)),
-                      dtype=dt, store=st, overwrite=overwrite)
-    spans = list(row_blocks(n, M.shard_sizes[0]))
+    blocks = (max(1, min(block_rows, max(n, 1))), max(d, 1))
+    if scratch is not None:
+        M = scratch_matrix(st, scratch, (n, d), blocks, dt)
+    elif key is not None:
+        M = ShardedMatrix(key, shape=(n, d), shard_sizes=blocks, dtype=dt, store=st,
+                          overwrite=overwrite)
+    else:
+        raise TypeError("shard() needs key= or scratch=")
+    try:
+        _write_rows(source, src, M, dt, executor, progress)
+    except BaseException:
+        if scratch is not None:
+            M.delete()
+        raise
+    return M
+
+
+def _write_rows(source: Any, src: Source, M: Any, dt: np.dtype, executor: Any,
+                progress: bool | None) -> None:
+    spans = list(row_blocks(M.shape[0], M.shard_sizes[0]))
     if executor is not None and isinstance(source, (str, os.PathLike)):
         from .futures import get_all_results
 
         get_all_results(executor.map(
             lambda i: M.put_block(i, 0, open_source(source).rows(*spans[i]).astype(dt, copy=False)),
             range(len(spans))), progress=progress)
-        return M
+        return
     from tqdm.auto import tqdm
 
-    show = progress if progress is not None else False
-    for i, (r0, r1) in enumerate(tqdm(spans, desc=f"sharding {key}", unit="block",
-                                      disable=not show)):
+    for i, (r0, r1) in enumerate(tqdm(spans, desc=f"sharding {M.key}", unit="block",
+                                      disable=not progress)):
         M.put_block(i, 0, src.rows(r0, r1).astype(dt, copy=False))
-    return M

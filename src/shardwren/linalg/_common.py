@@ -3,15 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
+import json
 import numbers
 import uuid
+import zipfile
 from typing import Any, Iterator
 
 import numpy as np
 
-from ..errors import DTypeMismatchError, ShapeMismatchError, StoreNotSharedError
+from ..errors import (
+    DTypeMismatchError,
+    ResumeMismatchError,
+    ShapeMismatchError,
+    StoreNotSharedError,
+)
 from ..executor import Executor, default_executor
-from ..matrix import ShardedMatrix
+from ..matrix import ShardedMatrix, scratch_from_numpy, scratch_matrix
 
 DEFAULT_BLOCK = 4000
 
@@ -76,8 +85,8 @@ class Inputs:
         require_shared(self.executor.store, self.executor)
         rows = rows or self.block_rows or DEFAULT_BLOCK
         cols = cols or X.shape[1]
-        m = ShardedMatrix.from_numpy(X, f"tmp/{name}-{uuid.uuid4().hex[:12]}",
-                                     (max(1, rows), max(1, cols)), store=self.executor.store)
+        # Owned by this process: if it dies, `shardwren store gc` removes it.
+        m = scratch_from_numpy(X, self.executor.store, name, (max(1, rows), max(1, cols)))
         self._scratch.append(m)
         return m
 
@@ -88,8 +97,7 @@ class Inputs:
 
     def scratch(self, shape: tuple[int, int], shard_sizes: tuple[int, int], name: str,
                 dtype: Any = None) -> ShardedMatrix:
-        m = ShardedMatrix(f"tmp/{name}-{uuid.uuid4().hex[:12]}", shape=shape,
-                          shard_sizes=shard_sizes, dtype=dtype, store=self.executor.store)
+        m = scratch_matrix(self.executor.store, name, shape, shard_sizes, dtype)
         self._scratch.append(m)
         return m
 
@@ -106,21 +114,152 @@ def todo(out: ShardedMatrix, idxs: list, resume: bool) -> list:
     return [ij for ij in idxs if tuple(ij[:2]) not in have]
 
 
-def _keep(store: Any, part: str, fn, *args):
-    """Run a task and persist its (small) result, so a resumed job can reuse it."""
-    import pickle
+# --- resumable maps: task results kept in the store as plain arrays -------------------------
+#
+# A resumed job reuses the results a killed one left under ``<key>/parts/``. Two
+# rules make that safe: nothing read back is unpickled (results are stored as .npz
+# arrays plus a JSON tree, loaded with allow_pickle=False), and every part carries
+# the fingerprint of the job that made it (inputs' contents, k, method, ...), so a
+# part of a different job under the same key is refused, never returned.
 
+_TREE, _DIGEST = "__tree__", "__fingerprint__"
+
+
+def _encode_result(value: Any, digest: str) -> bytes:
+    """A task result as .npz bytes: its arrays, plus a JSON tree of the containers
+    (tuples, lists, str-keyed dicts) and plain scalars around them."""
+    arrays: dict[str, np.ndarray] = {}
+
+    def tree(v: Any) -> Any:
+        if v is None or isinstance(v, (bool, int, float, str)):
+            return v
+        if isinstance(v, np.ndarray) or isinstance(v, np.generic):
+            a = np.asarray(v)
+            if a.dtype.hasobject:
+                raise TypeError("holds an object array")
+            name = f"a{len(arrays)}"
+            arrays[name] = a
+            return {"a" if isinstance(v, np.ndarray) else "s": name}
+        if isinstance(v, tuple):
+            return {"t": [tree(x) for x in v]}
+        if isinstance(v, list):
+            return {"l": [tree(x) for x in v]}
+        if isinstance(v, dict) and all(isinstance(k, str) for k in v):
+            return {"d": [[k, tree(x)] for k, x in v.items()]}
+        raise TypeError(f"holds a {type(v).__name__}")
+
+    try:
+        doc = json.dumps(tree(value))
+    except TypeError as exc:
+        raise TypeError(f"resume=True keeps each task's result as plain arrays, but this result "
+                        f"{exc}: return arrays, numbers, strings and tuples/lists/dicts of them"
+                        ) from None
+    buf = io.BytesIO()
+    np.savez(buf, **arrays, **{_TREE: np.array(doc), _DIGEST: np.array(digest)})
+    return buf.getvalue()
+
+
+def _decode_result(data: bytes) -> tuple[str, Any]:
+    """(fingerprint, value) of a part; ValueError if it is not one (never unpickles)."""
+    try:
+        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        doc, digest = json.loads(str(arrays.pop(_TREE))), str(arrays.pop(_DIGEST))
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
+        raise ValueError(f"not a saved part ({type(exc).__name__}: {exc})") from None
+
+    def build(t: Any) -> Any:
+        if not isinstance(t, dict):
+            return t
+        if "a" in t:
+            return arrays[t["a"]]
+        if "s" in t:
+            return arrays[t["s"]][()]
+        if "t" in t:
+            return tuple(build(x) for x in t["t"])
+        if "l" in t:
+            return [build(x) for x in t["l"]]
+        return {k: build(x) for k, x in t["d"]}
+
+    try:
+        return digest, build(doc)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"not a saved part ({type(exc).__name__}: {exc})") from None
+
+
+def _describe(value: Any, what: str) -> Any:
+    """A JSON description of one ingredient of a job's fingerprint."""
+    if isinstance(value, ShardedMatrix):
+        return {"matrix": {"shape": list(value.shape), "blocks": list(value.shard_sizes),
+                           "dtype": None if value.dtype is None else value.dtype.str,
+                           "content": value.content_digest()}}
+    if isinstance(value, np.ndarray):
+        a = np.ascontiguousarray(value)
+        return {"array": {"shape": list(a.shape), "dtype": a.dtype.str,
+                          "content": hashlib.sha256(a.view(np.uint8).reshape(-1)).hexdigest()}}
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, (tuple, list)):
+        return [_describe(v, what) for v in value]
+    raise TypeError(f"fingerprint ingredient {what!r} is a {type(value).__name__}; use "
+                    "matrices, arrays, numbers, strings or tuples of them")
+
+
+def job_fingerprint(name: str, fingerprint: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """The description (JSON) and digest of what produces a resumable map's results."""
+    desc = {"task": name, **{k: _describe(v, k) for k, v in sorted(fingerprint.items())}}
+    return desc, hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
+
+
+def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if a == b:
+            continue
+        if isinstance(a, dict) and isinstance(b, dict) and "matrix" in a and "matrix" in b:
+            a, b = a["matrix"], b["matrix"]
+            what = [f for f in ("shape", "blocks", "dtype", "content") if a.get(f) != b.get(f)]
+            out.append(f"{k}: {', '.join(what)} differ" if what != ["content"]
+                       else f"{k}: same shape, other data")
+        else:
+            out.append(f"{k}: {a!r} then, {b!r} now")
+    return "; ".join(out) or "their fingerprint differs"
+
+
+def _keep(store: Any, part: str, digest: str, fn, *args):
+    """Run a task and keep its result (plain arrays, fingerprinted) for a resumed job."""
     result = fn(*args)
-    store.put(part, pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL))
+    store.put(part, _encode_result(result, digest))
     return result
 
 
+def _mismatch(store: Any, key: str, name: str, why: str) -> ResumeMismatchError:
+    return ResumeMismatchError(
+        f"the partial results saved under {key!r} in {store.url} were made by a different job "
+        f"({why}); they are not reused. Pass another key=, or delete them to start this job "
+        f"afresh: store.delete({key + '/parts'!r}); store.delete({f'{key}/parts-{name}.json'!r})")
+
+
 def run_resumable(ex: Executor, fn, items: list[tuple], key: str | None, name: str,
-                  resume: bool, progress: bool | None = None) -> tuple[list, int]:
+                  resume: bool, progress: bool | None = None, *,
+                  fingerprint: dict[str, Any] | None = None) -> tuple[list, int]:
     """``[fn(*item) for item in items]`` as tasks; with ``resume``, each result is
     kept in the store under ``<key>/parts/`` and those already there are reused.
 
-    Returns the results in order and how many tasks ran.
+    Parameters
+    ----------
+    fingerprint : dict, optional (required with ``resume``)
+        Everything the results depend on: input matrices (their contents are
+        digested, cheaply: each block's stored checksum), and parameters such as
+        ``k``. Saved parts of a job with another fingerprint are refused with
+        :class:`ResumeMismatchError` (never reused, never silently overwritten).
+
+    Returns the results in order and how many tasks ran. Parts are plain arrays
+    (.npz) read with ``allow_pickle=False``; a part that does not load (damaged, or
+    written by an older shardwren that pickled them) is computed again.
     """
     from ..futures import get_all_results
 
@@ -129,18 +268,49 @@ def run_resumable(ex: Executor, fn, items: list[tuple], key: str | None, name: s
         return get_all_results(fs, progress=progress), len(fs)
     if not key:
         raise ValueError("resume=True needs a name for the job's saved partial results: pass key=")
-    import pickle
-
+    if fingerprint is None:
+        raise TypeError("run_resumable(resume=True) needs fingerprint=: what the results "
+                        "depend on (inputs and parameters)")
     store = ex.store
-    parts = [f"{key}/parts/{name}-" + "-".join(map(str, it)) for it in items]
+    desc, digest = job_fingerprint(name, fingerprint)
+    manifest = f"{key}/parts-{name}.json"
+    if not store.put_if_absent(manifest, json.dumps({"digest": digest, "job": desc},
+                                                    indent=1).encode()):
+        try:
+            saved = json.loads(store.get(manifest))
+            same = saved["digest"] == digest
+        except (ValueError, KeyError, TypeError):
+            raise _mismatch(store, key, name, f"{manifest} is unreadable") from None
+        if not same:
+            raise _mismatch(store, key, name, _differences(saved.get("job", {}), desc))
+    parts = [f"{key}/parts/{name}-" + "-".join(_part_name(x) for x in it) for it in items]
     have = set(store.list(f"{key}/parts"))
-    results: list = [pickle.loads(store.get(p)) if p in have else None for p in parts]
-    missing = [n for n, p in enumerate(parts) if p not in have]
-    fs = ex.starmap(lambda part, *it: _keep(store, part, fn, *it),
+    results: list = [None] * len(items)
+    missing = []
+    for n, p in enumerate(parts):
+        if p not in have:
+            missing.append(n)
+            continue
+        try:
+            got, value = _decode_result(store.get(p))
+        except ValueError:
+            missing.append(n)  # damaged or an old pickled part: never unpickled, recomputed
+            continue
+        if got != digest:
+            raise _mismatch(store, key, name, f"part {p} carries another fingerprint")
+        results[n] = value
+    fs = ex.starmap(lambda part, *it: _keep(store, part, digest, fn, *it),
                     [(parts[n], *items[n]) for n in missing])
     for n, value in zip(missing, get_all_results(fs, progress=progress)):
         results[n] = value
     return results, len(missing)
+
+
+def _part_name(x: Any) -> str:
+    """One task argument in a part's key: numbers as they are, lists joined by '_'."""
+    if isinstance(x, (list, tuple)):
+        return "_".join(_part_name(v) for v in x)
+    return str(x)
 
 
 def new_token() -> str:

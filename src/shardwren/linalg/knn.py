@@ -91,6 +91,9 @@ from .kernels import (
 
 __all__ = ["Prep", "knn", "merge", "topk_rows", "tree_merge", "vote"]
 
+#: Names the arithmetic of the partial results a resumed job may reuse: parts saved
+#: by another version of the algorithm (float32 distances, say) are refused.
+ALGORITHM = "certified-float64-v1"
 #: Query rows per GEMM chunk: a chunk of distances (rows x 4000 floats) stays in
 #: cache for the selection passes that follow it.
 CHUNK_ROWS = 1024
@@ -401,12 +404,16 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
         if symmetric:
             pairs = [(i, j) for i in range(T.grid[0]) for j in range(i, T.grid[0])]
             out, ran = run_resumable(ex, lambda i, j: _pair_tile(T, i, j, k, prep, exclude_self),
-                                     pairs, key, "pair", resume, progress)
+                                     pairs, key, "pair", resume, progress,
+                                     fingerprint={"train": T, "k": k, "exclude_self": exclude_self,
+                                                  "algorithm": ALGORITHM})
             results = [p for r in out for p in r]
         else:
             tiles = [(i, j) for i in range(Q.grid[0]) for j in range(T.grid[0])]
             results, ran = run_resumable(ex, lambda i, j: _query_tile(Q, T, i, j, k, prep),
-                                         tiles, key, "tile", resume, progress)
+                                         tiles, key, "tile", resume, progress,
+                                         fingerprint={"train": T, "query": Q, "k": k,
+                                                      "algorithm": ALGORITHM})
         t3 = time.perf_counter()
         dist, ind = _assemble(results, Q, k)
         timings.update(shard=t1 - t0, columns=t2 - t1, tiles=t3 - t2,

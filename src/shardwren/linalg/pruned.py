@@ -555,6 +555,8 @@ def query(index: PrunedIndex, Q: ShardedMatrix, k: int, executor: Executor,
     that found them.
     """
     phase1, phase2, _ = plan_query(index, Q, executor.parallelism)
+    fingerprint = {"train": index.train, "query": Q, "k": k, "exclude_self": exclude_self,
+                   "algorithm": "pruned-ranges-v1"}
     nq = Q.shape[0]
     dist = np.full((nq, k), np.inf)
     ind = np.full((nq, k), PAD_INDEX, dtype=np.int64)
@@ -570,14 +572,14 @@ def query(index: PrunedIndex, Q: ShardedMatrix, k: int, executor: Executor,
     first, ran1 = run_resumable(
         executor, lambda q0, q1, blocks: _range_task(index, Q, q0, q1, blocks, k, None,
                                                      exclude_self),
-        phase1, key, "pruned-sample", resume, progress)
+        phase1, key, "pruned-sample", resume, progress, fingerprint=fingerprint)
     exact = fold(first)
     del first
     tau0 = dist[:, -1].copy()
     second, ran2 = run_resumable(
         executor, lambda q0, q1, blocks: _range_task(index, Q, q0, q1, blocks, k,
                                                      tau0[q0:q1], exclude_self),
-        phase2, key, "pruned-range", resume, progress)
+        phase2, key, "pruned-range", resume, progress, fingerprint=fingerprint)
     exact += fold(second)
     if (ind == PAD_INDEX).any():
         raise AssertionError("pruned k-NN lost neighbours; please report this bug")

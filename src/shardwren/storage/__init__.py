@@ -4,26 +4,58 @@
 ``memory://`` (this process only), ``s3://bucket/prefix`` (s3fs; endpoint and
 credentials from the usual AWS environment or explicit options), and any other
 fsspec protocol. Keys are ``/``-separated relative paths.
+
+Every byte shardwren keeps goes through :class:`Store`: matrices' chunks and
+metadata, resume parts, job records. Local, memory and S3 stores therefore share
+one code path above this module; what differs (atomic rename, exclusive create,
+mapping a file into memory) is decided here, once.
 """
 
 from __future__ import annotations
 
+import errno
+import mmap
 import os
+import stat
+import threading
 import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import fsspec
+import numpy as np
 
 from .. import _iostats, config
 from .._optional import missing
-from ..errors import BackendNotInstalledError, KeyNotFoundError, StoreWriteError, UnknownSchemeError
+from ..errors import (
+    BackendNotInstalledError,
+    KeyIsPrefixError,
+    KeyNotFoundError,
+    StoreWriteError,
+    UnknownSchemeError,
+)
+from ._owners import owner_tag
 
 DEFAULT_STORE = "~/.shardwren/store"
 
+#: Values smaller than this are read, not mapped, by ``get_buffer(mapped=True)``: each
+#: mapping keeps a file descriptor open (Python's mmap holds a duplicate), and small
+#: reads are cheap anyway.
+MAP_MIN_BYTES = 4 << 20
+#: Local reads go into the destination in pieces of this size.
+_READ_PIECE = 1 << 20
+#: Mapped reads fault their pages in at once (Linux), not one by one.
+_POPULATE = getattr(mmap, "MAP_POPULATE", 0)
+#: Suffix of a local value being written (``<key>.<owner tag>.<id>.partial``).
+PARTIAL = ".partial"
+
 # protocol -> the optional library implementing it (shardwren._optional names its extra)
 _NEEDS = {"s3": "s3fs", "s3a": "s3fs"}
+# Schemes whose put_if_absent is atomic between processes (or, for memory, threads).
+_EXCLUSIVE = {"file", "memory", "s3", "s3a"}
+# A memory store lives in this process: one lock makes its check-then-write atomic.
+_MEMORY_LOCK = threading.Lock()
 
 
 def default_store_url() -> str:
@@ -46,6 +78,10 @@ def _check_key(key: str) -> str:
     return key
 
 
+def _parts(data: bytes | Sequence[Any]) -> list:
+    return [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+
+
 class Store:
     """A flat key -> bytes store rooted at a URL.
 
@@ -65,7 +101,10 @@ class Store:
         self.options = options
         if scheme == "file":
             root = str(Path(rest).expanduser().resolve())
-            os.makedirs(root, mode=0o700, exist_ok=True)
+            try:
+                os.makedirs(root, mode=0o700, exist_ok=True)
+            except OSError as exc:
+                raise write_error(exc, "file://" + root, "(the store's root folder)") from exc
             self.url = "file://" + root
             self.fs = fsspec.filesystem("file")
         else:
@@ -92,6 +131,13 @@ class Store:
         """True for ``file://`` stores."""
         return self.scheme == "file"
 
+    @property
+    def exclusive_create(self) -> bool:
+        """Whether :meth:`put_if_absent` is atomic: true for local disk (a hard link),
+        memory (a lock) and S3 (a conditional ``If-None-Match: *`` PUT; S3-compatible
+        services that ignore the condition make it a plain put)."""
+        return self.scheme in _EXCLUSIVE
+
     def path(self, key: str) -> str:
         """Filesystem path (for fsspec) of ``key``."""
         return f"{self.root}/{_check_key(key)}"
@@ -100,7 +146,14 @@ class Store:
         """Full URL of ``key``, usable by zarr, dask or fsspec directly."""
         return f"{self.url}/{_check_key(key)}"
 
-    # -- the five operations -------------------------------------------------------
+    def _missing(self, key: str) -> KeyNotFoundError:
+        return KeyNotFoundError(f"key {key!r} not found in store {self.url}")
+
+    def _prefix(self, key: str) -> KeyIsPrefixError:
+        return KeyIsPrefixError(f"key {key!r} in store {self.url} is a prefix (a folder of "
+                                "other keys), not a value")
+
+    # -- reading -------------------------------------------------------------------
     def get(self, key: str) -> bytes:
         """Return the bytes stored at ``key``.
 
@@ -108,89 +161,298 @@ class Store:
         ------
         KeyNotFoundError
             If there is no such key (also a ``FileNotFoundError``).
+        KeyIsPrefixError
+            If ``key`` is a folder of other keys on a local store.
         """
+        path = self.path(key)
         try:
-            data = self.fs.cat_file(self.path(key))
-        except (FileNotFoundError, IsADirectoryError):
-            raise KeyNotFoundError(f"key {key!r} not found in store {self.url}") from None
+            data = self.fs.cat_file(path)
+        except IsADirectoryError:
+            raise self._prefix(key) from None
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(key) from None
         _iostats.add_read(len(data))
         return data
 
-    def put(self, key: str, data: bytes | Sequence[Any]) -> None:
-        """Store ``data`` at ``key``; atomic on local disk (temporary file + rename).
+    def get_buffer(self, key: str, mapped: bool = False) -> np.ndarray:
+        """The whole value at ``key`` as a 1-D uint8 array, with as few copies as the
+        store allows.
 
-        ``data`` may be a sequence of byte buffers (memoryviews of arrays, say),
-        stored one after the other without first being joined into a copy.
+        On a local store the file is read straight into fresh (not zeroed) memory,
+        which comes back writable; with ``mapped`` a value of at least
+        :data:`MAP_MIN_BYTES` is instead mapped into memory read-only (no fresh
+        memory; values are replaced by rename, so the mapping keeps its contents).
+        Other stores return their client's bytes (read-only, no extra copy).
+
+        Raises
+        ------
+        KeyNotFoundError, KeyIsPrefixError
         """
         path = self.path(key)
-        parts = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
-        _iostats.add_written(sum(memoryview(p).nbytes for p in parts))
+        if not self.is_local:
+            try:
+                data = self.fs.cat_file(path)
+            except IsADirectoryError:
+                raise self._prefix(key) from None
+            except (FileNotFoundError, NotADirectoryError):
+                raise self._missing(key) from None
+            _iostats.add_read(len(data))
+            return np.frombuffer(data, dtype=np.uint8)
         try:
-            if self.is_local:
-                os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
-                tmp = f"{path}.{uuid.uuid4().hex}.partial"
-                try:
-                    with open(tmp, "wb") as fh:
-                        for part in parts:
-                            fh.write(part)
-                    os.replace(tmp, path)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(key) from None
+        except IsADirectoryError:
+            raise self._prefix(key) from None
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISDIR(info.st_mode):
+                raise self._prefix(key)
+            size = info.st_size
+            if mapped and size >= MAP_MIN_BYTES:
+                buf = np.frombuffer(mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE,
+                                              prot=mmap.PROT_READ), dtype=np.uint8)
             else:
-                self.fs.pipe_file(path, b"".join(parts))
-        except OSError as exc:
-            raise write_error(exc, self.url, key) from None
+                # Fresh memory, not zeroed: reading fills it. (FileIO.readinto in pieces
+                # measured 5x faster than one os.readv into a fresh buffer.)
+                buf = np.empty(size, dtype=np.uint8)
+                view, got = memoryview(buf), 0
+                with open(fd, "rb", buffering=0, closefd=False) as fh:
+                    while got < size:
+                        n = fh.readinto(view[got:got + _READ_PIECE])
+                        if not n:  # truncated under us: what we hold is all there is
+                            buf = buf[:got]
+                            break
+                        got += n
+        finally:
+            os.close(fd)
+        _iostats.add_read(buf.nbytes)
+        return buf
+
+    def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
+        """Bytes ``start:end`` of the value at ``key``; a negative ``start`` counts
+        from its end (``get_range(k, -4)`` is its last four bytes)."""
+        path = self.path(key)
+        try:
+            if start < 0:
+                size = self.size(key)
+                start = max(0, size + start)
+            data = self.fs.cat_file(path, start=start, end=end)
+        except IsADirectoryError:
+            raise self._prefix(key) from None
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(key) from None
+        _iostats.add_read(len(data))
+        return data
+
+    def size(self, key: str) -> int:
+        """Size in bytes of the value at ``key``."""
+        path = self.path(key)
+        if self.is_local:
+            try:
+                info = os.stat(path)
+            except (FileNotFoundError, NotADirectoryError):
+                raise self._missing(key) from None
+            if stat.S_ISDIR(info.st_mode):
+                raise self._prefix(key)
+            return info.st_size
+        try:
+            info = self.fs.info(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(key) from None
+        if info.get("type") == "directory":
+            raise self._prefix(key)
+        return int(info["size"])
 
     def exists(self, key: str) -> bool:
         """Whether ``key`` holds a value."""
         return self.fs.isfile(self.path(key))
 
+    def list(self, prefix: str = "") -> list[str]:
+        """Sorted keys under ``prefix`` (all keys when empty), relative to the root.
+
+        Temporaries of writes in progress (or abandoned: see
+        :func:`collect_garbage`) are not listed.
+        """
+        prefix = prefix.strip("/")
+        # fsspec's memory file system cannot list below a key that is also a value:
+        # list it all (it lives in this process, and is small) and filter.
+        base = self.path(prefix) if prefix and self.scheme != "memory" else self.root
+        try:
+            found = self.fs.find(base)
+        except (FileNotFoundError, NotADirectoryError):
+            return []
+        cut = len(self.root.rstrip("/")) + 1
+        under = prefix + "/" if prefix else ""
+        # Only keys strictly under the prefix: object-store listings may also return
+        # the prefix itself (a "directory" created meanwhile) or siblings sharing it.
+        return sorted(k for k in (self.fs._strip_protocol(f)[cut:] for f in found)
+                      if k.startswith(under) and not k.endswith(PARTIAL))
+
+    def temporaries(self) -> list[tuple[str, float, int]]:
+        """``(key, modified time, size)`` of every ``.partial`` temporary: values a
+        process began writing on a local store and has not (yet) renamed into place."""
+        if not self.is_local:
+            return []  # object stores write a value in one request: no temporaries
+        out = []
+        cut = len(self.root.rstrip("/")) + 1
+        for dirpath, _, files in os.walk(self.root):
+            for name in files:
+                if name.endswith(PARTIAL):
+                    full = os.path.join(dirpath, name)
+                    try:
+                        info = os.stat(full)
+                    except FileNotFoundError:
+                        continue  # renamed into place meanwhile
+                    out.append((full[cut:], info.st_mtime, info.st_size))
+        return sorted(out)
+
+    # -- writing -------------------------------------------------------------------
+    def put(self, key: str, data: bytes | Sequence[Any]) -> None:
+        """Store ``data`` at ``key``; atomic on local disk (temporary file + rename).
+
+        ``data`` may be a sequence of byte buffers (memoryviews of arrays, say),
+        stored one after the other without first being joined into a copy.
+
+        Raises
+        ------
+        StoreWriteError
+            When the store refuses the write (read-only, full, ...), naming ``key``.
+        """
+        path = self.path(key)
+        parts = _parts(data)
+        _iostats.add_written(sum(memoryview(p).nbytes for p in parts))
+        try:
+            if self.is_local:
+                tmp = self._write_temporary(path, parts)
+                try:
+                    os.replace(tmp, path)
+                finally:
+                    _unlink_quietly(tmp)
+            elif self.scheme == "memory":
+                with _MEMORY_LOCK:
+                    self.fs.pipe_file(path, b"".join(parts))
+            else:
+                self.fs.pipe_file(path, b"".join(parts))
+        except OSError as exc:
+            raise write_error(exc, self.url, key) from exc
+
+    def put_if_absent(self, key: str, data: bytes | Sequence[Any]) -> bool:
+        """Store ``data`` at ``key`` only if ``key`` holds nothing yet.
+
+        Returns True if this call created the value, False if one was there (it
+        is left untouched). Atomic between processes where :attr:`exclusive_create`
+        says so: of several concurrent callers exactly one gets True, and every
+        reader sees either nothing or the whole value. Elsewhere it is a check
+        followed by a put.
+        """
+        path = self.path(key)
+        parts = _parts(data)
+        try:
+            if self.is_local:
+                if os.path.lexists(path):  # the common case needs no temporary at all
+                    return False
+                tmp = self._write_temporary(path, parts)
+                try:
+                    os.link(tmp, path)  # fails if path exists: the exclusive step
+                except FileExistsError:
+                    return False
+                except OSError as exc:
+                    if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP):
+                        raise
+                    # No hard links on this file system: O_EXCL is exclusive too, but a
+                    # reader may see the value partly written.
+                    try:
+                        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+                    except FileExistsError:
+                        return False
+                    with os.fdopen(fd, "wb") as fh:
+                        for part in parts:
+                            fh.write(part)
+                finally:
+                    _unlink_quietly(tmp)
+            elif self.scheme == "memory":
+                with _MEMORY_LOCK:
+                    if self.fs.exists(path):
+                        return False
+                    self.fs.pipe_file(path, b"".join(parts))
+            else:
+                try:
+                    self.fs.pipe_file(path, b"".join(parts), mode="create")
+                except FileExistsError:
+                    return False
+                except TypeError:  # an fsspec implementation without mode=
+                    if self.fs.exists(path):
+                        return False
+                    self.fs.pipe_file(path, b"".join(parts))
+        except OSError as exc:
+            raise write_error(exc, self.url, key) from exc
+        _iostats.add_written(sum(memoryview(p).nbytes for p in parts))
+        return True
+
+    def _write_temporary(self, path: str, parts: list) -> str:
+        """Write ``parts`` to a fresh temporary beside ``path``; return its path.
+        Its name carries this process's owner tag, so that ``store gc`` can tell an
+        abandoned temporary (its writer is dead) from one being written."""
+        os.makedirs(os.path.dirname(path), mode=0o700, exist_ok=True)
+        tmp = f"{path}.{owner_tag()}.{uuid.uuid4().hex[:12]}{PARTIAL}"
+        try:
+            with open(tmp, "wb") as fh:
+                for part in parts:
+                    fh.write(part)
+        except BaseException:
+            _unlink_quietly(tmp)
+            raise
+        return tmp
+
     def delete(self, key: str, missing_ok: bool = False) -> None:
         """Remove ``key`` (or, when ``key`` is a prefix, everything under it)."""
         path = self.path(key)
-        if not self.fs.exists(path):
-            if missing_ok:
-                return
-            raise KeyNotFoundError(f"cannot delete {key!r}: not found in store {self.url}")
-        self.fs.rm(path, recursive=True)
-
-    def list(self, prefix: str = "") -> list[str]:
-        """Sorted keys under ``prefix`` (all keys when empty), relative to the root."""
-        base = self.root if not prefix.strip("/") else self.path(prefix)
         try:
-            found = self.fs.find(base)
+            if not self.fs.exists(path):
+                if missing_ok:
+                    return
+                raise KeyNotFoundError(f"cannot delete {key!r}: not found in store {self.url}")
+            self.fs.rm(path, recursive=True)
         except FileNotFoundError:
-            return []
-        cut = len(self.root.rstrip("/")) + 1
-        return sorted(p[cut:] for p in (self.fs._strip_protocol(f) for f in found)
-                      if not p.endswith(".partial"))
+            if not missing_ok:
+                raise KeyNotFoundError(
+                    f"cannot delete {key!r}: not found in store {self.url}") from None
+        except OSError as exc:
+            if isinstance(exc, KeyNotFoundError):
+                raise
+            raise write_error(exc, self.url, key, "delete") from exc
 
     # -- zarr --------------------------------------------------------------------
     def zarr_store(self, key: str, read_only: bool = False):
-        """A zarr v3 store object rooted at ``key`` inside this store."""
-        import zarr.storage
+        """A zarr v3 store object rooted at ``key`` inside this store: zarr-python
+        reads and writes through this store's methods, whatever its kind."""
+        from ._zarr import ZarrStore
 
-        if self.is_local:
-            return zarr.storage.LocalStore(self.path(key), read_only=read_only)
-        return zarr.storage.FsspecStore.from_url(
-            self.url_for(key), storage_options=dict(self.options) or None, read_only=read_only
-        )
+        return ZarrStore(self, _check_key(key), read_only=read_only)
 
 
-def write_error(exc: OSError, url: str, key: str) -> OSError:
-    """Name the problem when a store refuses a write (other errors pass through)."""
-    import errno
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
 
+
+def write_error(exc: OSError, url: str, key: str, verb: str = "write") -> OSError:
+    """Name the problem when a store refuses a write: a :class:`StoreWriteError`
+    (an ``OSError``) saying what was being written, where, and why; the store's own
+    error stays attached as its cause (network errors remain retryable)."""
+    if isinstance(exc, StoreWriteError):
+        return exc
     reasons = {errno.ENOSPC: "the store is full (no space left on its device)",
                errno.EDQUOT: "the store's disk quota is exhausted",
                errno.EROFS: "the store is on a read-only file system",
                errno.EACCES: "the store is read-only for this user (permission denied)",
-               errno.EPERM: "the store is read-only for this user (operation not permitted)"}
-    reason = reasons.get(exc.errno)
-    if reason is None:
-        return exc
-    err = StoreWriteError(exc.errno, f"cannot write {key!r} to {url}: {reason}; free space, "
+               errno.EPERM: "the store is read-only for this user (operation not permitted)",
+               errno.ENOTDIR: "a prefix of the key is a value, not a folder"}
+    reason = reasons.get(exc.errno) or f"{type(exc).__name__}: {exc}"
+    err = StoreWriteError(exc.errno, f"cannot {verb} {key!r} in {url}: {reason}; free space, "
                                      "fix its permissions, or use another store")
     err.__cause__ = exc
     return err
@@ -202,8 +464,12 @@ def _filesystem(scheme: str, options: dict[str, Any]):
             f"unknown store URL scheme {scheme!r}; use file://, memory://, s3://, or another "
             f"fsspec protocol ({', '.join(sorted(fsspec.available_protocols())[:12])}, ...)"
         )
+    kwargs = dict(options)
+    if scheme in ("s3", "s3a"):
+        # Listings must be fresh: other processes add blocks and metadata all the time.
+        kwargs.setdefault("use_listings_cache", False)
     try:
-        return fsspec.filesystem(scheme, **options)
+        return fsspec.filesystem(scheme, **kwargs)
     except ImportError as exc:
         if scheme in _NEEDS:
             raise missing(f"store scheme {scheme}://", _NEEDS[scheme], exc,
@@ -225,4 +491,7 @@ def open_store(store: Store | str | None = None, **options: Any) -> Store:
     return Store(store or default_store_url(), **options)
 
 
-__all__ = ["Store", "open_store", "default_store_url", "DEFAULT_STORE"]
+from ._gc import Garbage, collect_garbage  # noqa: E402  (needs Store)
+
+__all__ = ["Store", "open_store", "default_store_url", "DEFAULT_STORE", "MAP_MIN_BYTES",
+           "collect_garbage", "Garbage", "write_error"]

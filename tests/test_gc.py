@@ -1,0 +1,147 @@
+"""`shardwren store gc`: what a killed driver left behind goes; what a live job owns stays."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+import shardwren
+from shardwren.cli import main
+from shardwren.matrix import ShardedMatrix, scratch_from_numpy
+from shardwren.storage import _owners, collect_garbage
+
+DRIVER = textwrap.dedent("""
+    import sys, time, numpy as np, shardwren
+    from shardwren.linalg._common import Inputs
+    store = shardwren.open_store(sys.argv[1])
+    with shardwren.default_executor(backend="local", store=store, workers=1, progress=False) as ex:
+        with Inputs(ex, block_rows=50) as inputs:   # what knn/matmul do with array inputs
+            m = inputs.matrix(np.ones((200, 8), np.float32), "train")
+            store._write_temporary(store.path("results/D/c/0/0"), [b"half a chunk"])
+            print("READY", m.key, flush=True)
+            time.sleep(600)
+""")
+
+
+def _start_driver(tmp_path, url):
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    proc = subprocess.Popen([sys.executable, str(script), url], stdout=subprocess.PIPE, text=True)
+    line = proc.stdout.readline()
+    assert line.startswith("READY"), line
+    return proc, line.split()[1]
+
+
+def test_killed_driver_leftovers_are_collected_live_ones_kept(tmp_path):
+    url = f"file://{tmp_path}/store"
+    store = shardwren.open_store(url)
+    keep = ShardedMatrix.from_numpy(np.ones((4, 4)), "results/keep", (2, 2), store=store)
+    mine = scratch_from_numpy(np.ones((6, 2)), store, "query", (3, 2))  # this process: alive
+    my_partial = store._write_temporary(store.path("results/E/c/0/0"), [b"mine"])
+    proc, theirs = _start_driver(tmp_path, url)
+    try:
+        assert theirs.startswith("tmp/train-o")
+        assert collect_garbage(store, dry_run=True) == []  # the driver is alive: nothing
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    found = {g.kind: g for g in collect_garbage(store, dry_run=True)}
+    assert sorted(found) == ["lease", "partial", "scratch"]
+    owner = found["scratch"].owner
+    assert found["scratch"].key == theirs and found["scratch"].nbytes >= 200 * 8 * 4
+    assert found["partial"].key.startswith(f"results/D/c/0/0.{owner}.")
+    assert found["lease"].key == _owners.lease_key(owner)
+    assert all("has exited" in g.reason for g in found.values())
+    assert store.list(theirs)  # a dry run removes nothing
+    removed = collect_garbage(store)
+    assert len(removed) == 3
+    assert store.list(theirs) == [] and store.temporaries() == [
+        (my_partial[len(store.root) + 1:], os.stat(my_partial).st_mtime, 4)]
+    assert store.list(mine.key) and keep.numpy().sum() == 16  # the live and the kept stay
+    assert collect_garbage(store) == []
+    mine.delete()
+
+
+def test_cli_store_gc(tmp_path):
+    url = f"file://{tmp_path}/store"
+    proc, theirs = _start_driver(tmp_path, url)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+    runner = CliRunner()
+    dry = runner.invoke(main, ["store", "gc", "--store", url, "--dry-run"])
+    assert dry.exit_code == 0, dry.output
+    assert f"would remove scratch  {theirs}" in dry.output and "would remove 3 items" in dry.output
+    assert shardwren.open_store(url).list(theirs)
+    real = runner.invoke(main, ["store", "gc", "--store", url])
+    assert real.exit_code == 0 and "removed 3 items" in real.output, real.output
+    assert shardwren.open_store(url).list(theirs) == []
+    again = runner.invoke(main, ["store", "gc", "--store", url])
+    assert "nothing to remove" in again.output
+
+
+def _foreign_tag(pid: int = 4242) -> str:
+    return f"o{'0' * 8 if _owners.host_id() != '0' * 8 else '1' * 8}p{pid}s1a"
+
+
+def test_owners_on_other_machines_count_by_lease(tmp_path):
+    """An owner on another machine is alive while its lease is fresh."""
+    store = shardwren.open_store(f"file://{tmp_path}")
+    fresh, stale, none = _foreign_tag(1), _foreign_tag(2), _foreign_tag(3)
+    for tag in (fresh, stale, none):
+        store.put(f"tmp/train-{tag}-abc/zarr.json", b"{}")
+    now = time.time()
+    store.put(_owners.lease_key(fresh), json.dumps({"renewed": now - 30}).encode())
+    store.put(_owners.lease_key(stale), json.dumps({"renewed": now - 3600}).encode())
+    store.put("tmp/pruned-0123456789ab/zarr.json", b"{}")  # no owner tag: never touched
+    found = {g.key: g for g in collect_garbage(store, dry_run=True)}
+    assert set(found) == {f"tmp/train-{stale}-abc", f"tmp/train-{none}-abc",
+                          _owners.lease_key(stale)}
+    assert "renewed no lease for 600 s" in found[f"tmp/train-{none}-abc"].reason
+
+
+def test_partials_of_other_machines_expire_by_age(tmp_path):
+    store = shardwren.open_store(f"file://{tmp_path}")
+    young = store._write_temporary(store.path("a/b"), [b"1"])
+    old_foreign = store.path(f"a/c.{_foreign_tag(5)}.0123456789ab.partial")
+    old_untagged = store.path("a/d.0123456789abcdef0123456789abcdef.partial")  # older shardwren
+    for p in (old_foreign, old_untagged):
+        with open(p, "wb") as fh:
+            fh.write(b"x")
+        os.utime(p, (time.time() - 7200, time.time() - 7200))
+    found = sorted(g.key for g in collect_garbage(store, dry_run=True))
+    assert found == sorted(p[len(store.root) + 1:] for p in (old_foreign, old_untagged))
+    assert young  # our own, being written: kept
+
+
+def test_owner_tag_names_this_process_and_survives_pid_reuse():
+    tag = _owners.owner_tag()
+    assert _owners.find_tag(f"tmp/x-{tag}-abc") == tag
+    assert _owners.alive_here(tag) is True
+    m = _owners.TAG_RE.fullmatch(tag)
+    reused = f"o{m.group(1)}p{m.group(2)}s{m.group(3)}0"  # same pid, other start time
+    assert _owners.alive_here(reused) is False
+    child = subprocess.run([sys.executable, "-c",
+                            "from shardwren.storage._owners import owner_tag; print(owner_tag())"],
+                           capture_output=True, text=True, check=True).stdout.strip()
+    assert _owners.alive_here(child) is False  # exited
+
+
+@pytest.mark.parametrize("kind", ["memory", "s3"])
+def test_gc_on_other_stores(kind, s3_url):
+    url = s3_url if kind == "s3" else "memory://gc-test"
+    store = shardwren.open_store(url)
+    dead = _foreign_tag(9)
+    store.put(f"tmp/x-{dead}-abc/zarr.json", b"{}")
+    assert [g.key for g in collect_garbage(store)] == [f"tmp/x-{dead}-abc"]
+    assert store.list("tmp") == []
