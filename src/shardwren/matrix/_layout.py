@@ -526,3 +526,5 @@ def delete(store: Store, layout: Layout) -> None:
         keys = [k for k in keys if not k.startswith(chunks + "/")]
     for k in [k for k in keys if k not in meta] + [k for k in keys if k in meta]:
         store.delete(k, missing_ok=True)
+    if not nested:  # nothing else lives in its tree: drop the (now empty) folders too
+        store.delete(layout.key, missing_ok=True)
