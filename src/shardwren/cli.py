@@ -75,7 +75,7 @@ def run_knn(ex: shardwren.Executor, data: tuple, k: int, block_size: int,
             # With --train-vs-train this is the tutorial's training accuracy (self included).
             idx = argmin(D, axis=0, executor=ex, progress=progress)[0][:, None]
             phases["argmin"] = time.perf_counter() - t
-            nbytes = int(np.prod(D.shape)) * D.dtype.itemsize
+            nbytes = int(np.prod(D.shape)) * (D.dtype or np.dtype(np.float64)).itemsize
             out["bytes_written"] = nbytes
             out["tasks"] = 2 * D.num_blocks
             D.delete()

@@ -151,7 +151,8 @@ def load(name: str, data_dir: str | os.PathLike | None = None, download: bool = 
             + f"\nPut the four files in one of those folders, pass data_dir= (--data-dir), "
               f"or set SHARDWREN_DATA_DIR to a folder containing '{name}/'"
             + (" (Debian: apt-get install dataset-fashion-mnist)" if name == "fashion-mnist" else ""))
-    arrays = [parse_idx(_read_bytes(p), str(p)) for p in (_find(folder, s) for s in FILES)]
+    paths = [_find(folder, s) for s in FILES]
+    arrays = [parse_idx(_read_bytes(p), str(p)) for p in paths if p is not None]
     X_train, y_train, X_test, y_test = arrays
     return (X_train.reshape(len(X_train), -1).astype(np.float32), y_train.astype(np.int64),
             X_test.reshape(len(X_test), -1).astype(np.float32), y_test.astype(np.int64))

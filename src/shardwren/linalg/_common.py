@@ -155,7 +155,8 @@ def _encode_result(value: Any, digest: str) -> bytes:
                         f"{exc}: return arrays, numbers, strings and tuples/lists/dicts of them"
                         ) from None
     buf = io.BytesIO()
-    np.savez(buf, **arrays, **{_TREE: np.array(doc), _DIGEST: np.array(digest)})
+    members: dict[str, Any] = {**arrays, _TREE: np.array(doc), _DIGEST: np.array(digest)}
+    np.savez(buf, **members)
     return buf.getvalue()
 
 
@@ -196,7 +197,7 @@ def _describe(value: Any, what: str) -> Any:
     if isinstance(value, np.ndarray):
         a = np.ascontiguousarray(value)
         return {"array": {"shape": list(a.shape), "dtype": a.dtype.str,
-                          "content": hashlib.sha256(a.view(np.uint8).reshape(-1)).hexdigest()}}
+                          "content": hashlib.sha256(a.view(np.uint8).reshape(-1).data).hexdigest()}}
     if isinstance(value, np.generic):
         value = value.item()
     if value is None or isinstance(value, (bool, int, float, str)):

@@ -26,7 +26,7 @@ def _distance_block(A: ShardedMatrix, B: ShardedMatrix, D: ShardedMatrix, i: int
     a, b = A.get_block(i, 0, copy=False), B.get_block(j, 0, copy=False)
     check_finite(a, i * A.shard_sizes[0], f"matrix {A.key!r}")
     check_finite(b, j * B.shard_sizes[0], f"matrix {B.key!r}")
-    block = sq_dist_tile(a, b, D.dtype)
+    block = sq_dist_tile(a, b, D.dtype or distance_dtype(A, B))
     D.put_block(i, j, block)
     return block.nbytes
 

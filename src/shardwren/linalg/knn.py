@@ -221,16 +221,16 @@ def _query_tile(Q: ShardedMatrix, T: ShardedMatrix, i: int, j: int, k: int, prep
     t_form, _, t_max, t_raw = _right(T, j, prep)
     d_kept = q_form.shape[1] - 2
     nq, nt = len(q_form), len(t_form)
-    qs, ts = [], []
+    q_parts, t_parts = [], []
     for r0 in range(0, nq, CHUNK_ROWS):
         r1 = min(nq, r0 + CHUNK_ROWS)
         S = gemm_nt(q_form[r0:r1], t_form)
         rows, cols = window_candidates(
             S, k, lambda kth: _window(kth, q_norms[r0:r1], t_max, q_rest[r0:r1], prep, d_kept))
-        qs.append(rows + r0)
-        ts.append(cols)
+        q_parts.append(rows + r0)
+        t_parts.append(cols)
     wq, wt = _wide_pairs(q_norms, nt)
-    qs, ts = np.concatenate(qs + [wq]), np.concatenate(ts + [wt])
+    qs, ts = np.concatenate(q_parts + [wq]), np.concatenate(t_parts + [wt])
     if len(wq):
         keep = np.unique(qs * nt + ts)
         qs, ts = keep // nt, keep % nt

@@ -293,6 +293,8 @@ def _gram_block(X: ShardedMatrix, C: ShardedMatrix, i: int, j: int, inner: int) 
             tmp = np.empty_like(acc)
         else:
             acc += np.matmul(a, b.T, out=tmp)
+    if acc is None:  # no columns: X X^T is all zeros
+        acc = np.zeros(C.block_shape(i, j), dtype=C.dtype or np.float64)
     if i == j:  # BLAS rounds (r, c) and (c, r) differently: mirror the upper triangle
         lower = np.tril_indices_from(acc, -1)
         acc[lower] = acc.T[lower]
@@ -342,12 +344,13 @@ def _apply(fn: Callable, out: ShardedMatrix, i: int, j: int, *ms: Any) -> int:
 
 def plan_map_blocks(A: ShardedMatrix, *others: Any, out_dtype: Any = None) -> Plan:
     """The plan of an elementwise map over A's blocks (and same-layout operands)."""
-    dt = np.dtype(out_dtype or A.dtype)
+    a_dt = A.dtype or np.dtype(np.float64)  # dtype pending: the first block fixes it
+    dt = np.dtype(out_dtype or a_dt)
     n = len([A, *[o for o in others if isinstance(o, ShardedMatrix)]])
     size = A.shape[0] * A.shape[1]
     b = A.shard_sizes[0] * A.shard_sizes[1]
-    return Plan("map_blocks", A.num_blocks, n * size * A.dtype.itemsize, size * dt.itemsize,
-                size * n, (n + 1) * b * max(dt.itemsize, A.dtype.itemsize), A.shape, A.shard_sizes)
+    return Plan("map_blocks", A.num_blocks, n * size * a_dt.itemsize, size * dt.itemsize,
+                size * n, (n + 1) * b * max(dt.itemsize, a_dt.itemsize), A.shape, A.shard_sizes)
 
 
 def map_blocks(fn: Callable[..., Any], A: ShardedMatrix, *others: Any, out: ShardedMatrix | None = None,
@@ -365,7 +368,8 @@ def map_blocks(fn: Callable[..., Any], A: ShardedMatrix, *others: Any, out: Shar
                 f"{o.shape}/{o.shard_sizes}")
     with executor_for(executor) as ex:
         plan = plan_map_blocks(A, *others, out_dtype=out_dtype)
-        _check_memory(plan, ex, [A.shape], A.dtype, operands=len(others) + 2)
+        _check_memory(plan, ex, [A.shape], A.dtype or np.dtype(np.float64),
+                      operands=len(others) + 2)
         C = _output(out, key or _unique("map"), A.shape, A.shard_sizes,
                     np.dtype(out_dtype or A.dtype), ex)
         get_all_results(ex.starmap(lambda i, j: _apply(fn, C, i, j, A, *others),

@@ -47,7 +47,7 @@ import threading
 import warnings
 import weakref
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -75,6 +75,10 @@ from . import _pools
 from ._common import Inputs
 from .kernels import class_scores, vote
 from .knn import check_finite, knn
+
+if TYPE_CHECKING:
+    from ..matrix import ShardedMatrix
+    from .pruned import PrunedIndex
 
 __all__ = ["KNeighborsClassifier", "KNeighborsRegressor", "NearestNeighbors"]
 
@@ -118,8 +122,8 @@ class _Runtime:
         self.lock = threading.Lock()
         self.lease: _pools.Lease | None = None
         self.inputs: Inputs | None = None
-        self.train = None
-        self.index = None
+        self.train: ShardedMatrix | None = None
+        self.index: PrunedIndex | None = None
         self.config: tuple | None = None
         self.finalizer: weakref.finalize | None = None
 
@@ -130,28 +134,34 @@ class _Runtime:
         rt.finalizer = weakref.finalize(estimator, rt.close)
         return rt
 
-    def prepare(self, est: _KNeighborsBase):
+    def prepare(self, est: _KNeighborsBase
+                ) -> tuple[Executor, ShardedMatrix, PrunedIndex | None]:
         """``(executor, sharded training set, pruned index or None)`` for a call."""
         spec = est.executor
-        own = isinstance(spec, Executor)
-        config = ("instance", id(spec)) if own else ("shared", _pools.key_of(spec))
+        config: tuple[Any, ...] = (("instance", id(spec)) if isinstance(spec, Executor)
+                                   else ("shared", _pools.key_of(spec)))
         # The projection is sized for n_neighbors; brute force depends on neither.
         config += (est.block_size, est.algorithm,
                    est.n_neighbors if est.algorithm != "brute" else None)
         with self.lock:
             if config != self.config:
                 self._drop()
-                if not own:
+                if not isinstance(spec, Executor):
                     self.lease = _pools.acquire(spec)
                 self.config = config
-            ex = spec if own else self.lease.executor
+            if isinstance(spec, Executor):
+                ex = spec
+            else:
+                assert self.lease is not None
+                ex = self.lease.executor
             if self.train is None:
                 self.inputs = Inputs(ex, est.block_size)
-                self.train = self.inputs.matrix(est._fit_X, "train")
+                train = self.inputs.matrix(est._fit_X, "train")
+                self.train = train
                 if est.algorithm != "brute":
                     from . import pruned
 
-                    self.index = pruned.fit(self.train, ex, k=est.n_neighbors,
+                    self.index = pruned.fit(train, ex, k=est.n_neighbors,
                                             allow_brute=est.algorithm == "auto", progress=False)
             return ex, self.train, self.index
 
@@ -187,8 +197,9 @@ def _weights(dist: np.ndarray | None, weights: Any) -> np.ndarray | None:
     if weights in (None, "uniform"):
         return None
     if weights == "distance":
+        assert dist is not None
         with np.errstate(divide="ignore"):
-            w = 1.0 / dist
+            w = np.asarray(1.0 / dist)
         inf_mask = np.isinf(w)
         inf_row = np.any(inf_mask, axis=1)
         w[inf_row] = inf_mask[inf_row]
@@ -521,7 +532,7 @@ class KNeighborsClassifier(ClassifierMixin, MultiOutputMixin, _KNeighborsBase):
         """The voted label of each query (X None: each training point, left out)."""
         check_is_fitted(self)
         ind, w = self._neighbours(X)
-        classes = self.classes_ if self.outputs_2d_ else [self.classes_]
+        classes: list[Any] = list(self.classes_) if self.outputs_2d_ else [self.classes_]
         out = np.empty((len(ind), len(classes)), dtype=classes[0].dtype)
         for j, cls in enumerate(classes):
             out[:, j] = cls.take(vote(self._codes[ind, j], w, ties=self.vote_ties, fallback=0))

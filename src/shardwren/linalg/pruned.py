@@ -270,8 +270,9 @@ def choose_m(sample: np.ndarray, mean: np.ndarray, P_full: np.ndarray, n_train: 
         rates[m] = rate
         costs[m] = (n_train * (m + 4) + PASS_COST * n_train
                     + (rate * n_train + k * blocks) * d * GATHER_PENALTY)
-    best = min(costs, key=costs.get)
-    info = {"survivor_rate": rates, "cost_vs_brute": {m: c / brute for m, c in costs.items()}}
+    best = min(costs, key=lambda m: costs[m])
+    info: dict[str, Any] = {"survivor_rate": rates,
+                            "cost_vs_brute": {m: c / brute for m, c in costs.items()}}
     info["beats_brute"] = costs[best] <= AUTO_THRESHOLD * brute
     if not info["beats_brute"]:
         info["reason"] = (f"bounds too weak on this data (best m={best} would cost "

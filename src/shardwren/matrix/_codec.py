@@ -39,7 +39,7 @@ def _blosc():
 def encode(full: np.ndarray, codec: str, config: dict) -> list:
     """The chunk of ``full`` (C-contiguous, little-endian, the whole chunk) as buffers
     to store one after the other."""
-    data = memoryview(full.reshape(-1).view(np.uint8))  # any dtype, complex included
+    data = full.reshape(-1).view(np.uint8).data  # any dtype, complex included
     if codec == "none":
         payload = data
     elif codec == "zstd":
@@ -82,7 +82,7 @@ def decode(buf: np.ndarray, codec: str, nbytes: int, writable: bool) -> np.ndarr
     payload = buf[:-4]
     if codec == "none" and payload.size != nbytes:
         raise Corrupt(f"it holds {payload.size} bytes of data where the block has {nbytes}")
-    if crc32c.crc32c(payload) != int.from_bytes(bytes(buf[-4:]), "little"):
+    if crc32c.crc32c(payload.data) != int.from_bytes(bytes(buf[-4:]), "little"):
         raise Corrupt("its crc32c checksum does not match")
     if codec == "none":
         return payload.copy() if writable and not payload.flags.writeable else payload

@@ -276,15 +276,13 @@ def _read_v3(store: Store, key: str, doc: dict, what: str, meta: str) -> Layout:
     codecs = _field(doc, "codecs", meta, what, url)
     fill_value = _parse_fill(_field(doc, "fill_value", meta, what, url), dtype)
     pending = bool(attrs.get(ATTR_PENDING))
-    if pending:
-        claimed = _claimed(store, key)
-        dtype = claimed
-    codec, compressor, config = _v3_codec(codecs, dtype)
+    stored: np.dtype | None = _claimed(store, key) if pending else dtype
+    codec, compressor, config = _v3_codec(codecs, stored)
     if native:
         compressor = attrs.get(ATTR_COMPRESSOR, compressor)
-    fill = _parse_fill(attrs.get(ATTR_FILL), dtype or _PLACEHOLDER) if native else fill_value
+    fill = _parse_fill(attrs.get(ATTR_FILL), stored or _PLACEHOLDER) if native else fill_value
     return Layout(key=key, zarr_format=3, shape=shape, chunks=_chunks(chunks, meta, what, url),
-                  dtype=dtype, fill=fill, codec=codec, compressor=compressor,
+                  dtype=stored, fill=fill, codec=codec, compressor=compressor,
                   chunk_prefix="c" if enc_name == "default" else "", separator=separator,
                   native=native, fill_value=fill_value, codec_config=config)
 

@@ -168,7 +168,9 @@ class ShardedMatrix:
                 _layout.check_tree(self.store, self.key)
                 if _layout.create(self.store, self.key, shape, chunks, want, fill, compressor,
                                   dims):
-                    return _layout.read(self.store, self.key)
+                    created = _layout.read(self.store, self.key)
+                    if created is not None:  # (deleted at once by another process: retry)
+                        return created
                 continue  # a concurrent creator won: compare with what it wrote
             if existing.shape == shape and existing.chunks == chunks:
                 if want is not None and existing.dtype is None:
@@ -251,7 +253,8 @@ class ShardedMatrix:
     @property
     def grid(self) -> tuple[int, int]:
         """Number of blocks along each axis."""
-        return tuple(count(n, s) for n, s in zip(self.shape, self.shard_sizes))
+        rows, cols = (count(n, s) for n, s in zip(self.shape, self.shard_sizes))
+        return rows, cols
 
     @property
     def num_blocks(self) -> int:
@@ -409,6 +412,7 @@ class ShardedMatrix:
                 f"block ({i}, {j}) of {self.key!r} has non-numeric dtype {block.dtype}")
         self._ensure_dtype(block.dtype)
         L = self._layout
+        assert L.dtype is not None  # _ensure_dtype fixed it
         if block.dtype != L.dtype:
             if not np.can_cast(block.dtype, L.dtype, "safe"):
                 raise DTypeMismatchError(
@@ -466,9 +470,9 @@ class ShardedMatrix:
         h = hashlib.sha256(json.dumps(
             [list(L.shape), list(L.chunks), None if L.dtype is None else L.dtype.str,
              _layout.fill_attr(L.fill), L.codec, L.compressor, self._transposed]).encode())
-        for key in sorted(k for k in self.store.list(L.chunk_listing)
-                          if L.parse_chunk_key(k) is not None):
-            ij = L.parse_chunk_key(key)
+        chunks = sorted((ij, k) for k in self.store.list(L.chunk_listing)
+                        if (ij := L.parse_chunk_key(k)) is not None)
+        for ij, key in chunks:
             if L.codec == "zarr":
                 tail = hashlib.blake2b(self.store.get(key), digest_size=16).digest()
             else:
@@ -515,7 +519,7 @@ class ShardedMatrix:
             key = (key, slice(None))
         if len(key) != 2:
             raise IndexError(f"a ShardedMatrix takes two indices, got {len(key)}")
-        idx = []
+        idx: list[Any] = []
         for k, n in zip(key, self.shape):
             if isinstance(k, slice):
                 idx.append(np.arange(*k.indices(n)))

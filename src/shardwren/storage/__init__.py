@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import builtins
+
 import fsspec
 import numpy as np
 
@@ -216,7 +218,7 @@ class Store:
                 # Fresh memory, not zeroed: reading fills it. (FileIO.readinto in pieces
                 # measured 5x faster than one os.readv into a fresh buffer.)
                 buf = np.empty(size, dtype=np.uint8)
-                view, got = memoryview(buf), 0
+                view, got = buf.data, 0
                 with open(fd, "rb", buffering=0, closefd=False) as fh:
                     while got < size:
                         n = fh.readinto(view[got:got + _READ_PIECE])
@@ -289,7 +291,7 @@ class Store:
         return sorted(k for k in (self.fs._strip_protocol(f)[cut:] for f in found)
                       if k.startswith(under) and not k.endswith(PARTIAL))
 
-    def temporaries(self) -> list[tuple[str, float, int]]:
+    def temporaries(self) -> builtins.list[tuple[str, float, int]]:
         """``(key, modified time, size)`` of every ``.partial`` temporary: values a
         process began writing on a local store and has not (yet) renamed into place."""
         if not self.is_local:
@@ -390,7 +392,7 @@ class Store:
         _iostats.add_written(sum(memoryview(p).nbytes for p in parts))
         return True
 
-    def _write_temporary(self, path: str, parts: list) -> str:
+    def _write_temporary(self, path: str, parts: builtins.list) -> str:
         """Write ``parts`` to a fresh temporary beside ``path``; return its path.
         Its name carries this process's owner tag, so that ``store gc`` can tell an
         abandoned temporary (its writer is dead) from one being written."""
@@ -451,7 +453,7 @@ def write_error(exc: OSError, url: str, key: str, verb: str = "write") -> OSErro
                errno.EACCES: "the store is read-only for this user (permission denied)",
                errno.EPERM: "the store is read-only for this user (operation not permitted)",
                errno.ENOTDIR: "a prefix of the key is a value, not a folder"}
-    reason = reasons.get(exc.errno) or f"{type(exc).__name__}: {exc}"
+    reason = reasons.get(exc.errno or 0) or f"{type(exc).__name__}: {exc}"
     err = StoreWriteError(exc.errno, f"cannot {verb} {key!r} in {url}: {reason}; free space, "
                                      "fix its permissions, or use another store")
     err.__cause__ = exc
