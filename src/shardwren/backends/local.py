@@ -484,7 +484,7 @@ class LocalBackend(Backend):
             return err
         if t.seq == w.timed_out:
             return TaskTimeoutError(
-                f"{what} ran longer than its {t.limit:g} s limit; its worker was killed and "
+                f"{what} ran out of time: it ran longer than its {t.limit:g} s limit; its worker was killed and "
                 "replaced, the other tasks went on")
         if t.seq == running or t.requeues >= MAX_REQUEUES:
             if trouble is not None:
