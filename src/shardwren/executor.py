@@ -149,7 +149,7 @@ class Executor(cf.Executor):
         return self.backend.parallelism
 
     # -- submission -----------------------------------------------------------------
-    def map(self, fn: Callable[..., Any], iterdata: Iterable[Any],
+    def map(self, fn: Callable[..., Any], iterdata: Iterable[Any],  # type: ignore[override]  # PyWren map
             extra_args: Sequence[Any] | None = None, starmap: bool = False,
             retries: int | None = None,
             retry_on: Sequence[type[BaseException]] | None = None,
@@ -263,6 +263,7 @@ class Executor(cf.Executor):
         place in the store for its outcome should it be pickled before it finishes."""
         f.abandon_on_cancel = self.abandon_on_cancel
         f._persist = self._persist
+        f._abandon = self.backend.abandon
 
     def _persist(self, fut: Future) -> tuple[Any, ...]:
         """Arrange for ``fut``'s outcome to be written to the store; say where.
@@ -282,8 +283,8 @@ class Executor(cf.Executor):
                 self._results_key = os.urandom(32)
                 hold_lease(self.store)  # lets other machines see that this driver lives
             mac = hmac.new(self._results_key, fut.job_id.encode(), hashlib.sha256).digest()
-            first = not getattr(fut, "_persisting", False)
-            fut._persisting = True  # type: ignore[attr-defined]
+            first = not fut._persisting
+            fut._persisting = True
         key = f"{RESULTS_PREFIX}/{fut.job_id}/{fut.index}"
         if first:
             # Written in the thread that completes the future (one small PUT per

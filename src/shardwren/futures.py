@@ -106,6 +106,10 @@ class Future(cf.Future):
         #: ``persist(future) -> (store, key, mac, owner)``: where the executor will write
         #: this task's outcome so that a copy unpickled elsewhere can fetch it.
         self._persist: Callable[[Future], tuple[Any, ...]] | None = None
+        self._persisting = False  # its outcome will be written to the store
+        #: ``abandon(future)``: the backend may stop the run of a call abandoned by
+        #: PyWren's cancel (the local backend replaces the worker running it).
+        self._abandon: Callable[[Future], None] | None = None
 
     def __repr__(self) -> str:
         return f"<shardwren.Future job={self.job_id} index={self.index} state={self._state}>"
@@ -266,7 +270,7 @@ class Future(cf.Future):
         if retry:  # queued on a worker between our two looks: ask that worker
             return self.cancel()
         if now:
-            self._invoke_callbacks()
+            self._invoke_callbacks()  # type: ignore[attr-defined]  # CPython private, stable since 3.2
             return True
         return self._cancel_running()
 
@@ -276,9 +280,18 @@ class Future(cf.Future):
         with self._condition:
             if self._state != RUNNING or self._completing:
                 return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
-        return self.set_failure(TaskCancelledError(
-            f"task {self.index} of job {self.job_id} was cancelled while running: it was "
-            "abandoned and its result, if it ever comes, is ignored"), final=True)
+        if not self.set_failure(TaskCancelledError(
+                f"task {self.index} of job {self.job_id} was cancelled while running: it was "
+                "abandoned and its result, if it ever comes, is ignored"), final=True):
+            return False
+        abandon = self._abandon
+        if abandon is not None:
+            try:
+                abandon(self)
+            except Exception:  # noqa: BLE001 - the call is abandoned either way
+                log.exception("stopping abandoned task %d of job %s failed", self.index,
+                              self.job_id)
+        return True
 
     def _cancelled_error(self) -> TaskCancelledError:
         return TaskCancelledError(f"task {self.index} of job {self.job_id} was cancelled "
@@ -521,7 +534,7 @@ def _progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="task", leave=True, dynamic_ncols=True)
 
 
-def _norm_return_when(return_when: Any) -> int:
+def _norm_return_when(return_when: Any) -> Any:
     aliases = {ALL_COMPLETED: ALL_COMPLETED, cf.ALL_COMPLETED: ALL_COMPLETED,
                ANY_COMPLETED: ANY_COMPLETED, cf.FIRST_COMPLETED: ANY_COMPLETED,
                ALWAYS: ALWAYS, "ALWAYS": ALWAYS,

@@ -322,6 +322,16 @@ class LocalBackend(Backend):
             t.future.set_running()  # it started: the caller sees it running
             return False
 
+    def abandon(self, future: Future) -> None:
+        """Replace the worker running ``future`` (already failed by the caller): the
+        tasks queued behind it go back to the queue, as when a worker dies."""
+        with self._lock:
+            for w in self._workers:
+                seq = w.running_seq()
+                if seq and any(t.seq == seq and t.future is future for t in w.inflight):
+                    w.kill()  # its EOF is handled by the manager thread
+                    return
+
     # -- manager thread -----------------------------------------------------------
     def _spawn(self) -> _Worker:
         w = _Worker(next(self._wids), self.blas_threads, self._key)
