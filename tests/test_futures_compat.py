@@ -32,6 +32,32 @@ def test_is_a_concurrent_futures_executor(ex):
     assert ex.submit(sorted, [3, 1, 2], reverse=True).result() == [3, 2, 1]
 
 
+def test_concurrent_futures_style_map_is_refused_not_misread(ex):
+    from shardwren.errors import InvalidParameterError
+
+    with pytest.raises(InvalidParameterError, match="starmap"):
+        ex.map(pow, [1, 2], [3, 4])  # cf's map(fn, *iterables); would have been extra_args
+    assert shardwren.get_all_results(ex.starmap(pow, zip([1, 2], [3, 4]))) == [1, 16]
+
+
+def test_dask_executor_is_a_concurrent_futures_executor(dask_cluster, s3_url):
+    with shardwren.default_executor(backend="dask", address=dask_cluster, store=s3_url,
+                                    progress=False) as e:
+        assert isinstance(e, cf.Executor)
+        assert e.submit(divmod, 17, 5).result() == (3, 2)
+
+        async def main():
+            return await asyncio.get_running_loop().run_in_executor(e, pow, 3, 2)
+
+        assert asyncio.run(main()) == 9
+        slow = e.submit(lambda: (time.sleep(1.0), "done")[1])
+        fs = [e.submit(lambda: 1 / 0), slow]
+        done, not_done = shardwren.wait(fs, return_when=cf.FIRST_EXCEPTION, timeout=60)
+        assert fs[0] in done
+        e.shutdown(wait=False)  # slow keeps running and finishes
+        assert slow.result(timeout=60) == "done"
+
+
 def test_submit_keywords_named_like_its_own_parameter(ex):
     # submit(fn, /, *args, **kwargs): a keyword called "fn" reaches the function
     assert ex.submit(lambda fn: fn * 2, fn=21).result() == 42

@@ -150,6 +150,7 @@ class Executor(cf.Executor):
 
     # -- submission -----------------------------------------------------------------
     def map(self, fn: Callable[..., Any], iterdata: Iterable[Any],  # type: ignore[override]  # PyWren map
+            *more_iterables: Any,
             extra_args: Sequence[Any] | None = None, starmap: bool = False,
             retries: int | None = None,
             retry_on: Sequence[type[BaseException]] | None = None,
@@ -189,7 +190,9 @@ class Executor(cf.Executor):
         Returns
         -------
         list of Future
-            In the order of ``iterdata``.
+            In the order of ``iterdata``. (PyWren's ``map``: not ``concurrent.futures``'
+            ``map(fn, *iterables)``, which yields results; a second iterable is refused
+            with InvalidParameterError rather than misread.)
 
         Raises
         ------
@@ -200,6 +203,11 @@ class Executor(cf.Executor):
         ExecutorShutdownError
             After :meth:`shutdown`.
         """
+        if more_iterables:
+            raise InvalidParameterError(
+                "map() takes one iterable of task inputs (PyWren's map, which returns futures); "
+                "extra arguments for every call go in extra_args=[...], and for concurrent."
+                "futures' map(fn, *iterables) use ex.starmap(fn, zip(*iterables))")
         try:
             items = list(iterdata)
         except TypeError:
