@@ -1,4 +1,13 @@
+"""Writes examples/tutorial.ipynb (the seed tutorial as a notebook) from the cells below.
+
+Edit the cells here and run `python tools/make_tutorial_notebook.py`; tests/test_notebook.py
+executes the result.
+"""
+
+from pathlib import Path
+
 import nbformat as nbf
+
 
 md = nbf.v4.new_markdown_cell
 code = nbf.v4.new_code_cell
@@ -153,4 +162,4 @@ pwex.shutdown()"""),
 nb = nbf.v4.new_notebook(cells=cells, metadata={
     "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"},
     "language_info": {"name": "python"}})
-nbf.write(nb, "/work/wt-pywren/examples/tutorial.ipynb")
+nbf.write(nb, Path(__file__).parents[1] / "examples" / "tutorial.ipynb")
