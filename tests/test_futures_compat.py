@@ -147,6 +147,31 @@ def test_cancelled_tasks_queued_on_a_worker_never_run(tmp_path):
         e.shutdown()
 
 
+def test_every_task_queued_behind_a_running_one_can_be_cancelled(tmp_path):
+    """The batch sent to a worker waits behind its first task: each of them can still be
+    cancelled, and none of those runs (before the fix, batched tasks were marked running
+    when sent and cancel() returned False)."""
+    marks = tmp_path / "ran"
+    marks.mkdir()
+    e = shardwren.default_executor(store=f"file://{tmp_path / 's'}", workers=1, progress=False)
+    try:
+        shardwren.get_all_results(e.map(lambda x: x, range(64)))  # tiny tasks: batches follow
+
+        def task(i):
+            time.sleep(1.0 if i == 0 else 0.0)
+            open(marks / str(i), "w").close()
+
+        fs = e.map(task, range(50))
+        while not fs[0].running():
+            time.sleep(0.001)
+        assert [f.cancel() for f in fs[1:]] == [True] * 49
+        shardwren.wait(fs, timeout=60)
+        assert fs[0].result() is None
+        assert sorted(p.name for p in marks.iterdir()) == ["0"]
+    finally:
+        e.shutdown()
+
+
 def test_batched_tasks_are_not_reported_running_before_they_start(tmp_path):
     e = shardwren.default_executor(store=f"file://{tmp_path}", workers=1, progress=False)
     try:
