@@ -49,8 +49,43 @@ def in_subprocess(module: str, func: str, *args: Any, env: dict[str, Any] | None
     return json.loads(line[2:])
 
 
+def cpu_model() -> str:
+    """The CPU's name and its widest vector ISA (virtual machines often hide the model)."""
+    name, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    name = line.split(":", 1)[1].strip()
+                elif line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    isa = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else ""
+    return f"{name}, {isa}" if isa else name
+
+
+def blas_kernels() -> list[str]:
+    """numpy's BLAS as threadpoolctl sees it in a fresh process with the machine's
+    ``OPENBLAS_CORETYPE`` unset (as shardwren's benchmark runs are): library, version,
+    the kernel it picked for this CPU, threads."""
+    code = ("import json, numpy, threadpoolctl; print(json.dumps([{k: i.get(k) for k in "
+            "('internal_api', 'version', 'architecture', 'num_threads')} for i in "
+            "threadpoolctl.threadpool_info() if i.get('user_api') == 'blas']))")
+    env = {k: v for k, v in os.environ.items() if k not in ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")}
+    try:
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                             env=env, timeout=60, check=True)
+        return [f"{i['internal_api']} {i['version']} ({i['architecture']} kernel, "
+                f"{i['num_threads']} threads)" for i in json.loads(out.stdout)]
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError):
+        return ["unknown"]
+
+
 def machine() -> dict[str, Any]:
-    return {"cores": os.cpu_count(), "python": platform.python_version(),
+    return {"cores": os.cpu_count(), "cpu": cpu_model(), "blas": blas_kernels(),
+            "openblas_coretype_env": os.environ.get("OPENBLAS_CORETYPE"),
+            "load_average": list(os.getloadavg()), "python": platform.python_version(),
             "machine": platform.machine(), "when": time.strftime("%Y-%m-%d %H:%M:%S")}
 
 
@@ -64,7 +99,9 @@ def report(name: str, rows: list[dict[str, Any]], extra: dict[str, Any] | None =
     RESULTS.mkdir(exist_ok=True)
     doc = {"benchmark": name, "machine": machine(), "rows": rows, **(extra or {})}
     (RESULTS / f"{name}.json").write_text(json.dumps(doc, indent=2))
-    print(f"\n== {name} ({doc['machine']['cores']} cores, {doc['machine']['when']})")
+    m = doc["machine"]
+    print(f"\n== {name} ({m['cores']} cores, {m['when']}; {m['cpu']}; BLAS: "
+          f"{'; '.join(m['blas'])}; load average {m['load_average'][0]:.1f} at the end)")
     header = f"{'metric':44} {'ours':>12} {'peer':>28} {'peer value':>12} {'better':>7}  target"
     print(header)
     print("-" * len(header))

@@ -5,7 +5,9 @@ deformed copies, uint8, 4,000-row blocks, generated once into a local store and
 kept between runs under $SHARDWREN_BENCH_STORE, default /tmp/sw-bench-scale), 2
 workers. Per N: wall time of each method in the same run, their ratio, bytes read
 from the store by the job's tasks, the largest worker peak RSS, the driver's peak
-RSS, and the accuracy.
+RSS, and the accuracy; beside each, the capacity model's prediction
+(:mod:`shardwren.capacity`, calibrated on the same workers at the start of the run,
+given the run's m and exact distances per query) and measured / predicted.
 
 Usage: python benchmarks/bench_scale.py [N ...]   (default 60000 240000 960000)
        python benchmarks/bench_scale.py 8100000 --pruned-only
@@ -36,6 +38,26 @@ def _driver_peak() -> int:
             if line.startswith("VmHWM:"):
                 return int(line.split()[1]) * 1024
     return 0
+
+
+def calibrate() -> dict:
+    from dataclasses import asdict
+
+    import shardwren
+    from shardwren import capacity
+
+    with shardwren.default_executor(workers=2, store=f"file://{STORE}", progress=False) as ex:
+        return asdict(capacity.calibrate(ex, name="bench-scale"))
+
+
+def predict(profile: dict, n: int, nq: int, method: str, m: dict) -> dict:
+    from shardwren import capacity
+
+    p = capacity.Profile(**{**profile, "notes": tuple(profile.get("notes", ()))})
+    est = capacity.knn(n, nq, 784, 1, 2, method, p, 4000, 1, m=m.get("m") or 32,
+                       exact_per_query=m.get("exact_per_query"))
+    return {"wall_s": est.wall_s, "bytes_read": est.bytes_read,
+            "peak_task_memory": est.peak_task_memory, "worker_peak": est.worker_peak}
 
 
 def run(n: int, methods: list) -> dict:
@@ -89,8 +111,11 @@ def main(argv: list[str] | None = None) -> None:
         print(f"scale benchmark skipped: MNIST not available ({exc})", file=sys.stderr)
         return
     rows, raw = [], []
+    profile = in_subprocess("bench_scale", "calibrate", env=NATIVE)
     for n in sizes:
         r = in_subprocess("bench_scale", "run", n, methods, env=NATIVE)
+        for method in methods:
+            r[method]["model"] = predict(profile, n, 10000, method, r[method])
         raw.append(r)
         p = r["pruned"]
         row = {"metric": f"1-NN, {n:,} training rows: pruned", "ours": p["wall_s"], "unit": "s"}
@@ -106,7 +131,13 @@ def main(argv: list[str] | None = None) -> None:
                   f"{m['driver_peak'] / 1e9:.2f} GB, {m['tasks']} tasks"
                   + (f", m={m['m']}, {m['exact_per_query']:.1f} exact/query"
                      if m.get("exact_per_query") else ""))
-    report("scale", rows, {"raw": raw})
+            e = m["model"]
+            print(f"{'':11} model : {e['wall_s']:8.1f} s (measured/model "
+                  f"{m['wall_s'] / e['wall_s']:.2f}), read {e['bytes_read'] / 1e9:6.2f} GB "
+                  f"(measured/model {m['bytes_read'] / max(e['bytes_read'], 1):.2f}), worker peak "
+                  f"{e['worker_peak'] / 1e9:.2f} GB (measured/model "
+                  f"{m['worker_peak'] / max(e['worker_peak'], 1):.2f})")
+    report("scale", rows, {"raw": raw, "profile": profile})
 
 
 if __name__ == "__main__":

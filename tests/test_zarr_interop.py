@@ -200,8 +200,12 @@ def test_lz4_shuffle_uses_the_element_size(tmp_path, pending):
 
     try:
         data = load_mnist(download=False)[0][:8000]
-    except Exception:  # noqa: BLE001 - any float32 data with structure will do
-        data = np.repeat(np.linspace(0, 255, 784, dtype=np.float32)[None], 8000, 0)
+    except Exception:  # noqa: BLE001 - float32 data shaped like pixels will do
+        rng = np.random.default_rng(0)  # a blob per 28x28 image, zero around it, as MNIST
+        yy, xx = np.mgrid[:28, :28]
+        c = rng.uniform(8, 20, (8000, 2, 1, 1))
+        blob = 255 * np.exp(-((yy - c[:, 0]) ** 2 + (xx - c[:, 1]) ** 2) / 20)
+        data = np.floor(np.where(blob > 30, blob, 0)).reshape(8000, 784).astype(np.float32)
     if pending:
         m = ShardedMatrix("l", shape=data.shape, shard_sizes=(4000, 784), store=f"file://{tmp_path}",
                           compressor="lz4")

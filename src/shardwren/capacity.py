@@ -44,6 +44,8 @@ class Profile:
     request_s: float = 0.0         # latency of one store request (object stores)
     startup_s: float = 0.0         # a worker's cold start (serverless)
     memory_per_worker: int = 4 << 30
+    worker_base_bytes: int = 150 << 20  # an idle worker's RSS (interpreter, numpy, BLAS)
+    cache_bytes: int = 1 << 30          # the worker's block cache bound (SHARDWREN_WORKER_CACHE)
     usd_per_gb_s: float = 0.0      # serverless price of memory-time
     usd_per_request: float = 0.0   # serverless price of one invocation
     notes: tuple[str, ...] = ()
@@ -90,6 +92,7 @@ class Estimate:
     requests: int
     peak_task_memory: float
     phases: dict[str, float] = field(default_factory=dict)
+    worker_peak: float = 0.0       # a worker's peak RSS: idle process + cache + one task
     usd: float | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -102,7 +105,7 @@ class Estimate:
                 f"({phases}); {self.tasks} tasks, {self.task_s:.0f} worker-s{cost}; reads "
                 f"{human_bytes(self.bytes_read)}, writes {human_bytes(self.bytes_written)}, "
                 f"{self.requests} store requests; peak {human_bytes(self.peak_task_memory)} "
-                "per task" + "".join(f"\n  note: {n}" for n in self.notes))
+                f"per task, {human_bytes(self.worker_peak)} per worker" + "".join(f"\n  note: {n}" for n in self.notes))
 
 
 def _waves(tasks: int, workers: int, per_task: float, startup: float) -> float:
@@ -148,6 +151,8 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
         reads = data + min(tiles * 2 * block_bytes, min(workers, tiles) * (data + qdata))
         task_s = nb_t * prep_task + tiles * per_tile
         peak = 2 * block * (dk + 2) * 4 + 2 * block * d * itemsize + 1024 * block * 4
+        # Centred float32 blocks (and their norms) stay in the worker's cache.
+        cached: float = (n_train + n_query) * (dk + 2) * 4
     elif method == "pruned":
         n_sample = max(1, round(nb_t ** 0.5 / 2))
         groups = -(-n_query // 20000)
@@ -171,12 +176,16 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
             p.read_bytes_per_s
         peak = 1024 * block * 4 + min(n_query, 20000) * (d * itemsize + (m + 4) * 4) + \
             block * (d * itemsize + (m + 4) * 4)
+        # The cache keeps query slices and the training blocks a worker has projected
+        # (raw rows, mapped, and their m + 4 columns).
+        cached = (min(n_query, 20000) + n_train / workers) * (d * itemsize + (m + 4) * 4)
     else:
         raise ValueError(f"method must be 'brute' or 'pruned', got {method!r}")
     requests = int(reads // max(1, block * d * itemsize)) + 1
     return Estimate(f"{k}-NN {method}, {n_query:,} queries x {n_train:,} rows x {d} features",
                     workers, tasks, sum(phases.values()), task_s, reads, 0, requests, peak,
-                    phases, _usd(p, task_s, tasks, workers), list(p.notes))
+                    phases, worker_peak=p.worker_base_bytes + min(p.cache_bytes, cached) + peak,
+                    usd=_usd(p, task_s, tasks, workers), notes=list(p.notes))
 
 
 def matmul(n: int, inner: int, mcols: int, workers: int = 2, profile: Profile | None = None,
@@ -198,7 +207,8 @@ def matmul(n: int, inner: int, mcols: int, workers: int = 2, profile: Profile | 
     return Estimate(f"matmul {n:,} x {inner:,} x {mcols:,} ({flops / 1e12:.1f} TFLOP)", workers,
                     tasks, wall, task_s, reads, writes, tasks * (2 * gk + 1),
                     4 * block * block * itemsize, {"products": wall},
-                    _usd(p, task_s, tasks, workers), list(p.notes))
+                    worker_peak=p.worker_base_bytes + 4 * block * block * itemsize,
+                    usd=_usd(p, task_s, tasks, workers), notes=list(p.notes))
 
 
 # --- calibration -------------------------------------------------------------------------
@@ -261,11 +271,17 @@ def calibrate(executor: Any, name: str = "local") -> Profile:
     Kernel costs are timed inside one worker task (with the worker's BLAS
     threads); the per-task overhead is the round trip of empty tasks.
     """
+    idle = executor.call_async(lambda x: x, 0)
+    idle.result()
+    base = idle.stats.get("peak_rss") or Profile.worker_base_bytes  # None: threads share it
     costs = executor.call_async(lambda _: measure_kernels(), 0).result()
     t = time.perf_counter()
     executor.get_all_results(executor.map(lambda x: x, range(200)))
     overhead = (time.perf_counter() - t) / 200 * executor.parallelism
-    return Profile(name=name, task_overhead_s=max(overhead, 1e-4),
+    from .linalg._cache import CACHE
+
+    return Profile(name=name, task_overhead_s=max(overhead, 1e-4), worker_base_bytes=int(base),
+                   cache_bytes=CACHE.max_bytes,
                    notes=(f"measured on {executor.parallelism} workers of backend "
                           f"{executor.backend.name} on {time.strftime('%Y-%m-%d')}",), **costs)
 

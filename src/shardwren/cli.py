@@ -549,16 +549,20 @@ def plan_calibrate(workers, backend, store) -> None:
 @click.option("--itemsize", type=int, default=4, show_default=True,
               help="Bytes per stored value (1 for uint8 pixels).")
 @click.option("--exact-per-query", type=float, default=None,
-              help="Exact distances per query, from a measured run's timings.")
+              help="Exact distances per query, from a measured run's timings "
+                   "(default: k per tile for brute force, 30 k for pruned).")
+@click.option("--m", "m", type=int, default=32, show_default=True,
+              help="Pruned: the projection's dimension (a run's timings['m']; the fit picks "
+                   "it from a sample).")
 @click.option("--profile", "profile_name", default="local", show_default=True,
               help="local (calibrated or the development machine's), lambda, or a file.")
 def plan_knn(train_rows, query_rows, features, k, method, workers, block_size, itemsize,
-             exact_per_query, profile_name) -> None:
+             exact_per_query, m, profile_name) -> None:
     """Predicted cost of an exact k-NN job."""
     from . import capacity
 
     click.echo(str(capacity.knn(train_rows, query_rows, features, k, workers, method,
-                                _profile(profile_name), block_size, itemsize,
+                                _profile(profile_name), block_size, itemsize, m=m,
                                 exact_per_query=exact_per_query)))
 
 

@@ -623,3 +623,44 @@ def get_all_results(fs: Sequence[cf.Future], progress: bool | None = None) -> li
     """
     wait(fs, ALL_COMPLETED, progress=progress)
     return [f.result() for f in fs]
+
+
+def fold_results(fs: Iterable[cf.Future], fn: Callable[[int, Any], None],
+                 progress: bool | None = None, desc: str = "tasks") -> None:
+    """Hand each result to ``fn(position, result)`` as soon as its task finishes.
+
+    Unlike :func:`get_all_results`, nothing is kept: once ``fn`` returns, the
+    future is dropped, so a caller that folds results into a fixed-size answer
+    (a running top-k, a sum) needs memory independent of the number of tasks.
+    ``position`` is the future's index in ``fs``; the order of calls is the order
+    of completion. A list ``fs`` is emptied at the start (the futures are this
+    function's from then on): a list the caller still held would keep every
+    result alive until the end.
+
+    The first task to fail raises its exception (with its remote traceback) once
+    the tasks not yet started are cancelled; results already handed over stay
+    with ``fn``'s owner.
+    """
+    # Only this dict holds the futures from here on (as_completed drops those it
+    # has yielded; the executor drops a task's future when it completes).
+    pending = {f: n for n, f in enumerate(fs)}
+    if isinstance(fs, list):
+        fs.clear()
+    bar = _progress_bar(len(pending), desc) if _show_progress(len(pending), progress) else None
+    try:
+        for f in cf.as_completed(list(pending)):
+            n = pending.pop(f)
+            try:
+                value = f.result()
+            except BaseException:
+                for other in pending:
+                    other.cancel()
+                raise
+            del f
+            fn(n, value)
+            del value
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()

@@ -9,6 +9,7 @@ import json
 import numbers
 import uuid
 import zipfile
+from collections.abc import Callable
 from typing import Any, Iterator
 
 import numpy as np
@@ -246,7 +247,8 @@ def _mismatch(store: Any, key: str, name: str, why: str) -> ResumeMismatchError:
 
 def run_resumable(ex: Executor, fn, items: list[tuple], key: str | None, name: str,
                   resume: bool, progress: bool | None = None, *,
-                  fingerprint: dict[str, Any] | None = None) -> tuple[list, int]:
+                  fingerprint: dict[str, Any] | None = None,
+                  fold: Callable[[int, Any], None] | None = None) -> tuple[list, int]:
     """``[fn(*item) for item in items]`` as tasks; with ``resume``, each result is
     kept in the store under ``<key>/parts/`` and those already there are reused.
 
@@ -257,16 +259,28 @@ def run_resumable(ex: Executor, fn, items: list[tuple], key: str | None, name: s
         digested, cheaply: each block's stored checksum), and parameters such as
         ``k``. Saved parts of a job with another fingerprint are refused with
         :class:`ResumeMismatchError` (never reused, never silently overwritten).
+    fold : callable, optional
+        ``fold(position, result)`` is called for each result as it arrives (saved
+        parts first), and nothing is kept: the driver's memory then depends on the
+        fold's state, not on the number of tasks. The returned list is empty.
 
-    Returns the results in order and how many tasks ran. Parts are plain arrays
-    (.npz) read with ``allow_pickle=False``; a part that does not load (damaged, or
-    written by an older shardwren that pickled them) is computed again.
+    Returns the results in order (none with ``fold``) and how many tasks ran. Parts
+    are plain arrays (.npz) read with ``allow_pickle=False``; a part that does not
+    load (damaged, or written by an older shardwren that pickled them) is computed
+    again.
     """
-    from ..futures import get_all_results
+    from ..futures import fold_results
+
+    results: list = [] if fold is not None else [None] * len(items)
+
+    def keep(n: int, value: Any) -> None:
+        results[n] = value
+
+    sink = fold if fold is not None else keep
 
     if not resume:
-        fs = ex.starmap(fn, items)
-        return get_all_results(fs, progress=progress), len(fs)
+        fold_results(ex.starmap(fn, items), sink, progress)
+        return results, len(items)
     if not key:
         raise ValueError("resume=True needs a name for the job's saved partial results: pass key=")
     if fingerprint is None:
@@ -286,7 +300,6 @@ def run_resumable(ex: Executor, fn, items: list[tuple], key: str | None, name: s
             raise _mismatch(store, key, name, _differences(saved.get("job", {}), desc))
     parts = [f"{key}/parts/{name}-" + "-".join(_part_name(x) for x in it) for it in items]
     have = set(store.list(f"{key}/parts"))
-    results: list = [None] * len(items)
     missing = []
     for n, p in enumerate(parts):
         if p not in have:
@@ -299,11 +312,10 @@ def run_resumable(ex: Executor, fn, items: list[tuple], key: str | None, name: s
             continue
         if got != digest:
             raise _mismatch(store, key, name, f"part {p} carries another fingerprint")
-        results[n] = value
-    fs = ex.starmap(lambda part, *it: _keep(store, part, digest, fn, *it),
-                    [(parts[n], *items[n]) for n in missing])
-    for n, value in zip(missing, get_all_results(fs, progress=progress)):
-        results[n] = value
+        sink(n, value)
+    fold_results(ex.starmap(lambda part, *it: _keep(store, part, digest, fn, *it),
+                            [(parts[n], *items[n]) for n in missing]),
+                 lambda m, value: sink(missing[m], value), progress)
     return results, len(missing)
 
 

@@ -145,6 +145,31 @@ def merge(a: Partial, b: Partial, k: int) -> Partial:
     return np.take_along_axis(vals, order, 1), np.take_along_axis(idx, order, 1)
 
 
+class RunningTopK:
+    """Each query's k best ``(distance, index)`` so far, merged one partial at a time.
+
+    Partials can arrive in any order: :func:`merge` orders by distance, then index,
+    so the final answer does not depend on the order. Memory is the answer's
+    (``n x k``), whatever the number of partials folded in.
+    """
+
+    def __init__(self, n: int, k: int) -> None:
+        self.k = k
+        self.dist = np.full((n, k), np.inf)
+        self.ind = np.full((n, k), PAD_INDEX, dtype=np.int64)
+
+    def add(self, row0: int, vals: np.ndarray, idx: np.ndarray) -> None:
+        """Fold in the partial of rows ``row0:row0 + len(vals)``."""
+        sl = slice(row0, row0 + len(vals))
+        self.dist[sl], self.ind[sl] = merge((self.dist[sl], self.ind[sl]), (vals, idx), self.k)
+
+    def result(self, what: str = "k-NN") -> Partial:
+        """The answer; every query must have k real neighbours by now."""
+        if (self.ind == PAD_INDEX).any():  # k <= rows was checked before any task ran
+            raise AssertionError(f"{what} merge lost neighbours; please report this bug")
+        return self.dist, self.ind
+
+
 def tree_merge(parts: list[Partial], k: int) -> Partial:
     """Merge partials pairwise, level by level (a balanced tree)."""
     if not parts:
@@ -346,7 +371,7 @@ def sq_dist_tile(a: np.ndarray, b: np.ndarray, out_dtype: np.dtype) -> np.ndarra
 GROUP = 16
 
 
-def _group_min(S: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
+def group_min(S: np.ndarray, axis: int) -> tuple[np.ndarray, int]:
     """Minima over groups of ``GROUP`` strided entries along ``axis`` (no copy of S).
 
     For rows (axis 1) with ``W = n // GROUP``: ``gm[r, w] = min_g S[r, w + g W]``;
@@ -377,7 +402,7 @@ def below(S: np.ndarray, thr: np.ndarray, axis: int = 1,
     all over S's entries beyond that when nothing is under the threshold.
     """
     if gm is None:
-        gm = _group_min(S, axis)
+        gm = group_min(S, axis)
     g, W = gm
     n = S.shape[axis]
     if W == 0:
@@ -409,7 +434,7 @@ def window_candidates(S: np.ndarray, k: int, threshold, axis: int = 1
     bound: the k-th smallest group minimum is at least the line's k-th smallest entry.
     """
     n_lines, n = (S.shape[0], S.shape[1]) if axis == 1 else (S.shape[1], S.shape[0])
-    g, W = _group_min(S, axis)
+    g, W = group_min(S, axis)
     if k > W // 4 or n <= GROUP:
         # Few groups: the plain way (partition over the whole line).
         full = S if axis == 1 else S.T

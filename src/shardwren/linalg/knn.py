@@ -72,11 +72,10 @@ from ._common import (
     run_resumable,
 )
 from .kernels import (
-    PAD_INDEX,
     TINY32,
     U32,
     U64,
-    Partial,
+    RunningTopK,
     best_k,
     ceil_f32,
     exact_sq_dist,
@@ -390,7 +389,7 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
                            why=index.info.get("reason"))
             if index.pruning:
                 t2 = time.perf_counter()
-                jobs = len(ex.history)
+                jobs = {j.job_id for j in ex.history}
                 dist, ind, surv, ran = pruned.query(index, Q, k, ex, exclude_self, progress,
                                                     resume, key)
                 timings.update(shard=t1 - t0, query=time.perf_counter() - t2, survivors=surv,
@@ -400,46 +399,54 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
                 return dist, ind
         prep = prepare(T, ex, progress)
         t2 = time.perf_counter()
-        jobs = len(ex.history)
+        jobs = {j.job_id for j in ex.history}
+        top = RunningTopK(Q.shape[0], k)
+        b = Q.shard_sizes[0]
+        exact = 0
+
+        def fold_tile(_: int, part) -> None:  # merged as it arrives: nothing kept per tile
+            nonlocal exact
+            i, vals, idx, e = part
+            top.add(i * b, vals, idx)
+            exact += e
+
+        def fold_pair(n: int, parts) -> None:  # a pair tile answers for both its blocks
+            for part in parts:
+                fold_tile(n, part)
+
         if symmetric:
             pairs = [(i, j) for i in range(T.grid[0]) for j in range(i, T.grid[0])]
-            out, ran = run_resumable(ex, lambda i, j: _pair_tile(T, i, j, k, prep, exclude_self),
-                                     pairs, key, "pair", resume, progress,
-                                     fingerprint={"train": T, "k": k, "exclude_self": exclude_self,
-                                                  "algorithm": ALGORITHM})
-            results = [p for r in out for p in r]
+            _, ran = run_resumable(ex, lambda i, j: _pair_tile(T, i, j, k, prep, exclude_self),
+                                   pairs, key, "pair", resume, progress,
+                                   fingerprint={"train": T, "k": k, "exclude_self": exclude_self,
+                                                "algorithm": ALGORITHM},
+                                   fold=fold_pair)
         else:
             tiles = [(i, j) for i in range(Q.grid[0]) for j in range(T.grid[0])]
-            results, ran = run_resumable(ex, lambda i, j: _query_tile(Q, T, i, j, k, prep),
-                                         tiles, key, "tile", resume, progress,
-                                         fingerprint={"train": T, "query": Q, "k": k,
-                                                      "algorithm": ALGORITHM})
+            _, ran = run_resumable(ex, lambda i, j: _query_tile(Q, T, i, j, k, prep),
+                                   tiles, key, "tile", resume, progress,
+                                   fingerprint={"train": T, "query": Q, "k": k,
+                                                "algorithm": ALGORITHM}, fold=fold_tile)
         t3 = time.perf_counter()
-        dist, ind = _assemble(results, Q, k)
+        dist, ind = top.result()
         timings.update(shard=t1 - t0, columns=t2 - t1, tiles=t3 - t2,
                        merge=time.perf_counter() - t3, tasks=ran + T.grid[0],
-                       exact_per_query=sum(r[3] for r in results) / Q.shape[0],
-                       constant_columns=int(prep.const_idx.size), peak_rss=_peak_rss(ex, jobs))
+                       exact_per_query=exact / Q.shape[0],
+                       constant_columns=int(prep.const_idx.size),
+                       peak_rss=_peak_rss(ex, jobs))
     return dist, ind
 
 
-def _peak_rss(ex: Executor, jobs: int) -> int:
-    """The largest per-task peak RSS among the jobs run since ``len(ex.history)`` was ``jobs``."""
-    recs = [r for h in list(ex.history)[jobs:] for r in h[2]]
-    return max((r.get("peak_rss") or 0 for r in recs), default=0)
-
-
-def _assemble(results: list, Q: ShardedMatrix, k: int) -> tuple[np.ndarray, np.ndarray]:
-    by_block: dict[int, list[Partial]] = {}
-    for i, vals, idx, _ in results:
-        by_block.setdefault(i, []).append((vals, idx))
-    dist = np.empty((Q.shape[0], k), dtype=np.float64)
-    ind = np.empty((Q.shape[0], k), dtype=np.int64)
-    b = Q.shard_sizes[0]
-    for i, parts in by_block.items():
-        vals, idx = tree_merge(parts, k)
-        dist[i * b:i * b + len(vals)] = vals
-        ind[i * b:i * b + len(vals)] = idx
-    if (ind == PAD_INDEX).any():  # every query has k real neighbours: k <= rows was checked
-        raise AssertionError("k-NN merge lost neighbours; please report this bug")
-    return dist, ind
+def _peak_rss(ex: Executor, before: set[str]) -> int:
+    """The largest per-task peak RSS among the executor's jobs not in ``before``
+    (the job ids of :attr:`Executor.history` when this call started)."""
+    peak = 0
+    for job in ex.history:
+        if job.job_id in before:
+            continue
+        recs = job.records
+        if recs:
+            peak = max(peak, max((r.get("peak_rss") or 0 for r in recs), default=0))
+        elif job.summary:  # records dropped to keep the history small: the summary stays
+            peak = max(peak, job.summary.get("max_peak_rss") or 0)
+    return peak

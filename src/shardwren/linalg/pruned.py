@@ -60,15 +60,15 @@ from ._common import new_token, run_resumable
 from .kernels import (
     GROUP,
     PAD_INDEX,
-    _group_min,
     U32,
+    RunningTopK,
     below,
     best_k,
     ceil_f32,
     exact_sq_dist,
     gamma,
     gemm,
-    merge,
+    group_min,
     sq_norms,
 )
 from .knn import check_finite
@@ -462,7 +462,7 @@ def _range_task(index: PrunedIndex, Q: ShardedMatrix, q0: int, q1: int, blocks: 
                 own = np.arange(q0 + c0, q0 + c1)
                 mine = (own >= lo) & (own < lo + nb)
                 lb[np.flatnonzero(mine), own[mine] - lo] = np.inf
-            gm = _group_min(lb, 1)
+            gm = group_min(lb, 1)
             # First the block's most promising rows (k smallest group minima): their
             # exact distances lower tau before the threshold is applied.
             rows, cols = _promising(lb, gm, k, ceil_f32(tau[c0:c1] * s2))
@@ -558,30 +558,23 @@ def query(index: PrunedIndex, Q: ShardedMatrix, k: int, executor: Executor,
     phase1, phase2, _ = plan_query(index, Q, executor.parallelism)
     fingerprint = {"train": index.train, "query": Q, "k": k, "exclude_self": exclude_self,
                    "algorithm": "pruned-ranges-v1"}
-    nq = Q.shape[0]
-    dist = np.full((nq, k), np.inf)
-    ind = np.full((nq, k), PAD_INDEX, dtype=np.int64)
+    top = RunningTopK(Q.shape[0], k)
+    exact = 0
 
-    def fold(results):
-        exact = 0
-        for q0, d, x, e in results:
-            n = len(d)
-            dist[q0:q0 + n], ind[q0:q0 + n] = merge((dist[q0:q0 + n], ind[q0:q0 + n]), (d, x), k)
-            exact += e
-        return exact
+    def fold(_: int, part) -> None:  # merged as it arrives: nothing kept per task
+        nonlocal exact
+        q0, d, x, e = part
+        top.add(q0, d, x)
+        exact += e
 
-    first, ran1 = run_resumable(
+    _, ran1 = run_resumable(
         executor, lambda q0, q1, blocks: _range_task(index, Q, q0, q1, blocks, k, None,
                                                      exclude_self),
-        phase1, key, "pruned-sample", resume, progress, fingerprint=fingerprint)
-    exact = fold(first)
-    del first
-    tau0 = dist[:, -1].copy()
-    second, ran2 = run_resumable(
+        phase1, key, "pruned-sample", resume, progress, fingerprint=fingerprint, fold=fold)
+    tau0 = top.dist[:, -1].copy()
+    _, ran2 = run_resumable(
         executor, lambda q0, q1, blocks: _range_task(index, Q, q0, q1, blocks, k,
                                                      tau0[q0:q1], exclude_self),
-        phase2, key, "pruned-range", resume, progress, fingerprint=fingerprint)
-    exact += fold(second)
-    if (ind == PAD_INDEX).any():
-        raise AssertionError("pruned k-NN lost neighbours; please report this bug")
+        phase2, key, "pruned-range", resume, progress, fingerprint=fingerprint, fold=fold)
+    dist, ind = top.result("pruned k-NN")
     return dist, ind, exact, ran1 + ran2

@@ -190,16 +190,9 @@ class Store:
         ------
         KeyNotFoundError, KeyIsPrefixError
         """
-        path = self.path(key)
         if not self.is_local:
-            try:
-                data = self.fs.cat_file(path)
-            except IsADirectoryError:
-                raise self._prefix(key) from None
-            except (FileNotFoundError, NotADirectoryError):
-                raise self._missing(key) from None
-            _iostats.add_read(len(data))
-            return np.frombuffer(data, dtype=np.uint8)
+            return np.frombuffer(self.get(key), dtype=np.uint8)
+        path = self.path(key)
         try:
             fd = os.open(path, os.O_RDONLY)
         except (FileNotFoundError, NotADirectoryError):

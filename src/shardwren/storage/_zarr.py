@@ -34,6 +34,11 @@ class ZarrStore(_ZarrStore):
     supports_writes = True
     supports_deletes = True
     supports_listing = True
+    # zarr < 3.1.2 declares partial writes abstract; it never calls them when this is False.
+    supports_partial_writes = False
+
+    async def set_partial_values(self, key_start_values) -> None:  # zarr < 3.1.2 only
+        raise NotImplementedError("shardwren's zarr store writes whole chunks only")
 
     def __init__(self, store: Store, prefix: str, read_only: bool = False):
         super().__init__(read_only=read_only)

@@ -1,0 +1,89 @@
+"""The capacity model (shardwren.capacity, `shardwren plan`): its arithmetic and its CLI.
+
+How close its predictions come to measured runs is checked by benchmarks/bench_scale.py
+(measured / model beside every figure) and written up in docs/capacity.md: timings do not
+belong in tests.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from shardwren import capacity
+from shardwren.cli import main
+
+
+def test_knn_estimates_grow_with_the_data_and_shrink_with_workers():
+    p = capacity.DEV_MACHINE
+    for method in ("brute", "pruned"):
+        small = capacity.knn(60_000, 10_000, 784, 1, 2, method, p, itemsize=1)
+        big = capacity.knn(960_000, 10_000, 784, 1, 2, method, p, itemsize=1)
+        wide = capacity.knn(960_000, 10_000, 784, 1, 64, method, p, itemsize=1)
+        assert big.wall_s > 10 * small.wall_s
+        assert big.bytes_read > small.bytes_read
+        assert wide.wall_s < big.wall_s / 8
+        assert big.worker_peak >= p.worker_base_bytes + big.peak_task_memory
+        assert big.worker_peak <= p.worker_base_bytes + p.cache_bytes + big.peak_task_memory
+    # Pruned reads the training data about once per 20,000-query group; brute force's
+    # workers each read what they touch once (their cache), never tasks x data.
+    pr = capacity.knn(960_000, 10_000, 784, 1, 2, "pruned", p, itemsize=1)
+    assert pr.bytes_read < 1.5 * 960_000 * 784
+    assert pr.wall_s < capacity.knn(960_000, 10_000, 784, 1, 2, "brute", p, itemsize=1).wall_s
+
+
+def test_exact_distances_and_m_are_charged():
+    p = capacity.DEV_MACHINE
+    few = capacity.knn(960_000, 10_000, 784, 1, 2, "pruned", p, m=32, exact_per_query=10)
+    many = capacity.knn(960_000, 10_000, 784, 1, 2, "pruned", p, m=32, exact_per_query=10_000)
+    wide = capacity.knn(960_000, 10_000, 784, 1, 2, "pruned", p, m=128, exact_per_query=10)
+    assert many.wall_s > few.wall_s and wide.wall_s > few.wall_s
+
+
+def test_lambda_costs_money_and_local_does_not():
+    est = capacity.knn(60_000, 60_000, 784, 1, 1000, "brute", capacity.LAMBDA)
+    assert est.usd is not None and est.usd > 0
+    assert est.wall_s >= capacity.LAMBDA.startup_s
+    assert capacity.knn(60_000, 10_000, 784, workers=2, profile=capacity.DEV_MACHINE).usd is None
+    mm = capacity.matmul(65_536, 65_536, 65_536, 1000, capacity.LAMBDA)
+    assert mm.tasks == 16 * 16 and mm.usd > 0 and "TFLOP" in mm.job
+
+
+def test_unknown_method_is_refused():
+    with pytest.raises(ValueError, match="brute.*pruned"):
+        capacity.knn(10, 10, 4, method="hnsw")
+
+
+def test_profile_round_trips_through_a_file(tmp_path):
+    path = tmp_path / "p.json"
+    capacity.LAMBDA.save(path)
+    assert capacity.Profile.load(path) == capacity.LAMBDA
+    assert json.loads(path.read_text())["name"] == "aws-lambda-10GB"
+
+
+def test_plan_cli(tmp_path):
+    r = CliRunner().invoke(main, ["plan", "knn", "--train-rows", "8100000", "--query-rows",
+                                  "10000", "--itemsize", "1", "--m", "128",
+                                  "--exact-per-query", "380"])
+    assert r.exit_code == 0, r.output
+    assert "1-NN pruned, 10,000 queries x 8,100,000 rows" in r.output and "per worker" in r.output
+    r = CliRunner().invoke(main, ["plan", "matmul", "--n", "65536", "--workers", "1000",
+                                  "--profile", "lambda"])
+    assert r.exit_code == 0 and "$" in r.output, r.output
+    r = CliRunner().invoke(main, ["plan", "knn", "--train-rows", "10", "--query-rows", "10",
+                                  "--profile", str(tmp_path / "missing.json")])
+    assert r.exit_code != 0 and "not local, lambda or a profile file" in r.output
+
+
+def test_calibrate_measures_this_machine(executor):
+    prof = capacity.calibrate(executor, name="test")
+    assert prof.name == "test"
+    for field in ("gemm32_s_per_flop", "gemm32_thin_s_per_flop", "select_s_per_pair",
+                  "exact_s_per_feature", "project_s_per_feature", "read_bytes_per_s",
+                  "write_bytes_per_s", "task_overhead_s"):
+        assert 0 < getattr(prof, field) < float("inf"), field
+    assert prof.worker_base_bytes > 10 << 20  # a worker process's own RSS, measured
+    est = capacity.knn(60_000, 10_000, 784, profile=prof)
+    assert est.wall_s > 0
