@@ -94,19 +94,22 @@ def test_wait_first_exception(make, ex):
 
 
 def test_as_completed_timeout(ex):
-    fs = [ex.submit(time.sleep, 0.0), ex.submit(time.sleep, 20.0)]
+    fs = [ex.submit(time.sleep, 0.0), ex.submit(time.sleep, 5.0)]
+    fs[0].result()
     seen = []
     with pytest.raises(TimeoutError):
-        for f in shardwren.as_completed(fs, timeout=1.0):
+        for f in shardwren.as_completed(fs, timeout=0.5):
             seen.append(f)
-    assert seen == [fs[0]]
+    assert seen == [fs[0]]  # the finished one first, then the timeout (the other sleeps 5 s)
+    while not fs[1].running():
+        time.sleep(0.01)
     assert fs[1].cancel() is False  # running: concurrent.futures cannot cancel it
 
 
 def test_cancel_semantics_are_concurrent_futures_ones(tmp_path):
     e = shardwren.default_executor(store=f"file://{tmp_path}", workers=1, progress=False)
     try:
-        running = e.submit(time.sleep, 2.0)
+        running = e.submit(time.sleep, 3.0)
         while not running.running():
             time.sleep(0.01)
         queued = e.submit(time.sleep, 0.0)
