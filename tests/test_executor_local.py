@@ -128,11 +128,11 @@ def test_shutdown_leaves_no_orphans(tmp_path):
             os.kill(pid, 0)
 
 
-def test_shutdown_without_wait_fails_pending(tmp_path):
+def test_terminate_fails_pending(tmp_path):
     ex = shardwren.default_executor(workers=1, store=f"file://{tmp_path}")
     fs = ex.map(lambda s: time.sleep(s), [5.0] + [0.0] * 5)
     time.sleep(0.3)
-    ex.shutdown(wait=False)
+    ex.terminate()
     shardwren.wait(fs, timeout=30)
     assert all(isinstance(f.exception(), ExecutorShutdownError) for f in fs[1:])
     with pytest.raises(ExecutorShutdownError):

@@ -255,13 +255,13 @@ def test_history_is_bounded_and_records_are_found_by_job_id(ex):
         ex.job_records("no-such-job")
 
 
-def test_shutdown_without_wait_fails_scheduled_retries(tmp_path):
+def test_terminate_fails_scheduled_retries(tmp_path):
     ex = shardwren.default_executor(workers=1, store=f"file://{tmp_path}", retries=5)
     f = ex.call_async(lambda x: os.kill(os.getpid(), signal.SIGKILL), 0)
     deadline = time.time() + 30
     while f.stats.get("attempt", 1) < 2 and time.time() < deadline:
         time.sleep(0.01)
-    ex.shutdown(wait=False)
+    ex.terminate()
     assert isinstance(f.exception(timeout=30), (ExecutorShutdownError, WorkerCrashedError))
 
 

@@ -22,6 +22,7 @@ from .futures import (
     ALL_COMPLETED,
     ALWAYS,
     ANY_COMPLETED,
+    FIRST_EXCEPTION,
     Future,
     as_completed,
     get_all_results,
@@ -32,8 +33,24 @@ from .storage import Store, open_store
 __version__ = "0.1.0"
 
 
+#: Submodules reachable as attributes without importing them first
+#: (``shardwren.linalg.knn(...)`` after a bare ``import shardwren``).
+_SUBMODULES = frozenset({
+    "backends", "capacity", "cli", "config", "datasets", "errors", "executor", "futures", "jobs",
+    "linalg", "matrix", "mnist8m", "plot", "policy", "pywren", "serialize", "sources", "storage",
+})
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | _SUBMODULES | {"ShardedMatrix", "plan"})
+
+
 def __getattr__(name: str):
     # Heavier parts load on first use, so `import shardwren` stays fast in workers.
+    if name in _SUBMODULES:
+        import importlib
+
+        return importlib.import_module(f"{__name__}.{name}")
     if name == "ShardedMatrix":
         from .matrix import ShardedMatrix
 
@@ -46,7 +63,7 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "ALL_COMPLETED", "ALWAYS", "ANY_COMPLETED", "BlockNotFoundError", "DTypeMismatchError",
+    "ALL_COMPLETED", "ALWAYS", "ANY_COMPLETED", "BlockNotFoundError", "FIRST_EXCEPTION", "DTypeMismatchError",
     "Executor", "Future", "KeyNotFoundError", "ShapeMismatchError", "ShardedMatrix",
     "ShardwrenError", "Store", "WorkerCrashedError", "__version__", "as_completed",
     "default_executor", "get_all_results", "open_store", "wait",

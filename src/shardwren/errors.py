@@ -198,6 +198,31 @@ class TaskTimeoutError(ShardwrenError, TimeoutError):
     """A task ran past its time limit."""
 
 
+class TaskCancelledError(ShardwrenError, _cf.CancelledError):
+    """The task was cancelled: :meth:`Future.result` of a cancelled future raises it,
+    naming the task. Under PyWren's API (``shardwren.pywren``) a *running* call can be
+    cancelled too: it is abandoned and its result, if it ever comes, ignored."""
+
+
+class TaskExitError(ShardwrenError, RuntimeError):
+    """The task called ``sys.exit()`` (or ``os._exit``) with a non-zero status.
+
+    Attributes
+    ----------
+    exitcode : int or str or None
+        The status it passed.
+    """
+
+    def __init__(self, message: str, exitcode: object = None):
+        super().__init__(message)
+        self.exitcode = exitcode
+
+
+class ResultLostError(ShardwrenError, RuntimeError):
+    """A future loaded from a pickle waits for a result that will never come: the driver
+    that ran the task ended before writing it to the store."""
+
+
 class TaskMemoryError(ShardwrenError, MemoryError):
     """A task exceeded its memory limit."""
 
@@ -249,4 +274,4 @@ def describe_exit(exitcode: int | None) -> str:
         return f"signal {name}{hint}"
     if exitcode is None:
         return "an unknown exit status"
-    return f"exit code {exitcode}"
+    return f"exit code {exitcode} (a non-zero return code)" if exitcode else f"exit code {exitcode}"

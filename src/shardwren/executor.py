@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import itertools
+import logging
 import os
 import threading
 import time
@@ -22,12 +23,17 @@ from typing import Any
 from . import config, policy, serialize
 from ._timers import Timers
 from .backends.base import Backend, backend_class
-from .errors import ConfigError, ExecutorShutdownError, NotIterableError
-from .futures import ALL_COMPLETED, Future, get_all_results, wait
+from .backends.taskenv import KwCall, TaskEnv
+from .errors import ConfigError, ExecutorShutdownError, InvalidParameterError, NotIterableError
+from .futures import ALL_COMPLETED, Future, get_all_results, outcome_record, wait
 from .jobs import JobHistory, JobLog, JobRecord, as_table, format_summary, records, summarize
 from .storage import Store, open_store
 
 _job_counter = itertools.count()
+log = logging.getLogger(__name__)
+
+#: Where outcomes of futures pickled before they finished are written, in the store.
+RESULTS_PREFIX = "_shardwren/results"
 
 #: Seconds between two looks at running maps for stragglers.
 SPECULATION_PERIOD = 0.25
@@ -89,11 +95,17 @@ class _Job:
         return True
 
 
-class Executor:
+class Executor(cf.Executor):
     """Runs Python functions on a backend and returns futures.
 
     Create one with :func:`default_executor`. Use it as a context manager, or
     call :meth:`shutdown`, to stop its workers.
+
+    It is a :class:`concurrent.futures.Executor`: :meth:`submit`, :meth:`shutdown`
+    (``wait=``, ``cancel_futures=``) and the context manager have their standard
+    meaning, so it can go wherever one is expected (``loop.run_in_executor``).
+    :meth:`map` is PyWren's: it returns the list of futures at once (for
+    ``concurrent.futures``' iterator of results, ``get_all_results(ex.map(...))``).
 
     Attributes
     ----------
@@ -117,9 +129,16 @@ class Executor:
         self._joblog = JobLog(store, self.history)
         self._lock = threading.Lock()
         self._closed = False
+        self._released = False
         self._jobs: dict[str, _Job] = {}  # maps with tasks not yet done
         self._timers = Timers("shardwren-executor")  # retry backoff and the straggler watch
         self._watching = False  # a straggler look is scheduled
+        #: PyWren's seatbelt: a map of more items than this raises ValueError (None: no limit).
+        self.map_item_limit: int | None = settings.get("map_item_limit")
+        #: Futures follow PyWren's cancel (a running call is abandoned); see Future.cancel.
+        self.abandon_on_cancel = False
+        self._results_key: bytes | None = None  # signs outcomes stored for pickled futures
+        self._stopper: threading.Thread | None = None
 
     def __repr__(self) -> str:
         return f"<shardwren.Executor backend={self.backend.name} workers={self.parallelism} store={self.store.url}>"
@@ -130,11 +149,14 @@ class Executor:
         return self.backend.parallelism
 
     # -- submission -----------------------------------------------------------------
-    def map(self, fn: Callable[..., Any], iterdata: Iterable[Any],
+    def map(self, fn: Callable[..., Any], iterdata: Iterable[Any],  # type: ignore[override]  # PyWren map
+            *more_iterables: Any,
             extra_args: Sequence[Any] | None = None, starmap: bool = False,
             retries: int | None = None,
             retry_on: Sequence[type[BaseException]] | None = None,
-            timeout: float | None = None, memory_limit: int | str | None = None) -> list[Future]:
+            timeout: float | None = None, memory_limit: int | str | None = None,
+            extra_env: Mapping[str, str] | None = None,
+            exclude_modules: Sequence[str] | None = None) -> list[Future]:
         """Run ``fn(item, *extra_args)`` for every item, in parallel.
 
         Parameters
@@ -159,20 +181,33 @@ class Executor:
         memory_limit : int or str, optional
             Bytes a task may allocate (``"2GiB"``); past it the task fails alone
             with TaskMemoryError. Default: the ``memory_limit`` setting (none).
+        extra_env : mapping of str to str, optional
+            Environment variables set in the task's process while it runs (PyWren).
+        exclude_modules : sequence of str, optional
+            Modules (and their submodules) the task may not import: a function that
+            needs one fails with ImportError (PyWren's "not shipped").
 
         Returns
         -------
         list of Future
-            In the order of ``iterdata``.
+            In the order of ``iterdata``. (PyWren's ``map``: not ``concurrent.futures``'
+            ``map(fn, *iterables)``, which yields results; a second iterable is refused
+            with InvalidParameterError rather than misread.)
 
         Raises
         ------
         ConfigError
             A limit is invalid, or the backend cannot enforce it (checked before
-            anything runs).
+            anything runs); or the map has more items than :attr:`map_item_limit`
+            (a ``ValueError``, as in PyWren).
         ExecutorShutdownError
             After :meth:`shutdown`.
         """
+        if more_iterables:
+            raise InvalidParameterError(
+                "map() takes one iterable of task inputs (PyWren's map, which returns futures); "
+                "extra arguments for every call go in extra_args=[...], and for concurrent."
+                "futures' map(fn, *iterables) use ex.starmap(fn, zip(*iterables))")
         try:
             items = list(iterdata)
         except TypeError:
@@ -180,10 +215,18 @@ class Executor:
                 f"map() needs an iterable of task inputs, got {type(iterdata).__name__}; "
                 "for a single call use call_async(fn, data)"
             ) from None
+        if self.map_item_limit is not None and len(items) > self.map_item_limit:
+            raise ConfigError(
+                f"map() of {len(items)} items exceeds map_item_limit={self.map_item_limit} "
+                "(config['scheduler']['map_item_limit']); split the input or raise the limit")
         limits = self._limits(timeout, memory_limit)
         n_retries = (self.settings["retries"] if retries is None
                      else config.check("retries", retries, "map(retries=...)"))
-        fn_bytes = self._signed(serialize.dumps_function(fn))
+        fn_bytes = serialize.dumps_function(fn)
+        env, excluded = _check_env(extra_env), _check_modules(exclude_modules)
+        if env or excluded:
+            fn_bytes = serialize.dumps_function(TaskEnv(fn_bytes, env, excluded))
+        fn_bytes = self._signed(fn_bytes)
         extra = tuple(extra_args or ())
         job_id = _new_job_id()
         fs: list[Future] = []
@@ -205,6 +248,7 @@ class Executor:
         for f in fs:
             f.limits = limits
             f.set_retry_hook(job.retry)
+            self._adopt(f)
         with self._lock:
             if self._closed:
                 raise ExecutorShutdownError("cannot submit tasks: the executor was shut down")
@@ -221,6 +265,48 @@ class Executor:
             job.speculate = True
             self._watch()
         return fs
+
+    def _adopt(self, f: Future) -> None:
+        """What every future this executor hands out gets: its cancel flavour, and a
+        place in the store for its outcome should it be pickled before it finishes."""
+        f.abandon_on_cancel = self.abandon_on_cancel
+        f._persist = self._persist
+        f._abandon = self.backend.abandon
+
+    def _persist(self, fut: Future) -> tuple[Any, ...]:
+        """Arrange for ``fut``'s outcome to be written to the store; say where.
+
+        Called when a future is pickled before it finishes. The outcome is signed
+        with a key derived for its job (so the pickle, which carries that key,
+        can vouch for that job's results only) and written when the task ends,
+        whatever the end: a copy loaded elsewhere never waits forever.
+        """
+        import hashlib
+        import hmac
+
+        from .storage._owners import hold_lease, owner_tag
+
+        with self._lock:
+            if self._results_key is None:
+                self._results_key = os.urandom(32)
+                hold_lease(self.store)  # lets other machines see that this driver lives
+            mac = hmac.new(self._results_key, fut.job_id.encode(), hashlib.sha256).digest()
+            first = not fut._persisting
+            fut._persisting = True
+        key = f"{RESULTS_PREFIX}/{fut.job_id}/{fut.index}"
+        if first:
+            # Written in the thread that completes the future (one small PUT per
+            # future pickled while unfinished).
+            fut.add_done_callback(lambda f: self._write_outcome(f, key, mac))
+        return (self.store, key, mac, owner_tag())
+
+    def _write_outcome(self, fut: cf.Future, key: str, mac: bytes) -> None:
+        assert isinstance(fut, Future)
+        try:
+            self.store.put(key, serialize.sign(mac, outcome_record(fut)))
+        except Exception:  # noqa: BLE001 - a copy elsewhere then reports ResultLostError
+            log.exception("could not store the outcome of task %d of job %s", fut.index,
+                          fut.job_id)
 
     def _limits(self, timeout: Any, memory_limit: Any) -> Mapping[str, Any]:
         limits = {
@@ -240,7 +326,7 @@ class Executor:
         with job.lock:
             payload = job.payloads.get(fut.index)
         try:
-            if self._closed:
+            if self._released:
                 raise ExecutorShutdownError(
                     f"the executor shut down before task {fut.index} of job {fut.job_id} could "
                     f"run again after {type(exc).__name__}: {exc}")
@@ -259,7 +345,7 @@ class Executor:
     def _watch(self) -> None:
         """Make sure a straggler look is scheduled while some map wants backups."""
         with self._lock:
-            if self._watching or self._closed:
+            if self._watching or self._released:
                 return
             self._watching = True
         try:
@@ -306,9 +392,16 @@ class Executor:
         return self.map(fn, iterdata, extra_args=extra_args, starmap=True)
 
     def call_async(self, fn: Callable[..., Any], data: Any,
-                   extra_args: Sequence[Any] | None = None) -> Future:
-        """Run ``fn(data, *extra_args)`` as one task."""
-        return self.map(fn, [data], extra_args=extra_args)[0]
+                   extra_args: Sequence[Any] | None = None,
+                   extra_env: Mapping[str, str] | None = None,
+                   exclude_modules: Sequence[str] | None = None, **options: Any) -> Future:
+        """Run ``fn(data, *extra_args)`` as one task (options as for :meth:`map`)."""
+        return self.map(fn, [data], extra_args=extra_args, extra_env=extra_env,
+                        exclude_modules=exclude_modules, **options)[0]
+
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
+        """Run ``fn(*args, **kwargs)`` as one task (``concurrent.futures.Executor.submit``)."""
+        return self.map(KwCall(fn), [(args, kwargs)])[0]
 
     def map_reduce(self, map_fn: Callable[..., Any], iterdata: Iterable[Any],
                    reduce_fn: Callable[[list[Any]], Any],
@@ -320,7 +413,22 @@ class Executor:
         """
         serialize.dumps_function(reduce_fn)  # fail now, not when the maps finish
         fs = self.map(map_fn, iterdata, extra_args=extra_args)
-        out = Future(fs[0].job_id if fs else _new_job_id(), len(fs))
+        return self.reduce(reduce_fn, fs)
+
+    def reduce(self, fn: Callable[[list[Any]], Any], futures: Sequence[cf.Future],
+               extra_env: Mapping[str, str] | None = None) -> Future:
+        """Run ``fn(list_of_results)`` as one task once ``futures`` are done (PyWren).
+
+        Returns the reduce task's future; it fails with the first failed input's
+        exception if any input failed.
+        """
+        serialize.dumps_function(fn)  # fail now, not when the inputs finish
+        reduce_fn = fn
+        fs = list(futures)
+        env = _check_env(extra_env)
+        first = fs[0] if fs else None
+        out = Future(first.job_id if isinstance(first, Future) else _new_job_id(), len(fs))
+        self._adopt(out)
         out.set_running()
         remaining = [len(fs)]
         lock = threading.Lock()
@@ -328,7 +436,7 @@ class Executor:
         def start_reduce() -> None:
             try:
                 results = [f.result() for f in fs]
-                inner = self.call_async(reduce_fn, results)
+                inner = self.call_async(reduce_fn, results, extra_env=env)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's future
                 out.set_failure(exc)
                 return
@@ -381,34 +489,90 @@ class Executor:
         return figures
 
     # -- lifetime ------------------------------------------------------------------
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop the workers and release every thread and descriptor.
-
-        With ``wait``, every task submitted finishes first (retries included);
-        without, what has not finished fails with ``ExecutorShutdownError``.
-        Idempotent.
-        """
-        if wait:
-            while True:
-                with self._lock:
-                    pending = [f for j in list(self._jobs.values()) for f in list(j.futures.values())]
-                if not pending:
-                    break
-                cf.wait(pending)
+    def _outstanding(self) -> list[Future]:
         with self._lock:
-            if self._closed:
-                return
+            return [f for j in list(self._jobs.values()) for f in list(j.futures.values())]
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """Stop accepting work; release the workers once the tasks submitted are done.
+
+        ``concurrent.futures`` semantics: tasks already submitted run to the end
+        (retries included) either way. With ``wait`` this returns when they have
+        and every thread and worker is gone; without, it returns at once and the
+        workers go when the last task ends. ``cancel_futures`` cancels the tasks
+        that have not started. Idempotent. To stop at once, failing what has not
+        finished, use :meth:`terminate`.
+        """
+        with self._lock:
             self._closed = True
+        if cancel_futures:
+            for f in self._outstanding():
+                f.cancel()
+        if not wait:
+            with self._lock:
+                if self._stopper is None:
+                    self._stopper = threading.Thread(target=self._finish_shutdown,
+                                                     name="shardwren-shutdown", daemon=True)
+                    self._stopper.start()
+            return
+        self._finish_shutdown()
+        if self._stopper is not None and self._stopper is not threading.current_thread():
+            self._stopper.join()
+
+    def _finish_shutdown(self) -> None:
+        while True:
+            pending = self._outstanding()
+            if not pending:
+                break
+            cf.wait(pending)
+        self._release(wait=True)
+
+    def _release(self, wait: bool) -> None:
+        with self._lock:
+            if self._released:
+                return
+            self._released = True
         for fn, args in self._timers.close():  # reruns not submitted yet fail now
             fn(*args)
         self.backend.shutdown(wait=wait)
         self._joblog.close()
 
+    def terminate(self) -> None:
+        """Stop now: what has not finished fails with ``ExecutorShutdownError``, and the
+        workers (with any task still running) are stopped. Idempotent."""
+        with self._lock:
+            self._closed = True
+        self._release(wait=False)
+
     def __enter__(self) -> Executor:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.shutdown(wait=exc[0] is None)
+        # Leaving on an exception (Ctrl-C included) stops at once instead of waiting.
+        if exc[0] is None:
+            self.shutdown(wait=True)
+        else:
+            self.terminate()
+
+
+def _check_env(extra_env: Mapping[str, str] | None) -> dict[str, str]:
+    if extra_env is None:
+        return {}
+    if not isinstance(extra_env, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) and k and "=" not in k
+            for k, v in extra_env.items()):
+        raise InvalidParameterError(
+            f"extra_env must map variable names to string values, got {extra_env!r}")
+    return dict(extra_env)
+
+
+def _check_modules(names: Sequence[str] | None) -> tuple[str, ...]:
+    if names is None:
+        return ()
+    if isinstance(names, str) or not all(isinstance(n, str) and n for n in names):
+        raise InvalidParameterError(
+            f"exclude_modules must be a list of module names, got {names!r}")
+    return tuple(names)
 
 
 def _copy_outcome(src: cf.Future, dst: Future) -> None:

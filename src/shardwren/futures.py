@@ -18,17 +18,17 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import logging
+import pickle
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from concurrent.futures._base import CANCELLED, PENDING, RUNNING
+from concurrent.futures._base import CANCELLED, CANCELLED_AND_NOTIFIED, FINISHED, PENDING, RUNNING
 from typing import Any, TypeVar, cast
 
-from .serialize import Buffer
-
 from . import serialize
-from .errors import ResultUnpicklingError
+from .errors import ResultLostError, ResultUnpicklingError, TaskCancelledError
+from .serialize import Buffer
 
 F = TypeVar("F", bound=cf.Future)
 
@@ -36,6 +36,8 @@ F = TypeVar("F", bound=cf.Future)
 ALL_COMPLETED = 1
 ANY_COMPLETED = 2
 ALWAYS = 3
+#: ``concurrent.futures``' mode: return when a task fails (or when all are done).
+FIRST_EXCEPTION = cf.FIRST_EXCEPTION
 
 #: Maps with more futures than this show a progress bar when progress is "auto".
 PROGRESS_MIN_TASKS = 8
@@ -95,11 +97,42 @@ class Future(cf.Future):
         self._completing = False  # a report has won; set under _condition
         self._retry_hook: RetryHook | None = None
         self._decode_lock = threading.Lock()  # not _condition: decoding may take a while
+        #: Set by a backend while the task waits in a worker's queue behind another task:
+        #: ``withdraw() -> bool`` takes it back (True) or reports that it already started
+        #: (False, after marking the future running). See :meth:`cancel`.
+        self._withdraw: Callable[[], bool] | None = None
+        #: PyWren's cancel: a running call is abandoned (see :meth:`cancel`).
+        self.abandon_on_cancel = False
+        #: ``persist(future) -> (store, key, mac, owner)``: where the executor will write
+        #: this task's outcome so that a copy unpickled elsewhere can fetch it.
+        self._persist: Callable[[Future], tuple[Any, ...]] | None = None
+        self._persisting = False  # its outcome will be written to the store
+        #: ``abandon(future)``: the backend may stop the run of a call abandoned by
+        #: PyWren's cancel (the local backend replaces the worker running it).
+        self._abandon: Callable[[Future], None] | None = None
 
     def __repr__(self) -> str:
         return f"<shardwren.Future job={self.job_id} index={self.index} state={self._state}>"
 
     # -- executor-author API -----------------------------------------------------
+    def set_queued(self, withdraw: Callable[[], bool]) -> bool:
+        """The task waits in a queue the backend no longer controls (a worker's own
+        queue, behind the task it runs); False if it must not run at all.
+
+        The future stays pending, so :meth:`cancel` can still succeed: it calls
+        ``withdraw()``, which must take the task back and return True, or, if the
+        task has started, call :meth:`set_running` and return False. The backend
+        calls :meth:`set_running` itself when the task starts. For a task already
+        running (a retry) this just returns True.
+        """
+        with self._condition:
+            if self._state == RUNNING:
+                return not self._completing
+            if self._state != PENDING:
+                return False
+            self._withdraw = withdraw
+            return True
+
     def set_running(self) -> bool:
         """Mark the task as running; False if it must not run.
 
@@ -109,6 +142,7 @@ class Future(cf.Future):
         then drops the task without reporting it.
         """
         with self._condition:
+            self._withdraw = None
             if self._state == RUNNING:
                 return not self._completing
             if self._state not in (PENDING, CANCELLED):
@@ -134,24 +168,28 @@ class Future(cf.Future):
         super().set_result(None)
         return True
 
-    def set_failure(self, exc: BaseException, stats: dict[str, Any] | None = None) -> bool:
+    def set_failure(self, exc: BaseException, stats: dict[str, Any] | None = None,
+                    final: bool = False) -> bool:
         """Report that one copy of the task failed with ``exc``.
 
         If another copy is still running, it decides. Otherwise the retry hook
         (if any) may schedule another run, and the caller never sees this
-        failure; else the future fails with ``exc``. Returns whether this call
-        completed the future.
+        failure; else the future fails with ``exc``. With ``final``, the future
+        fails with ``exc`` at once whatever runs (an abandoned task). Returns
+        whether this call completed the future.
         """
+        hook = None
         with self._condition:
             if self._completing or self._state not in (PENDING, RUNNING):
                 return False
-            self._copies -= 1
-            if self._copies > 0:  # its twin is still running: let it decide
-                self.stats.setdefault("failures", []).append(_describe(exc))
-                return False
-            hook = self._retry_hook
-            if hook is not None:
-                self._copies = 1  # the run the hook may schedule
+            if not final:
+                self._copies -= 1
+                if self._copies > 0:  # its twin is still running: let it decide
+                    self.stats.setdefault("failures", []).append(_describe(exc))
+                    return False
+                hook = self._retry_hook
+                if hook is not None:
+                    self._copies = 1  # the run the hook may schedule
         if hook is not None:
             try:
                 if hook(self, exc, stats):
@@ -197,6 +235,136 @@ class Future(cf.Future):
         """What the task printed to stdout/stderr and logged, in order ("" if nothing)."""
         return self._logs
 
+    def cancel(self) -> bool:
+        """Cancel the task if it has not started; return whether it is cancelled.
+
+        ``concurrent.futures`` semantics: a task that is running or done cannot be
+        cancelled (False). A task waiting in a worker's queue is taken back from
+        the worker, so True really means it will never run.
+
+        Futures made by :mod:`shardwren.pywren`'s executors follow PyWren instead
+        (:attr:`abandon_on_cancel`): cancelling a *running* call abandons it, and
+        its :meth:`result` raises :class:`~shardwren.errors.TaskCancelledError`
+        ("... was cancelled"); the worker finishes the call in the background and
+        its result is ignored.
+        """
+        with self._condition:
+            withdraw = self._withdraw
+        # withdraw() takes the backend's lock, then this future's: never call it holding ours.
+        if withdraw is not None and not withdraw():
+            return self._cancel_running()  # it started meanwhile
+        with self._condition:
+            # The check and the change are one step, under the lock set_queued takes:
+            # a task the backend is queueing right now is either seen cancelled by it,
+            # or has its withdraw hook installed and seen here.
+            retry = self._withdraw is not None and self._withdraw is not withdraw
+            now = False
+            if not retry:
+                if self._state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+                    return True
+                if self._state == PENDING:
+                    self._state = CANCELLED
+                    self._withdraw = None
+                    self._condition.notify_all()
+                    now = True
+        if retry:  # queued on a worker between our two looks: ask that worker
+            return self.cancel()
+        if now:
+            self._invoke_callbacks()  # type: ignore[attr-defined]  # CPython private, stable since 3.2
+            return True
+        return self._cancel_running()
+
+    def _cancel_running(self) -> bool:
+        if not self.abandon_on_cancel:
+            return False
+        with self._condition:
+            if self._state != RUNNING or self._completing:
+                return self._state in (CANCELLED, CANCELLED_AND_NOTIFIED)
+        if not self.set_failure(TaskCancelledError(
+                f"task {self.index} of job {self.job_id} was cancelled while running: it was "
+                "abandoned and its result, if it ever comes, is ignored"), final=True):
+            return False
+        abandon = self._abandon
+        if abandon is not None:
+            try:
+                abandon(self)
+            except Exception:  # noqa: BLE001 - the call is abandoned either way
+                log.exception("stopping abandoned task %d of job %s failed", self.index,
+                              self.job_id)
+        return True
+
+    def _cancelled_error(self) -> TaskCancelledError:
+        return TaskCancelledError(f"task {self.index} of job {self.job_id} was cancelled "
+                                  "before it started")
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The task's exception (None if it succeeded), waiting up to ``timeout`` seconds.
+
+        Raises :class:`~shardwren.errors.TaskCancelledError` (a ``CancelledError``)
+        naming the task if it was cancelled.
+        """
+        try:
+            return super().exception(timeout)
+        except cf.CancelledError as exc:
+            if isinstance(exc, TaskCancelledError):
+                raise
+            raise self._cancelled_error() from None
+
+    # -- PyWren's status methods -------------------------------------------------
+    def succeeded(self) -> bool:
+        """Whether the task finished and returned a value (PyWren)."""
+        with self._condition:
+            return self._state == FINISHED and self._exception is None
+
+    def errored(self) -> bool:
+        """Whether the task finished with an exception (PyWren); cancelled is neither."""
+        with self._condition:
+            return self._state == FINISHED and self._exception is not None
+
+    @property
+    def run_status(self) -> dict[str, Any] | None:
+        """PyWren's remote status: what the worker reported (see :attr:`stats`), or
+        ``None`` until the task is done."""
+        return dict(self.stats) if self.done() else None
+
+    @property
+    def invoke_status(self) -> dict[str, Any]:
+        """PyWren's local status: when and how the task was submitted."""
+        keys = ("job_id", "index", "submitted", "attempt", "backups", "running_since")
+        return {k: self.stats[k] for k in keys if k in self.stats}
+
+    # -- pickling ----------------------------------------------------------------
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Futures pickle (PyWren users save them and fetch results later).
+
+        A finished future carries its outcome. An unfinished one carries where its
+        executor will write the outcome (a signed key in the executor's store), so a
+        copy loaded in another process completes once the task does; it fails with
+        :class:`~shardwren.errors.ResultLostError` if the driver ends without writing it.
+        """
+        with self._condition:
+            state = self._state
+        outcome: tuple[Any, ...]
+        if state in (CANCELLED, CANCELLED_AND_NOTIFIED):
+            outcome = ("cancelled",)
+        elif state == FINISHED:
+            if self._exception is not None:
+                outcome = ("err", serialize.dumps_exception(self._exception))
+            else:
+                payload = self._payload
+                outcome = ("ok", bytes(payload) if payload is not None
+                           else serialize.dumps_value(self._result, what="result"))
+        elif self._remote is not None:
+            outcome = ("remote", *self._remote)
+        elif self._persist is not None:
+            outcome = ("remote", *self._persist(self))
+        else:
+            raise TypeError(f"{self!r} cannot be pickled before it finishes: it was not made "
+                            "by an executor that can store its result; wait for it first")
+        return (_rebuild, (self.job_id, self.index, dict(self.stats), self._logs, outcome))
+
+    _remote: tuple[Any, ...] | None = None
+
     def result(self, timeout: float | None = None) -> Any:
         """Return the task's value, waiting up to ``timeout`` seconds.
 
@@ -212,6 +380,10 @@ class Future(cf.Future):
         """
         try:
             value = super().result(timeout)
+        except cf.CancelledError as exc:
+            if isinstance(exc, TaskCancelledError):
+                raise
+            raise self._cancelled_error() from None
         except TimeoutError:
             if self.done():  # the task's own failure (TaskTimeoutError is a TimeoutError too)
                 raise
@@ -238,6 +410,110 @@ class Future(cf.Future):
             return self._result
 
 
+def _rebuild(job_id: str, index: int, stats: dict[str, Any], logs: str,
+             outcome: tuple[Any, ...]) -> Future:
+    """Unpickle a :class:`Future` (see :meth:`Future.__reduce__`)."""
+    f = Future(job_id, index)
+    f.stats.update(stats)
+    f._logs = logs
+    kind = outcome[0]
+    if kind == "ok":
+        f.set_payload(outcome[1])
+    elif kind == "err":
+        f.set_failure(serialize.loads_exception(outcome[1]), final=True)
+    elif kind == "cancelled":
+        f.cancel()
+    else:
+        f._remote = outcome[1:]
+        _POLLER.add(f)
+    return f
+
+
+class _ResultPoller:
+    """Completes futures unpickled before their task finished, from the store.
+
+    One daemon thread while there are any: it looks for each outcome every
+    :data:`POLL_SECONDS`, and checks every :data:`OWNER_CHECK_SECONDS` that the
+    driver which will write it is alive (:mod:`shardwren.storage._owners`), so that
+    a result that will never come fails the future instead of hanging it.
+    """
+
+    POLL_SECONDS = 0.2
+    OWNER_CHECK_SECONDS = 2.0
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.futures: list[Future] = []
+        self.thread: threading.Thread | None = None
+
+    def add(self, fut: Future) -> None:
+        with self.lock:
+            self.futures.append(fut)
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="shardwren-results",
+                                               daemon=True)
+                self.thread.start()
+
+    def _run(self) -> None:
+        last_owner_check = 0.0
+        while True:
+            with self.lock:
+                self.futures = [f for f in self.futures if not f.done()]
+                if not self.futures:
+                    self.thread = None
+                    return
+                todo = list(self.futures)
+            check_owner = time.monotonic() - last_owner_check > self.OWNER_CHECK_SECONDS
+            if check_owner:
+                last_owner_check = time.monotonic()
+            for f in todo:
+                try:
+                    self._poll(f, check_owner)
+                except Exception as exc:  # noqa: BLE001 - reported on that future only
+                    f.set_failure(exc, final=True)
+            time.sleep(self.POLL_SECONDS)
+
+    @staticmethod
+    def _poll(f: Future, check_owner: bool) -> None:
+        from .storage._owners import owner_alive
+
+        assert f._remote is not None
+        store, key, mac, owner = f._remote
+        if not store.exists(key):
+            if not check_owner or owner_alive(store, owner) or store.exists(key):
+                return
+            f.set_failure(ResultLostError(
+                f"task {f.index} of job {f.job_id} will never report: the driver that ran it "
+                f"({owner}) ended without writing its outcome to {store.url}/{key}"), final=True)
+            return
+        kind, data, stats, logs = pickle.loads(serialize.open_signed(mac, store.get(key), "result"))
+        f._logs = logs
+        if kind == "ok":
+            f.set_payload(data, stats)
+        elif kind == "cancelled":
+            f.set_failure(TaskCancelledError(f"task {f.index} of job {f.job_id} was cancelled"),
+                          stats, final=True)
+        else:
+            f.set_failure(serialize.loads_exception(data), stats, final=True)
+
+
+_POLLER = _ResultPoller()
+
+
+def outcome_record(f: Future) -> bytes:
+    """The pickled outcome of a done future, as :class:`_ResultPoller` reads it."""
+    if f.cancelled():
+        kind, data = "cancelled", b""
+    elif f._exception is not None:
+        kind, data = "err", serialize.dumps_exception(f._exception)
+    else:
+        payload = f._payload
+        kind, data = "ok", (bytes(payload) if payload is not None
+                            else serialize.dumps_value(f._result, what="result"))
+    stats = {k: v for k, v in f.stats.items() if isinstance(v, (int, float, str, type(None)))}
+    return pickle.dumps((kind, data, stats, f._logs), protocol=serialize.PROTOCOL)
+
+
 def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:300]
 
@@ -258,16 +534,26 @@ def _progress_bar(total: int, desc: str):
     return tqdm(total=total, desc=desc, unit="task", leave=True, dynamic_ncols=True)
 
 
-def _norm_return_when(return_when: Any) -> int:
+def _norm_return_when(return_when: Any) -> Any:
     aliases = {ALL_COMPLETED: ALL_COMPLETED, cf.ALL_COMPLETED: ALL_COMPLETED,
                ANY_COMPLETED: ANY_COMPLETED, cf.FIRST_COMPLETED: ANY_COMPLETED,
-               ALWAYS: ALWAYS, "ALWAYS": ALWAYS}
+               ALWAYS: ALWAYS, "ALWAYS": ALWAYS,
+               FIRST_EXCEPTION: FIRST_EXCEPTION, cf.FIRST_EXCEPTION: FIRST_EXCEPTION}
     try:
         return aliases[return_when]
     except (KeyError, TypeError):
         raise ValueError(
-            f"return_when must be ALL_COMPLETED, ANY_COMPLETED or ALWAYS, got {return_when!r}"
+            "return_when must be ALL_COMPLETED, ANY_COMPLETED (FIRST_COMPLETED), ALWAYS or "
+            f"FIRST_EXCEPTION, got {return_when!r}"
         ) from None
+
+
+_CF_MODE = {ALL_COMPLETED: cf.ALL_COMPLETED, ANY_COMPLETED: cf.FIRST_COMPLETED,
+            FIRST_EXCEPTION: cf.FIRST_EXCEPTION}
+
+
+def _failed(f: cf.Future) -> bool:
+    return f.done() and not f.cancelled() and f.exception() is not None
 
 
 def wait(fs: Iterable[F], return_when: Any = ALL_COMPLETED,
@@ -278,8 +564,10 @@ def wait(fs: Iterable[F], return_when: Any = ALL_COMPLETED,
     Parameters
     ----------
     fs : iterable of Future
-    return_when : {ALL_COMPLETED, ANY_COMPLETED, ALWAYS}
-        ``ALWAYS`` returns at once with the current split.
+    return_when : {ALL_COMPLETED, ANY_COMPLETED, ALWAYS, FIRST_EXCEPTION}
+        ``ALWAYS`` returns at once with the current split; ``FIRST_EXCEPTION``
+        returns when a task fails, or when all are done. ``concurrent.futures``'
+        constants are accepted too (``FIRST_COMPLETED`` is ``ANY_COMPLETED``).
     timeout : float, optional
         Seconds to wait at most; on expiry the split so far is returned.
     progress : bool, optional
@@ -296,9 +584,8 @@ def wait(fs: Iterable[F], return_when: Any = ALL_COMPLETED,
         pending = [f for f in fs if not f.done()]
         if pending and _show_progress(len(fs), progress):
             _wait_with_bar(fs, pending, mode, timeout)
-        elif pending:
-            cf.wait(pending, timeout=timeout,
-                    return_when=cf.ALL_COMPLETED if mode == ALL_COMPLETED else cf.FIRST_COMPLETED)
+        elif pending and not (mode == FIRST_EXCEPTION and any(_failed(f) for f in fs)):
+            cf.wait(pending, timeout=timeout, return_when=_CF_MODE[mode])
     done = [f for f in fs if f.done()]
     not_done = [f for f in fs if not f.done()]
     return done, not_done
@@ -308,9 +595,11 @@ def _wait_with_bar(fs: list, pending: list, mode: int, timeout: float | None) ->
     bar = _progress_bar(len(fs), "tasks")
     bar.update(len(fs) - len(pending))
     try:
-        for _ in cf.as_completed(pending, timeout=timeout):
+        if mode == FIRST_EXCEPTION and any(_failed(f) for f in fs):
+            return
+        for f in cf.as_completed(pending, timeout=timeout):
             bar.update(1)
-            if mode == ANY_COMPLETED:
+            if mode == ANY_COMPLETED or mode == FIRST_EXCEPTION and _failed(f):
                 break
     except TimeoutError:
         pass
@@ -319,7 +608,11 @@ def _wait_with_bar(fs: list, pending: list, mode: int, timeout: float | None) ->
 
 
 def as_completed(fs: Iterable[F], timeout: float | None = None) -> Iterator[F]:
-    """Yield futures as they finish (``concurrent.futures.as_completed`` semantics)."""
+    """Yield futures as they finish (``concurrent.futures.as_completed`` semantics).
+
+    With ``timeout``, raises ``TimeoutError`` once that many seconds have passed
+    since the call with futures still unfinished.
+    """
     return cast(Iterator[F], cf.as_completed(list(fs), timeout=timeout))
 
 

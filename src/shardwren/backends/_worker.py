@@ -3,17 +3,27 @@
 Protocol over one socket (``multiprocessing.connection`` framing, pickled tuples):
 
 * driver -> worker: ``("key", bytes)`` first (the signing key, never in argv or the
-  environment), then ``("run", [(seq, fn_id, fn_bytes | None, args_bytes, memory_limit,
-  where), ...])`` (``where`` names the task for errors raised here, sent with a memory
-  limit only) or ``("exit", None)``;
+  environment), then ``("run", [(seq, pos, fn_id, fn_bytes | None, args_bytes,
+  memory_limit, where), ...])`` (``pos`` counts the tasks sent to this worker, from 1;
+  ``where`` names the task for errors raised here, sent with a memory limit only) or
+  ``("exit", None)``;
 * worker -> driver: ``("done", [(seq, ok, value_or_error_bytes, stats), ...])``, in the
-  order the tasks were received.
+  order the tasks were received; ``ok`` is None for a task the driver withdrew.
 
 Tasks run strictly in the order received. Before running a task the worker
-writes its start time and then its sequence number into a 16-byte shared-memory
-slot (and clears the number after), so that the driver knows which task is
-running, since when (for timeouts), and which task killed the worker if it dies
+writes its start time and then its sequence number into a shared-memory slot
+(and clears the number after), so that the driver knows which task is running,
+since when (for timeouts), and which task killed the worker if it dies
 (loky-style crash attribution without an extra message per task).
+
+The same slot lets the driver take back a task queued behind another one
+(``cancel()`` of a task that has not started) without a round trip: the worker
+*claims* a task by writing its ``pos`` at :data:`CLAIM_OFF` and then reads the
+task's entry in the withdrawal ring; the driver *withdraws* one by writing its
+``pos`` into the ring and then reading the claim. Each side writes before it reads
+(with a full memory barrier in between, :func:`fence`), so at least one of them sees
+the other (Dekker): either the driver sees the claim (the task started: cancel
+fails) or the worker sees the withdrawal (it skips the task), never neither.
 
 The worker dies with the driver: the kernel sends it SIGKILL when the driver's
 thread that started it ends (``PR_SET_PDEATHSIG``, Linux), which works even while
@@ -35,6 +45,25 @@ import time
 from multiprocessing.connection import Connection
 
 from .runtime import FunctionCache, run_task
+
+#: Shared slot layout: running seq (q), its start time (d), last claimed pos (q), pad,
+#: then the withdrawal ring (q per entry, indexed by pos % RING).
+CLAIM_OFF = 16
+RING_OFF = 32
+#: Larger than the most tasks a worker ever has queued (MAX_BATCH in local.py), so two
+#: queued tasks never share an entry; an entry holds the exact pos, never a hash of it.
+RING = 512
+SLOT_BYTES = RING_OFF + 8 * RING
+
+_FENCE = threading.Lock()
+
+
+def fence() -> None:
+    """A full memory barrier: taking a lock is an atomic read-modify-write, which
+    orders the shared-memory store before it and the load after it."""
+    with _FENCE:
+        pass
+
 
 #: Results are batched for at most this long before being sent.
 FLUSH_SECONDS = 0.002
@@ -145,8 +174,14 @@ def serve(conn: Connection, slot: mmap.mmap) -> None:
         if kind == "key":
             key = body
             continue
-        for seq, fn_id, fn_bytes, payload, memory_limit, where in body:
+        for seq, pos, fn_id, fn_bytes, payload, memory_limit, where in body:
             fn = fns.load(fn_id, fn_bytes, key) if fn_bytes is not None else fns.get(fn_id)
+            struct.pack_into("q", slot, CLAIM_OFF, pos)
+            fence()
+            if struct.unpack_from("q", slot, RING_OFF + 8 * (pos % RING))[0] == pos:
+                now = time.time()  # withdrawn by the driver before it started: skip it
+                outbox.add((seq, None, b"", {"started": now, "finished": now}))
+                continue
             # Start time before sequence number: a reader that sees the number sees its time.
             struct.pack_into("d", slot, 8, time.time())
             struct.pack_into("q", slot, 0, seq)
@@ -171,7 +206,7 @@ def main(argv: list[str]) -> None:
     import logging
 
     logging.getLogger().setLevel(logging.INFO)
-    slot = mmap.mmap(slot_fd, 16)
+    slot = mmap.mmap(slot_fd, SLOT_BYTES)
     os.close(slot_fd)
     conn = Connection(fd)
     try:

@@ -72,6 +72,9 @@ own peak where :attr:`Backend.isolates_tasks`, else ``None``.
 threads must not outlive :meth:`Backend.shutdown`, and its workers must not
 outlive the driver process.
 
+**Abandoning.** :meth:`Backend.abandon` (optional) may stop the running copy of a
+task whose future the caller already failed (PyWren's cancel of a running call).
+
 **Shutdown.** :meth:`Backend.shutdown` is idempotent. With ``wait=True`` it
 returns once every submitted task is done; with ``wait=False`` it fails what has
 not finished with ``ExecutorShutdownError`` and returns promptly. Afterwards no
@@ -153,6 +156,12 @@ class Backend(abc.ABC):
         with ``ExecutorShutdownError``. Idempotent.
         """
 
+    def abandon(self, future: Future) -> None:  # noqa: B027 - optional, not abstract
+        """The caller gave up on ``future``'s running copy (PyWren's cancel of a running
+        call; the future has already failed): stop it if that is cheap and safe, so
+        it frees its worker. Default: nothing (the copy runs to its end, and its
+        report is ignored). Must not block, and must not fail other tasks."""
+
     def check_store(self, store: Store) -> None:  # noqa: B027 - optional, not abstract
         """Raise :class:`~shardwren.errors.StoreNotSharedError` if the workers cannot
         reach ``store`` (default: they can)."""
@@ -182,6 +191,7 @@ class Backend(abc.ABC):
 _REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "local": ("shardwren.backends.local", "LocalBackend", None),
     "dask": ("shardwren.backends.dask", "DaskBackend", "distributed"),
+    "inprocess": ("shardwren.backends.inprocess", "InProcessBackend", None),
 }
 
 

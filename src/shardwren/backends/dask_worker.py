@@ -139,7 +139,7 @@ def _run_with_deadline(fn: Any, payload: bytes, memory_limit: int | None, timeou
                 _ABANDONED[0] += 1
     if box:
         return box[0]
-    exc = TaskTimeoutError(f"{where} ran longer than its {timeout:g} s limit; the Dask worker "
+    exc = TaskTimeoutError(f"{where} ran out of time: it ran longer than its {timeout:g} s limit; the Dask worker "
                            "abandoned it (its thread finishes in the background)")
     return False, serialize.dumps_exception(exc), {"started": started, "finished": time.time(),
                                                    "peak_rss": None}

@@ -24,6 +24,7 @@ Design (after loky's ``process_executor``):
 from __future__ import annotations
 
 import atexit
+import functools
 import itertools
 import mmap
 import os
@@ -50,6 +51,7 @@ from ..errors import (
     WorkerCrashedError,
     describe_exit,
 )
+from ._worker import CLAIM_OFF, RING, RING_OFF, SLOT_BYTES, fence
 from .base import Backend
 from .runtime import FN_CACHE_SIZE
 
@@ -64,8 +66,8 @@ MAX_REQUEUES = 3
 
 
 class _Task:
-    __slots__ = ("fn_bytes", "fn_id", "future", "isolate", "limit", "payload", "requeues", "sent",
-                 "seq")
+    __slots__ = ("fn_bytes", "fn_id", "future", "isolate", "limit", "payload", "pos", "requeues",
+                 "sent", "seq", "withdrawn")
 
     def __init__(self, seq: int, future: Future, fn_id: str, fn_bytes: bytes, payload: bytes):
         self.seq, self.future, self.fn_id = seq, future, fn_id
@@ -74,6 +76,8 @@ class _Task:
         self.isolate = False
         self.requeues = 0
         self.sent = 0.0
+        self.pos = 0  # its place in the stream of tasks sent to its worker
+        self.withdrawn = False  # taken back from a worker's queue (cancelled)
 
 
 class _Worker:
@@ -84,8 +88,8 @@ class _Worker:
         parent, child = socket.socketpair()
         slot_fd = os.memfd_create(f"shardwren-worker-{wid}")
         try:
-            os.ftruncate(slot_fd, 16)
-            self.slot = mmap.mmap(slot_fd, 16)
+            os.ftruncate(slot_fd, SLOT_BYTES)
+            self.slot = mmap.mmap(slot_fd, SLOT_BYTES)
             env = dict(os.environ)
             for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
                 env[var] = str(blas_threads)  # before numpy loads; threadpoolctl re-checks
@@ -110,6 +114,7 @@ class _Worker:
         self.limited = 0  # tasks in inflight with a timeout
         self.fns: OrderedDict[str, bool] = OrderedDict()  # mirrors the worker's LRU
         self.timed_out = 0  # seq of the task this worker was killed for, if any
+        self.sent_count = 0  # tasks sent so far: the next one's pos is this + 1
         self.trouble: tuple[str, int | None, BaseException | None] | None = None
 
     def running(self) -> tuple[int, float]:
@@ -137,7 +142,9 @@ class _Worker:
                 fn_bytes = t.fn_bytes
             memory_limit = t.future.limits.get("memory_limit")
             where = f"task {t.future.index} of job {t.future.job_id}" if memory_limit else None
-            body.append((t.seq, t.fn_id, fn_bytes, t.payload, memory_limit, where))
+            self.sent_count += 1
+            t.pos = self.sent_count
+            body.append((t.seq, t.pos, t.fn_id, fn_bytes, t.payload, memory_limit, where))
             t.sent = now
             self.limited += t.limit is not None
             self.inflight.append(t)
@@ -280,7 +287,11 @@ class LocalBackend(Backend):
                 if t.isolate and (w.inflight or batch):
                     break
                 self._pending.popleft()
-                if not t.future.set_running():
+                # An idle worker starts the first task at once; the others wait in its
+                # queue and stay pending (cancellable) until they start.
+                starts_now = not w.inflight and not batch
+                if not (t.future.set_running() if starts_now
+                        else t.future.set_queued(functools.partial(self._withdraw, w, t))):
                     self._tasks.discard(t)
                     continue  # cancelled before it started, or another copy finished
                 batch.append(t)
@@ -290,6 +301,36 @@ class LocalBackend(Backend):
             if batch:
                 w.send(batch)
         return timed
+
+    def _withdraw(self, w: _Worker, t: _Task) -> bool:
+        """Take ``t`` back from ``w``'s queue (Future.cancel); False if it has started.
+
+        See the withdrawal protocol in :mod:`shardwren.backends._worker`.
+        """
+        with self._lock:
+            if t.withdrawn or all(x is not t for x in w.inflight):
+                return True  # back in our own queue (its worker died) or reported already
+            try:
+                struct.pack_into("q", w.slot, RING_OFF + 8 * (t.pos % RING), t.pos)
+                fence()
+                claimed = struct.unpack_from("q", w.slot, CLAIM_OFF)[0]
+            except ValueError:  # the slot is closed: the worker is gone, t goes back to _pending
+                return True
+            if claimed < t.pos:
+                t.withdrawn = True  # the worker will skip it and say so
+                return True
+            t.future.set_running()  # it started: the caller sees it running
+            return False
+
+    def abandon(self, future: Future) -> None:
+        """Replace the worker running ``future`` (already failed by the caller): the
+        tasks queued behind it go back to the queue, as when a worker dies."""
+        with self._lock:
+            for w in self._workers:
+                seq = w.running_seq()
+                if seq and any(t.seq == seq and t.future is future for t in w.inflight):
+                    w.kill()  # its EOF is handled by the manager thread
+                    return
 
     # -- manager thread -----------------------------------------------------------
     def _spawn(self) -> _Worker:
@@ -368,6 +409,14 @@ class LocalBackend(Backend):
                     break
                 t = w.inflight.popleft()
                 w.limited -= t.limit is not None
+                if w.inflight and not w.inflight[0].withdrawn:
+                    w.inflight[0].future.set_running()  # the worker has moved on to it
+                if ok is None:  # skipped: withdrawn, or both sides saw each other (run it later)
+                    if t.withdrawn or t.future.cancelled():
+                        self._tasks.discard(t)
+                    else:
+                        self._pending.appendleft(t)
+                    continue
                 self._avg_task = took if self._avg_task is None else 0.8 * self._avg_task + 0.2 * took
                 stats["worker"] = w.wid
                 self._tasks.discard(t)
@@ -445,7 +494,7 @@ class LocalBackend(Backend):
             return err
         if t.seq == w.timed_out:
             return TaskTimeoutError(
-                f"{what} ran longer than its {t.limit:g} s limit; its worker was killed and "
+                f"{what} ran out of time: it ran longer than its {t.limit:g} s limit; its worker was killed and "
                 "replaced, the other tasks went on")
         if t.seq == running or t.requeues >= MAX_REQUEUES:
             if trouble is not None:

@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from .. import _iostats, serialize
-from ..errors import TaskMemoryError
+from ..errors import TaskExitError, TaskMemoryError
 
 #: Functions kept per worker; the local driver mirrors this LRU exactly.
 FN_CACHE_SIZE = 64
@@ -255,6 +255,25 @@ def limit_memory(limit: int | None) -> Iterator[None]:
 # --- the task ------------------------------------------------------------------------------
 
 
+def _exit_error(exc: SystemExit, where: str | None) -> BaseException:
+    """``sys.exit()`` inside a task ends the task, not the worker: a clear error instead.
+
+    PyWren reports such a task as "python process failed, returned a non-zero return
+    code"; the wording is kept so that code matching on it goes on working.
+    """
+    code = exc.code
+    what = where or "the task"
+    if code in (0, None):
+        msg = f"{what} called sys.exit({code!r}) before returning a value"
+    else:
+        msg = (f"{what} called sys.exit({code!r}): the task failed with a non-zero return code "
+               f"({code!r}); its output is in the future's logs()")
+    err = TaskExitError(msg, exitcode=code)
+    err.__cause__ = exc
+    return err
+
+
+
 def run_task(fn: Callable[..., Any] | BaseException, payload: bytes,
              memory_limit: int | None = None, key: bytes | None = None,
              exclusive: bool = True, where: str | None = None) -> tuple[bool, bytes, dict[str, Any]]:
@@ -301,7 +320,9 @@ def run_task(fn: Callable[..., Any] | BaseException, payload: bytes,
             value = fn(*args)
         ok, data = True, serialize.dumps_value(value, what="result")
     except BaseException as exc:  # noqa: BLE001 - everything goes back to the caller
-        if isinstance(exc, (KeyboardInterrupt, SystemExit)) and not isinstance(fn, BaseException):
+        if isinstance(exc, SystemExit) and not isinstance(fn, BaseException):
+            exc = _exit_error(exc, where)
+        elif isinstance(exc, KeyboardInterrupt) and not isinstance(fn, BaseException):
             exc = RuntimeError(f"task raised {type(exc).__name__}({exc})")
         elif isinstance(exc, MemoryError) and memory_limit:
             exc = TaskMemoryError(
