@@ -182,6 +182,7 @@ class Backend(abc.ABC):
 _REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "local": ("shardwren.backends.local", "LocalBackend", None),
     "dask": ("shardwren.backends.dask", "DaskBackend", "distributed"),
+    "lithops": ("shardwren.backends.lithops", "LithopsBackend", "lithops"),
 }
 
 
