@@ -13,7 +13,6 @@ name, so Dask workers import them from their own shardwren installation).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
