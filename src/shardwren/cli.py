@@ -557,9 +557,11 @@ def plan_knn(train_rows, query_rows, features, k, method, workers, block_size, i
     """Predicted cost of an exact k-NN job."""
     from . import capacity
 
-    click.echo(str(capacity.knn(train_rows, query_rows, features, k, workers, method,
-                                _profile(profile_name), block_size, itemsize,
-                                exact_per_query=exact_per_query)))
+    prof = _profile(profile_name)
+    est = capacity.knn(train_rows, query_rows, features, k, workers, method, prof, block_size,
+                       itemsize, exact_per_query=exact_per_query)
+    click.echo(str(est))
+    _refuse_if_unfit(est, prof)
 
 
 @plan_group.command("matmul")
@@ -573,8 +575,20 @@ def plan_matmul(n, inner, mcols, workers, block_size, profile_name) -> None:
     """Predicted cost of a blocked matmul."""
     from . import capacity
 
-    click.echo(str(capacity.matmul(n, inner or n, mcols or n, workers, _profile(profile_name),
-                                   block_size)))
+    prof = _profile(profile_name)
+    est = capacity.matmul(n, inner or n, mcols or n, workers, prof, block_size)
+    click.echo(str(est))
+    _refuse_if_unfit(est, prof)
+
+
+def _refuse_if_unfit(est, prof) -> None:
+    """A plan whose tasks cannot fit the platform (Lambda: 15 min, 10 GB) is refused."""
+    from . import capacity
+
+    problems = capacity.limits_exceeded(est, prof)
+    if problems:
+        raise click.ClickException("refused: " + "; ".join(problems) + "; use a smaller "
+                                   "--block-size")
 
 
 if __name__ == "__main__":
