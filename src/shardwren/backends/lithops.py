@@ -117,6 +117,44 @@ def _load_config(lithops_config: Any) -> tuple[dict[str, Any] | None, str | None
                       f"got {type(lithops_config).__name__}")
 
 
+_LAUNCHER = """#!/bin/sh
+# shardwren's Lithops localhost runtime: this interpreter, with shardwren's worker (and the
+# BLAS limit) loaded before Lithops' runner starts. Every function process Lithops forks
+# then inherits them instead of importing them again for each call.
+exec {python} -c 'import os, sys, runpy
+from shardwren.backends import lithops_worker
+lithops_worker.preload({blas})
+sys.argv = sys.argv[1:]
+sys.path[0] = os.path.dirname(os.path.abspath(sys.argv[0]))  # as `python runner.py` would
+runpy.run_path(sys.argv[0], run_name="__main__")' "$@"
+"""
+
+
+def _localhost_runtime(processes: int, blas_threads: int | None) -> str:
+    """The path of the localhost launcher (written once per interpreter and BLAS setting).
+
+    Lithops runs every call in a process freshly forked from its runner's pool:
+    whatever the call imports is lost with it. Importing shardwren's worker in the
+    runner itself, before the fork, takes that cost off every call.
+    """
+    import hashlib
+    import tempfile
+
+    blas = int(blas_threads or max(1, (os.cpu_count() or 1) // max(1, processes)))
+    text = _LAUNCHER.format(python=sys.executable, blas=blas)
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    folder = os.path.join(tempfile.gettempdir(), f"shardwren-lithops-{os.getuid()}")
+    os.makedirs(folder, exist_ok=True)
+    path = os.path.join(folder, f"python-{digest}")
+    if not os.path.exists(path):
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "w") as fh:
+            fh.write(text)
+        os.chmod(tmp, 0o755)
+        os.replace(tmp, path)  # atomic: a runner never execs a half-written file
+    return path
+
+
 class _Call:
     """One Lithops call standing for one copy of a shardwren task."""
 
@@ -199,8 +237,11 @@ class LithopsBackend(Backend):
                 overwrite["worker_processes"] = int(workers)
             if "runtime" not in raw:
                 # Lithops' default is whichever `python` is first on PATH; the driver's own
-                # interpreter is the one known to have shardwren.
-                overwrite["runtime"] = sys.executable
+                # interpreter is the one known to have shardwren, started through a
+                # launcher that imports shardwren's worker before Lithops forks.
+                overwrite["runtime"] = _localhost_runtime(
+                    int(workers or (raw.get("worker_processes") or os.cpu_count() or 1)),
+                    blas_threads)
         self._overwrite = overwrite
         procs = int(overwrite.get("worker_processes") or section.get("worker_processes") or 1)
         if self.local:

@@ -37,6 +37,17 @@ def _limit_blas(blas_threads: int) -> None:
         _BLAS[:] = [blas_threads]
 
 
+def preload(blas_threads: int) -> None:
+    """Load what every task needs (numpy, the runtime, the BLAS limit) in Lithops' runner,
+    before it forks a process per call (see the localhost launcher in the driver)."""
+    import numpy  # noqa: F401 - inherited by every function process
+    import threadpoolctl  # noqa: F401
+
+    from .. import serialize  # noqa: F401
+
+    _limit_blas(blas_threads)
+
+
 class Call:
     """The function of one Lithops map: runs shardwren tasks of one shardwren map.
 
