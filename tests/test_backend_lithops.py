@@ -282,3 +282,45 @@ def test_s3_end_to_end_with_lithops_storage_on_moto(s3_endpoint, s3_url):
         backend="local", workers=1, store=s3_url, progress=False))
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_array_equal(d1, d2)
+
+
+def test_shutdown_without_wait_leaves_no_runner(tmp_path):
+    marker = str(tmp_path / "pid")
+    ex = shardwren.default_executor(backend="lithops", store=f"file://{tmp_path}/s", workers=1,
+                                    progress=False, lithops_config=LOCALHOST)
+    f = ex.map(_pid_then_sleep, [marker], retries=0)[0]
+    _, pgid = _wait_for(marker)
+    ex.shutdown(wait=False)
+    from shardwren.errors import ExecutorShutdownError
+
+    assert isinstance(f.exception(timeout=30), ExecutorShutdownError)
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        raise AssertionError("the Lithops runner's processes outlived shutdown")
+
+
+def test_new_lanes_created_from_several_threads_at_once(tmp_path):
+    # Lithops installs its localhost runner through a temp file named after the process:
+    # executors created at once in one process collided on it (FileNotFoundError).
+    import threading
+
+    for rep in range(4):  # a race: several tries make it show without the fix
+        with shardwren.default_executor(backend="lithops", store=f"file://{tmp_path}/s{rep}",
+                                        workers=1, progress=False, lithops_config=LOCALHOST) as ex:
+            results = {}
+
+            def run(tag):
+                results[tag] = shardwren.get_all_results(ex.map(lambda x, t=tag: (t, x), range(3)))
+
+            threads = [threading.Thread(target=run, args=(t,)) for t in "abcdef"]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join(120)
+            assert results == {t: [(t, x) for x in range(3)] for t in "abcdef"}

@@ -92,6 +92,10 @@ RUNTIME_MEMORY_HEADROOM_MIB = 384
 LAMBDA_MAX_MEMORY_MIB = 10240
 LAMBDA_MAX_TIMEOUT_S = 900
 
+# Lithops' localhost setup writes its runner through a temporary file named after the
+# process: two FunctionExecutors created at once in one process collide on it.
+_SETUP_LOCK = threading.Lock()
+
 RUNTIME_HELP = (
     "The Lithops runtime must have shardwren installed (with the same version and the "
     "libraries your functions import). Build one from a Dockerfile that runs "
@@ -155,6 +159,23 @@ def _localhost_runtime(processes: int, blas_threads: int | None) -> str:
     return path
 
 
+def _stop_jobs(handler: Any, wait: float = 10.0) -> None:
+    """Stop every job of a compute handler, localhost runners included, for good.
+
+    ``clear()`` kills the runners it knows of, but Lithops' localhost job manager may
+    be just starting the next queued job (a backup's, say): it is stopped again until
+    the manager thread is gone, so no runner outlives the executor.
+    """
+    handler.clear()
+    manager = getattr(handler, "job_manager", None)
+    env = getattr(handler, "env", None)
+    deadline = time.time() + wait
+    while manager is not None and manager.is_alive() and time.time() < deadline:
+        manager.join(0.1)
+        if env is not None and manager.is_alive():
+            env.stop()
+
+
 class _Call:
     """One Lithops call standing for one copy of a shardwren task."""
 
@@ -174,7 +195,6 @@ class _Lane:
 
     def __init__(self, fexec: Any):
         self.fexec = fexec
-        self.lock = threading.Lock()  # FunctionExecutor.map is not thread-safe
         self.running = 0  # calls not yet reported
 
     def runner(self, job_key: str) -> Any:
@@ -260,6 +280,7 @@ class LithopsBackend(Backend):
         self._check_secret(section, secret)
         self.shared_filesystem = bool(settings.get("shared_filesystem"))
         self._lock = threading.Lock()
+        self._map_lock = threading.Lock()
         self._lanes: list[_Lane] = []
         self._calls: dict[int, _Call] = {}  # id(Lithops future) -> call
         self._closing = False
@@ -301,11 +322,12 @@ class LithopsBackend(Backend):
         return dict(section) if isinstance(section, dict) else {}
 
     def _new_lane(self) -> _Lane:
-        fexec = lithops.FunctionExecutor(
-            config=copy.deepcopy(self._config_data), config_file=self._config_file,
-            log_level=(False if (self._config_data or {}).get("lithops", {}).get("log_level")
-                       else "WARNING"),
-            **self._overwrite)
+        with _SETUP_LOCK:  # Lithops installs its localhost runner under a per-process name
+            fexec = lithops.FunctionExecutor(
+                config=copy.deepcopy(self._config_data), config_file=self._config_file,
+                log_level=(False if (self._config_data or {}).get("lithops", {}).get("log_level")
+                           else "WARNING"),
+                **self._overwrite)
         # Cleaned up by shutdown(); Lithops' own exit hook would keep every executor alive.
         atexit.unregister(fexec._clean_at_exit)
         return _Lane(fexec)
@@ -380,7 +402,6 @@ class LithopsBackend(Backend):
         timeout = futs[0].limits.get("timeout")
         memory = futs[0].limits.get("memory_limit")
         call = lithops_worker.Call(fn_id, fn_bytes, self.signed, self.blas_threads)
-        lane = self._pick_lane()
         kwargs: dict[str, Any] = {"include_modules": None}  # the runtime has shardwren
         if timeout:
             kwargs["timeout"] = timeout
@@ -389,7 +410,10 @@ class LithopsBackend(Backend):
             kwargs["runtime_memory"] = runtime_memory
         limit = float(timeout or self.runtime_timeout)
         try:
-            with lane.lock:
+            lane = self._pick_lane()
+            # One map at a time: FunctionExecutor.map is not thread-safe, and a new lane's
+            # first map reads and writes Lithops' runtime metadata cache.
+            with self._map_lock:
                 with self._lock:
                     if self._closing:
                         raise ExecutorShutdownError("cannot submit tasks: the executor was shut down")
@@ -405,7 +429,9 @@ class LithopsBackend(Backend):
                         c = _Call(fut, lf, lane, fn_id, limit)
                         c.queued = False
                         self._calls[id(lf)] = c
-        except ExecutorShutdownError:
+        except ExecutorShutdownError as exc:
+            for fut in futs:  # already marked running: they must not hang
+                fut.set_failure(exc)
             raise
         except Exception as exc:  # noqa: BLE001 - Lithops could not start the job
             err = ExecutorBrokenError(
@@ -590,7 +616,7 @@ class LithopsBackend(Backend):
             try:
                 fexec.job_monitor.stop()
                 fexec.invoker.stop(wait=not remaining)
-                fexec.compute_handler.clear()  # localhost: kills job runners still running
+                _stop_jobs(fexec.compute_handler)
             except Exception:  # noqa: BLE001 - best effort: the platform may be gone
                 log.debug("Lithops executor did not stop cleanly", exc_info=True)
             try:
