@@ -27,7 +27,7 @@ def main() -> None:
 def _executor_options(f):
     f = click.option("--workers", type=int, default=None,
                      help="Local worker processes (default: CPU cores).")(f)
-    f = click.option("--backend", default=None, help="Execution backend: local (default) or dask.")(f)
+    f = click.option("--backend", default=None, help="Execution backend: local (default), dask or lithops.")(f)
     f = click.option("--store", default=None,
                      help="Store URL for the sharded data (default: ~/.shardwren/store).")(f)
     return f

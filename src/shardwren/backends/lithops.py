@@ -310,10 +310,13 @@ class LithopsBackend(Backend):
             return
         env = section.get("env_vars") or {}
         if isinstance(env, Mapping) and env.get("SHARDWREN_SECRET") != secret:
-            raise ConfigError(
-                f"signed tasks need SHARDWREN_SECRET in the functions' environment: set it under "
-                f"`{self.lithops_backend}: env_vars:` in the Lithops config (it reaches the "
-                "functions through the runtime's configuration, never with a job)")
+            # It may have been set on the deployed function directly (which keeps it out of
+            # the configuration Lithops sends with every invocation): a function without it
+            # refuses each task with a PayloadSignatureError saying so.
+            log.warning(
+                "signed tasks need SHARDWREN_SECRET in the %s functions' environment; it is not "
+                "in `%s: env_vars:` of the Lithops config, so it must be set on the deployed "
+                "function itself", self.lithops_backend, self.lithops_backend)
 
     def _raw_section(self, name: str) -> dict[str, Any]:
         """A section of the user's Lithops configuration as written (before Lithops' defaults)."""
