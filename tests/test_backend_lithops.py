@@ -251,16 +251,21 @@ def test_mnist_knn_identical_to_local_backend(lithops_ex, executor):
     np.testing.assert_array_equal(d1, d2)
 
 
+def _moto_config(s3_url):
+    bucket = s3_url[len("s3://"):].split("/")[0]
+    return bucket, {"lithops": {"backend": "localhost", "storage": "aws_s3", "monitoring_interval": 0.1},
+                    "aws_s3": {"storage_bucket": bucket, "region": "us-east-1",
+                               "access_key_id": "testing", "secret_access_key": "testing"}}
+
+
 def test_s3_end_to_end_with_lithops_storage_on_moto(s3_endpoint, s3_url):
     # Lithops keeps its jobs, statuses and results in the same S3 server (moto on
     # 127.0.0.1) as shardwren's blocks: the serverless data path, without a cloud.
-    from shardwren.linalg import knn
+    import boto3
+
     from shardwren.matrix import ShardedMatrix
 
-    bucket = s3_url[len("s3://"):].split("/")[0]
-    config = {"lithops": {"backend": "localhost", "storage": "aws_s3", "monitoring_interval": 0.1},
-              "aws_s3": {"storage_bucket": bucket, "region": "us-east-1",
-                         "access_key_id": "testing", "secret_access_key": "testing"}}
+    bucket, config = _moto_config(s3_url)
     with shardwren.default_executor(backend="lithops", store=s3_url, workers=2, progress=False,
                                     lithops_config=config) as ex:
         assert ex.backend.storage_backend == "aws_s3"
@@ -270,16 +275,24 @@ def test_s3_end_to_end_with_lithops_storage_on_moto(s3_endpoint, s3_url):
         np.testing.assert_array_equal(m.numpy(), X)
         sums = shardwren.get_all_results(ex.map(lambda i: float(m.get_block(i, 0).sum()), range(m.grid[0])))
         np.testing.assert_allclose(sum(sums), X.sum(), rtol=1e-4)
-        Q = X[:40] + 0.01
-        d1, i1 = knn(X, Q, 2, executor=ex, block_size=100)
-        import boto3
-
         # Lithops' own job data and statuses went through the moto server too.
         keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(
             Bucket=bucket).get("Contents", [])]
         assert any(k.startswith("lithops.jobs/") for k in keys), keys[:20]
-    d2, i2 = knn(X, Q, 2, block_size=100, executor=shardwren.default_executor(
-        backend="local", workers=1, store=s3_url, progress=False))
+
+
+@pytest.mark.slow
+def test_knn_on_s3_through_lithops_identical_to_local(s3_endpoint, s3_url):
+    from shardwren.linalg import knn
+
+    _, config = _moto_config(s3_url)
+    X = np.random.default_rng(0).standard_normal((300, 20)).astype(np.float32)
+    Q = X[:40] + 0.01
+    with shardwren.default_executor(backend="lithops", store=s3_url, workers=2, progress=False,
+                                    lithops_config=config) as ex:
+        d1, i1 = knn(X, Q, 2, executor=ex, block_size=100)
+    with shardwren.default_executor(backend="local", workers=1, store=s3_url, progress=False) as ex:
+        d2, i2 = knn(X, Q, 2, executor=ex, block_size=100)
     np.testing.assert_array_equal(i1, i2)
     np.testing.assert_array_equal(d1, d2)
 
@@ -324,3 +337,25 @@ def test_new_lanes_created_from_several_threads_at_once(tmp_path):
             for t in threads:
                 t.join(120)
             assert results == {t: [(t, x) for x in range(3)] for t in "abcdef"}
+
+
+def test_job_that_never_starts_is_noticed(tmp_path):
+    # Lithops v1 starts queued jobs from a manager thread; if none runs (it exited in a race
+    # with the next invocation), the job stays queued for ever and nothing is reported.
+    with shardwren.default_executor(backend="lithops", store=f"file://{tmp_path}/s", workers=1,
+                                    progress=False, lithops_config=LOCALHOST) as ex:
+        handler = ex.backend._lanes[0].fexec.compute_handler
+        handler.start_manager = lambda: None
+        f = ex.map(lambda x: x, [1], retries=0)[0]
+        with pytest.raises(WorkerCrashedError, match="job manager stopped"):
+            f.result(timeout=60)
+
+
+def test_secret_in_lambda_env_vars():
+    from shardwren.backends.lithops import _env_var
+
+    # AWS Lambda's env_vars are a list of name/value items (lithops aws_lambda.py).
+    assert _env_var([{"name": "A", "value": "1"}, {"name": "SHARDWREN_SECRET", "value": "s"}],
+                    "SHARDWREN_SECRET") == "s"
+    assert _env_var({"SHARDWREN_SECRET": "t"}, "SHARDWREN_SECRET") == "t"
+    assert _env_var({}, "SHARDWREN_SECRET") is None and _env_var(None, "SHARDWREN_SECRET") is None

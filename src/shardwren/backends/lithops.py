@@ -159,6 +159,23 @@ def _localhost_runtime(processes: int, blas_threads: int | None) -> str:
     return path
 
 
+def _env_var(env_vars: Any, name: str) -> Any:
+    """A variable of a Lithops ``env_vars`` setting: a list of ``{name, value}`` items
+    (AWS Lambda's form), or a mapping."""
+    if isinstance(env_vars, Mapping):
+        return env_vars.get(name)
+    for item in env_vars or ():
+        if isinstance(item, Mapping) and item.get("name") == name:
+            return item.get("value")
+    return None
+
+
+def _manager_alive(lane: _Lane) -> bool:
+    """Whether the lane's localhost job manager thread (which starts queued jobs) runs."""
+    manager = getattr(lane.fexec.compute_handler, "job_manager", None)
+    return manager is not None and manager.is_alive()
+
+
 def _stop_jobs(handler: Any, wait: float = 10.0) -> None:
     """Stop every job of a compute handler, localhost runners included, for good.
 
@@ -179,8 +196,8 @@ def _stop_jobs(handler: Any, wait: float = 10.0) -> None:
 class _Call:
     """One Lithops call standing for one copy of a shardwren task."""
 
-    __slots__ = ("deadline", "fn_id", "fut", "job_key", "lane", "lf", "limit", "queued",
-                 "started", "submitted")
+    __slots__ = ("fn_id", "fut", "job_key", "lane", "lf", "limit", "queued", "started",
+                 "stuck_since", "submitted")
 
     def __init__(self, fut: Future, lf: Any, lane: _Lane, fn_id: str, limit: float):
         self.fut, self.lf, self.lane, self.fn_id, self.limit = fut, lf, lane, fn_id, limit
@@ -188,6 +205,7 @@ class _Call:
         self.submitted = time.time()
         self.started: float | None = None  # when the driver saw the call (or its job) start
         self.queued = True  # fetching its result is under way
+        self.stuck_since: float | None = None  # queued with no job manager to run it
 
 
 class _Lane:
@@ -308,8 +326,7 @@ class LithopsBackend(Backend):
                     "localhost runner inherits: set SHARDWREN_SECRET (not secret=) in the driver's "
                     "environment")
             return
-        env = section.get("env_vars") or {}
-        if isinstance(env, Mapping) and env.get("SHARDWREN_SECRET") != secret:
+        if _env_var(section.get("env_vars"), "SHARDWREN_SECRET") != secret:
             # It may have been set on the deployed function directly (which keeps it out of
             # the configuration Lithops sends with every invocation): a function without it
             # refuses each task with a PayloadSignatureError saying so.
@@ -449,8 +466,10 @@ class LithopsBackend(Backend):
     # -- collection ------------------------------------------------------------------------
     def _collect(self) -> None:
         """Watch every outstanding call; hand the finished ones to the fetchers."""
+        calls: list[_Call] = []
         while True:
-            self._wake.wait(POLL_SECONDS)
+            # Every call is looked at on each pass: fewer passes when there are many.
+            self._wake.wait(POLL_SECONDS * (1 + len(calls) // 1000))
             self._wake.clear()
             with self._lock:
                 if self._closing and not self._calls:
@@ -468,7 +487,10 @@ class LithopsBackend(Backend):
                         return
                     continue
                 pending.setdefault(id(c.lane), [c.lane, []])[1].append(lf)
-                self._check_alive(c, now)
+                try:
+                    self._check_alive(c, now)
+                except Exception:  # noqa: BLE001 - this thread must not die: looked at again
+                    log.exception("checking task %d of job %s failed", c.fut.index, c.fut.job_id)
             for lane, lfs in pending.values():
                 monitor = lane.fexec.job_monitor
                 if not monitor.is_alive():
@@ -489,6 +511,15 @@ class LithopsBackend(Backend):
                 c.started = c.submitted  # cloud calls start when invoked
         if self.local:
             proc = c.lane.runner(c.job_key)
+            if proc is None and c.started is None and not _manager_alive(c.lane):
+                # Queued, but Lithops' job manager thread is gone: the job will never start.
+                if c.stuck_since is None:
+                    c.stuck_since = now
+                elif now - c.stuck_since > RUNNER_GRACE and self._still_silent(c):
+                    self._lost(c, "Lithops' localhost job manager stopped before running its job")
+                    return
+            else:
+                c.stuck_since = None
             if proc is not None:
                 if c.started is None:
                     c.started = now
