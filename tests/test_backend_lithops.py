@@ -231,20 +231,11 @@ def test_store_rules(lithops_ex, monkeypatch):
         lithops_ex.backend.check_store(shardwren.open_store(lithops_ex.store.url))
 
 
-def _subset():
-    path = os.path.join(os.environ.get("SHARDWREN_DATA_DIR", "/nonexistent"), "mnist")
-    if not os.path.isdir(path):
-        pytest.skip("MNIST not available: set SHARDWREN_DATA_DIR")
-    from shardwren.datasets import load_mnist
-
-    X, _, Xt, _ = load_mnist(download=False)
-    return X[:6000], Xt[:1000]
-
-
-def test_mnist_knn_identical_to_local_backend(lithops_ex, executor):
+def test_mnist_knn_identical_to_local_backend(lithops_ex, executor, mnist):
     from shardwren.linalg import knn
 
-    train, query = _subset()
+    X, _, Xt, _ = mnist
+    train, query = X[:6000], Xt[:1000]
     d1, i1 = knn(train, query, 3, executor=lithops_ex, block_size=1500)
     d2, i2 = knn(train, query, 3, executor=executor, block_size=1500)
     np.testing.assert_array_equal(i1, i2)
