@@ -507,8 +507,12 @@ class LithopsBackend(Backend):
             status = getattr(c.lf, "_call_status", None) or {}
             if c.lf.running and status.get("worker_start_tstamp"):
                 c.started = float(status["worker_start_tstamp"])
-            elif not self.local:
-                c.started = c.submitted  # cloud calls start when invoked
+            elif not self.local and len(self._calls) <= self._parallelism:
+                # No call can be waiting for a free function (Lithops invokes at most
+                # max_workers at once), so this one was invoked by now: count from here,
+                # which is never earlier than its real start. A call whose sandbox dies
+                # before it reports its start is then caught too.
+                c.started = now
         if self.local:
             proc = c.lane.runner(c.job_key)
             if proc is None and c.started is None and not _manager_alive(c.lane):
