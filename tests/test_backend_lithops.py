@@ -267,9 +267,13 @@ def test_s3_end_to_end_with_lithops_storage_on_moto(s3_endpoint, s3_url):
         sums = shardwren.get_all_results(ex.map(lambda i: float(m.get_block(i, 0).sum()), range(m.grid[0])))
         np.testing.assert_allclose(sum(sums), X.sum(), rtol=1e-4)
         # Lithops' own job data and statuses went through the moto server too.
-        keys = [o["Key"] for o in boto3.client("s3", endpoint_url=s3_endpoint).list_objects_v2(
-            Bucket=bucket).get("Contents", [])]
+        s3 = boto3.client("s3", endpoint_url=s3_endpoint)
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
         assert any(k.startswith("lithops.jobs/") for k in keys), keys[:20]
+    # shutdown deleted Lithops' job data itself (no cleaner process left behind to do it)
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert not [k for k in keys if k.startswith("lithops.jobs/")], keys[:20]
+    assert any(k.startswith("prefix/") for k in keys)  # shardwren's own data stays
 
 
 @pytest.mark.slow

@@ -151,7 +151,7 @@ def _localhost_runtime(processes: int, blas_threads: int | None) -> str:
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"python-{digest}")
     if not os.path.exists(path):
-        tmp = f"{path}.{os.getpid()}.tmp"
+        tmp = f"{path}.{os.getpid()}.{threading.get_ident()}.tmp"
         with open(tmp, "w") as fh:
             fh.write(text)
         os.chmod(tmp, 0o755)
@@ -174,6 +174,25 @@ def _manager_alive(lane: _Lane) -> bool:
     """Whether the lane's localhost job manager thread (which starts queued jobs) runs."""
     manager = getattr(lane.fexec.compute_handler, "job_manager", None)
     return manager is not None and manager.is_alive()
+
+
+def _delete_job_data(fexec: Any) -> None:
+    """Delete what an executor's jobs left in Lithops' storage, here and now.
+
+    Lithops' own ``clean()`` hands this to a detached cleaner process, which would
+    outlive the executor; the keys are few and known: the functions under
+    ``lithops.jobs/<executor id>/`` and each job's data, statuses and results under
+    ``lithops.jobs/<executor id>-<job id>/``.
+    """
+    from lithops.constants import JOBS_PREFIX
+    from lithops.job.job import invalidate_function_cache
+
+    storage, bucket = fexec.internal_storage.storage, fexec.internal_storage.bucket
+    for prefix in (f"{JOBS_PREFIX}/{fexec.executor_id}/", f"{JOBS_PREFIX}/{fexec.executor_id}-"):
+        keys = storage.list_keys(bucket, prefix)
+        if keys:
+            storage.delete_objects(bucket, keys)
+    invalidate_function_cache(fexec.executor_id)
 
 
 def _stop_jobs(handler: Any, wait: float = 10.0) -> None:
@@ -659,7 +678,7 @@ class LithopsBackend(Backend):
                 log.debug("Lithops executor did not stop cleanly", exc_info=True)
             try:
                 fexec.job_monitor.cleanup()
-                fexec.clean(clean_cloudobjects=False, clean_fn=True, force=True, on_exit=True)
+                _delete_job_data(fexec)
             except Exception:  # noqa: BLE001 - temporary job data only
                 log.debug("Lithops temporary data not cleaned", exc_info=True)
 
