@@ -142,12 +142,13 @@ def _localhost_runtime(processes: int, blas_threads: int | None) -> str:
     runner itself, before the fork, takes that cost off every call.
     """
     import hashlib
-    import tempfile
+
+    from lithops.constants import LITHOPS_TEMP_DIR
 
     blas = int(blas_threads or max(1, (os.cpu_count() or 1) // max(1, processes)))
     text = _LAUNCHER.format(python=sys.executable, blas=blas)
     digest = hashlib.sha256(text.encode()).hexdigest()[:12]
-    folder = os.path.join(tempfile.gettempdir(), f"shardwren-lithops-{os.getuid()}")
+    folder = os.path.join(LITHOPS_TEMP_DIR, "shardwren")  # beside Lithops' own runner
     os.makedirs(folder, exist_ok=True)
     path = os.path.join(folder, f"python-{digest}")
     if not os.path.exists(path):
