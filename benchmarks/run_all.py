@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-ALL = ["executor", "matrix", "knn", "pruned", "ann", "scale", "sklearn", "dask", "matmul"]
+ALL = ["executor", "matrix", "knn", "pruned", "ann", "scale", "sklearn", "dask", "matmul", "lithops"]
 
 
 def main(argv: list[str]) -> None:

@@ -322,3 +322,23 @@ def test_require_lets_shardwrens_own_import_errors_through():
 def test_unknown_module_hint_is_its_own_name():
     assert _optional.install_hint("swopt_unlisted.sub") == "pip install 'swopt_unlisted'"
     assert _optional.install_hint("matplotlib.pyplot") == "pip install 'shardwren[plot]'"
+
+
+# --- lithops: the serverless backend ---------------------------------------------------
+
+
+def test_lithops_backend_without_lithops_names_the_lithops_extra(tmp_path):
+    code = textwrap.dedent(f"""
+        import sys
+        sys.modules["lithops"] = None
+        import shardwren
+        try:
+            shardwren.default_executor(backend="lithops", store={f"file://{tmp_path}/s"!r})
+        except ImportError as exc:
+            print(type(exc).__name__, exc)
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("BackendNotInstalledError backend 'lithops' needs 'lithops', "
+                                 "which is not installed"), out.stdout
+    assert out.stdout.strip().endswith("install it with: pip install 'shardwren[lithops]'"), out.stdout

@@ -24,6 +24,7 @@ INSTALL: dict[str, str] = {
     "pandas": "shardwren[pandas]",
     "s3fs": "shardwren[s3]",
     "distributed": "shardwren[dask]",
+    "lithops": "shardwren[lithops]",
     "sklearn": "scikit-learn",
 }
 

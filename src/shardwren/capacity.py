@@ -49,6 +49,7 @@ class Profile:
     usd_per_gb_s: float = 0.0      # serverless price of memory-time
     usd_per_request: float = 0.0   # serverless price of one invocation
     notes: tuple[str, ...] = ()
+    max_task_s: float = 0.0        # the platform kills a task after this long (0: no limit)
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
@@ -75,7 +76,8 @@ LAMBDA = Profile(
     usd_per_gb_s=0.0000166667, usd_per_request=0.2e-6,
     notes=("sgemm ~35 GFLOP/s per vCPU (AVX2), 6 vCPUs at 10 GB",
            "S3 ~90 MB/s per function, 20 ms per request", "cold start 1.5 s",
-           "prices: us-east-1 x86, 2026-11"))
+           "prices: us-east-1 x86, 2026-11"),
+    max_task_s=900.0)  # Lambda's 15-minute limit per invocation
 
 
 @dataclass
@@ -95,6 +97,7 @@ class Estimate:
     worker_peak: float = 0.0       # a worker's peak RSS: idle process + cache + one task
     usd: float | None = None
     notes: list[str] = field(default_factory=list)
+    slowest_task_s: float = 0.0    # the longest single task (what a per-task limit sees)
 
     def __str__(self) -> str:
         from .sources import human_bytes
@@ -150,6 +153,7 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
         block_bytes = block * d * itemsize
         reads = data + min(tiles * 2 * block_bytes, min(workers, tiles) * (data + qdata))
         task_s = nb_t * prep_task + tiles * per_tile
+        slowest = max(prep_task, per_tile + 2 * block * d * itemsize / p.read_bytes_per_s)
         peak = 2 * block * (dk + 2) * 4 + 2 * block * d * itemsize + 1024 * block * 4
         # Centred float32 blocks (and their norms) stay in the worker's cache.
         cached: float = (n_train + n_query) * (dk + 2) * 4
@@ -174,6 +178,7 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
         reads = groups * data + tasks * qdata + 8000 * d * itemsize
         task_s = work1 + work2 + work_exact + tasks * p.task_overhead_s + groups * data / \
             p.read_bytes_per_s
+        slowest = max(t1, per_range)
         peak = 1024 * block * 4 + min(n_query, 20000) * (d * itemsize + (m + 4) * 4) + \
             block * (d * itemsize + (m + 4) * 4)
         # The cache keeps query slices and the training blocks a worker has projected
@@ -185,7 +190,8 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
     return Estimate(f"{k}-NN {method}, {n_query:,} queries x {n_train:,} rows x {d} features",
                     workers, tasks, sum(phases.values()), task_s, reads, 0, requests, peak,
                     phases, worker_peak=p.worker_base_bytes + min(p.cache_bytes, cached) + peak,
-                    usd=_usd(p, task_s, tasks, workers), notes=list(p.notes))
+                    usd=_usd(p, task_s, tasks, workers), notes=list(p.notes),
+                    slowest_task_s=slowest)
 
 
 def matmul(n: int, inner: int, mcols: int, workers: int = 2, profile: Profile | None = None,
@@ -208,7 +214,38 @@ def matmul(n: int, inner: int, mcols: int, workers: int = 2, profile: Profile | 
                     tasks, wall, task_s, reads, writes, tasks * (2 * gk + 1),
                     4 * block * block * itemsize, {"products": wall},
                     worker_peak=p.worker_base_bytes + 4 * block * block * itemsize,
-                    usd=_usd(p, task_s, tasks, workers), notes=list(p.notes))
+                    usd=_usd(p, task_s, tasks, workers), notes=list(p.notes),
+                    slowest_task_s=per_task)
+
+
+def limits_exceeded(est: Estimate, p: Profile) -> list[str]:
+    """Why ``est``'s tasks would not fit the platform of ``p`` (empty when they fit).
+
+    A serverless function is killed past its time limit (Lambda: 15 min) and cannot
+    have more memory than its largest size (Lambda: 10 GB): a plan whose slowest task
+    or peak task memory exceeds either must be refused, not run and lost.
+    """
+    from .sources import human_bytes
+
+    problems = []
+    if p.max_task_s and est.slowest_task_s > p.max_task_s:
+        problems.append(f"its slowest task would take {est.slowest_task_s:.0f} s, past the "
+                        f"{p.max_task_s:.0f} s a task may run on {p.name}")
+    if est.peak_task_memory > p.memory_per_worker:
+        problems.append(f"a task would need {human_bytes(est.peak_task_memory)}, more than the "
+                        f"{human_bytes(p.memory_per_worker)} a worker has on {p.name}")
+    return problems
+
+
+def check_limits(est: Estimate, p: Profile) -> None:
+    """Raise :class:`~shardwren.errors.MemoryPlanError` or ``ConfigError`` if
+    :func:`limits_exceeded` finds a problem; the message says to use smaller blocks."""
+    from .errors import ConfigError, MemoryPlanError
+
+    problems = limits_exceeded(est, p)
+    if problems:
+        cls = MemoryPlanError if est.peak_task_memory > p.memory_per_worker else ConfigError
+        raise cls(f"{est.job}: refused: " + "; ".join(problems) + "; use a smaller block size")
 
 
 # --- calibration -------------------------------------------------------------------------

@@ -27,7 +27,7 @@ def main() -> None:
 def _executor_options(f):
     f = click.option("--workers", type=int, default=None,
                      help="Local worker processes (default: CPU cores).")(f)
-    f = click.option("--backend", default=None, help="Execution backend: local (default) or dask.")(f)
+    f = click.option("--backend", default=None, help="Execution backend: local (default), dask or lithops.")(f)
     f = click.option("--store", default=None,
                      help="Store URL for the sharded data (default: ~/.shardwren/store).")(f)
     return f
@@ -561,9 +561,11 @@ def plan_knn(train_rows, query_rows, features, k, method, workers, block_size, i
     """Predicted cost of an exact k-NN job."""
     from . import capacity
 
-    click.echo(str(capacity.knn(train_rows, query_rows, features, k, workers, method,
-                                _profile(profile_name), block_size, itemsize, m=m,
-                                exact_per_query=exact_per_query)))
+    prof = _profile(profile_name)
+    est = capacity.knn(train_rows, query_rows, features, k, workers, method, prof, block_size,
+                       itemsize, m=m, exact_per_query=exact_per_query)
+    click.echo(str(est))
+    _refuse_if_unfit(est, prof)
 
 
 @plan_group.command("matmul")
@@ -577,8 +579,20 @@ def plan_matmul(n, inner, mcols, workers, block_size, profile_name) -> None:
     """Predicted cost of a blocked matmul."""
     from . import capacity
 
-    click.echo(str(capacity.matmul(n, inner or n, mcols or n, workers, _profile(profile_name),
-                                   block_size)))
+    prof = _profile(profile_name)
+    est = capacity.matmul(n, inner or n, mcols or n, workers, prof, block_size)
+    click.echo(str(est))
+    _refuse_if_unfit(est, prof)
+
+
+def _refuse_if_unfit(est, prof) -> None:
+    """A plan whose tasks cannot fit the platform (Lambda: 15 min, 10 GB) is refused."""
+    from . import capacity
+
+    problems = capacity.limits_exceeded(est, prof)
+    if problems:
+        raise click.ClickException("refused: " + "; ".join(problems) + "; use a smaller "
+                                   "--block-size")
 
 
 if __name__ == "__main__":

@@ -128,8 +128,9 @@ _SIZE = "a positive size: a number of bytes, or a number with a unit such as '51
 _SECONDS = "a positive number of seconds (leave it unset for no limit)"
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("backend", str, "local", "Execution backend: `local` (worker processes) or `dask`.",
-            "a backend name: 'local' or 'dask'"),
+    Setting("backend", str, "local",
+            "Execution backend: `local` (worker processes), `dask` or `lithops` (serverless).",
+            "a backend name: 'local', 'dask' or 'lithops'"),
     Setting("store", str, None,
             "Default store URL (`file://`, `memory://`, `s3://bucket/prefix`, any fsspec URL); "
             "default `file://~/.shardwren/store`.", "a store URL"),

@@ -595,7 +595,7 @@ def default_executor(backend: str | None = None, store: Store | str | None = Non
 
     Parameters
     ----------
-    backend : {"local", "dask"}, optional
+    backend : {"local", "dask", "lithops"}, optional
         Where tasks run (default: setting ``backend``, else ``"local"``).
     store : str or Store, optional
         Default store URL for data the job writes.

@@ -192,6 +192,7 @@ _REGISTRY: dict[str, tuple[str, str, str | None]] = {
     "local": ("shardwren.backends.local", "LocalBackend", None),
     "dask": ("shardwren.backends.dask", "DaskBackend", "distributed"),
     "inprocess": ("shardwren.backends.inprocess", "InProcessBackend", None),
+    "lithops": ("shardwren.backends.lithops", "LithopsBackend", "lithops"),
 }
 
 

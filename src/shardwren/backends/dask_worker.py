@@ -13,13 +13,13 @@ name, so Dask workers import them from their own shardwren installation).
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from typing import Any
 
 from .. import serialize
-from ..errors import ConfigError, PayloadSignatureError, TaskTimeoutError
+from ..errors import ConfigError, TaskTimeoutError
+from . import runtime
 from .runtime import FunctionCache, run_task
 
 #: Topic of the event a task with a timeout logs when it starts (the driver's deadline).
@@ -40,16 +40,7 @@ def function_bytes(data: bytes) -> bytes:
 
 def worker_key(signed: bool) -> bytes | None:
     """This worker's signing key (SHARDWREN_SECRET), checked against the driver's choice."""
-    secret = os.environ.get("SHARDWREN_SECRET")
-    if signed and not secret:
-        raise PayloadSignatureError(
-            "the driver signs its tasks but this Dask worker has no SHARDWREN_SECRET to check "
-            "them with; start workers with the driver's SHARDWREN_SECRET")
-    if secret and not signed:
-        raise PayloadSignatureError(
-            "refusing an unsigned task: this Dask worker requires signed payloads "
-            "(SHARDWREN_SECRET is set here); give the driver the same SHARDWREN_SECRET")
-    return secret.encode() if secret else None
+    return runtime.worker_key(signed, "this Dask worker")
 
 
 def _limit_blas(blas_threads: int) -> None:

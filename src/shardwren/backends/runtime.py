@@ -34,7 +34,7 @@ from contextlib import contextmanager
 from typing import Any, TextIO
 
 from .. import _iostats, serialize
-from ..errors import TaskExitError, TaskMemoryError
+from ..errors import PayloadSignatureError, TaskExitError, TaskMemoryError
 
 #: Functions kept per worker; the local driver mirrors this LRU exactly.
 FN_CACHE_SIZE = 64
@@ -85,6 +85,24 @@ class FunctionCache:
             except KeyError:
                 return LookupError(f"function {fn_id} is not cached in this worker (the driver "
                                    "and the worker disagree about its cache: a bug)")
+
+
+def worker_key(signed: bool, who: str = "this worker") -> bytes | None:
+    """The signing key of a worker that is not handed one privately: ``SHARDWREN_SECRET``.
+
+    Checked against the driver's choice (``signed``), so that a driver and its
+    workers that disagree fail with a clear error instead of an unreadable payload.
+    """
+    secret = os.environ.get("SHARDWREN_SECRET")
+    if signed and not secret:
+        raise PayloadSignatureError(
+            f"the driver signs its tasks but {who} has no SHARDWREN_SECRET to check them with; "
+            "give the workers the driver's SHARDWREN_SECRET in their environment")
+    if secret and not signed:
+        raise PayloadSignatureError(
+            f"refusing an unsigned task: {who} requires signed payloads (SHARDWREN_SECRET is set "
+            "here); give the driver the same SHARDWREN_SECRET")
+    return secret.encode() if secret else None
 
 
 # --- output capture ---------------------------------------------------------------------
