@@ -115,7 +115,8 @@ class ExecutorConformance:
         done, not_done = shardwren.wait(fs, return_when=shardwren.ALWAYS)
         assert len(done) + len(not_done) == 2
         done, not_done = shardwren.wait(fs, return_when=shardwren.ANY_COMPLETED)
-        assert fs[0] in done and fs[1] in not_done
+        assert fs[0] in done and fs[1] in not_done, [
+            (f.done(), f.exception(0) if f.done() else None, f.stats) for f in fs]
         open(go, "w").close()
         done, not_done = shardwren.wait(fs, return_when=shardwren.ALL_COMPLETED)
         assert len(done) == 2 and not not_done

@@ -292,13 +292,15 @@ def test_knn_on_s3_through_lithops_identical_to_local(s3_endpoint, s3_url):
     np.testing.assert_array_equal(d1, d2)
 
 
-def test_shutdown_without_wait_leaves_no_runner(tmp_path):
+def test_terminate_leaves_no_runner(tmp_path):
+    # shutdown(wait=False) lets running tasks finish (concurrent.futures); terminate()
+    # fails them at once, and must stop the Lithops runner running them.
     marker = str(tmp_path / "pid")
     ex = shardwren.default_executor(backend="lithops", store=f"file://{tmp_path}/s", workers=1,
                                     progress=False, lithops_config=LOCALHOST)
     f = ex.map(_pid_then_sleep, [marker], retries=0)[0]
     _, pgid = _wait_for(marker)
-    ex.shutdown(wait=False)
+    ex.terminate()
     from shardwren.errors import ExecutorShutdownError
 
     assert isinstance(f.exception(timeout=30), ExecutorShutdownError)
