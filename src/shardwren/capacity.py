@@ -37,13 +37,16 @@ class Profile:
     gemm32_thin_s_per_flop: float  # float32 GEMM with a short one (m + 4 = 36): output-bound
     select_s_per_pair: float       # one selection pass over an estimate/bound tile, per entry
     exact_s_per_feature: float     # one exact float64 distance, per feature
-    project_s_per_feature: float   # centring and projecting a training row, per feature and m
+    project_s_per_feature: float   # centring a training row for its projection, per feature
+    #                                (the projection's GEMM is charged at gemm32_s_per_flop)
     read_bytes_per_s: float        # store -> memory, one worker
     write_bytes_per_s: float       # memory -> store, one worker
     task_overhead_s: float         # scheduling, pickling, result hand-back, per task
     request_s: float = 0.0         # latency of one store request (object stores)
     startup_s: float = 0.0         # a worker's cold start (serverless)
     memory_per_worker: int = 4 << 30
+    fit_s: float = 0.5                  # pruned fit (8,000-row sample, PCA, choice of m):
+    #                                     0.49 s at 60k-960k rows on the development machine
     worker_base_bytes: int = 150 << 20  # an idle worker's RSS (interpreter, numpy, BLAS)
     cache_bytes: int = 1 << 30          # the worker's block cache bound (SHARDWREN_WORKER_CACHE)
     usd_per_gb_s: float = 0.0      # serverless price of memory-time
@@ -128,8 +131,9 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
     """Predicted cost of ``shardwren.linalg.knn`` (query-vs-train, or train-vs-train
     when ``n_query`` is 0... use ``n_query = n_train`` for leave-one-out sizes).
 
-    ``exact_per_query`` (exact distances per query, from ``timings`` of a measured
-    run) defaults to k per tile for brute force and 30 k for pruned queries.
+    ``exact_per_query`` (exact distances per query over the whole job, from
+    ``timings`` of a measured run) defaults to k per tile for brute force and 30 k for
+    pruned queries.
     """
     p = profile or local_profile()
     nb_t, nb_q = -(-n_train // block), -(-n_query // block)
@@ -138,9 +142,12 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
     qdata = n_query * d * itemsize
     if method == "brute":
         tiles = nb_q * nb_t
+        # Exact distances per query over the whole job (timings["exact_per_query"]),
+        # spread over its nb_t tiles; about k per tile when no run says otherwise.
+        exact_total = exact_per_query if exact_per_query is not None else k * nb_t
         pairs = block * block
         per_tile = (2 * pairs * (dk + 2) * p.gemm32_s_per_flop + pairs * p.select_s_per_pair
-                    + (exact_per_query or k) * block * d * p.exact_s_per_feature
+                    + exact_total / nb_t * block * d * p.exact_s_per_feature
                     + p.task_overhead_s)
         prep_task = block * d * itemsize / p.read_bytes_per_s + p.task_overhead_s
         phases = {"prepare": _waves(nb_t, workers, prep_task, p.startup_s),
@@ -148,15 +155,21 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
                                   p.read_bytes_per_s * min(1.0, workers / max(nb_q, 1)),
                                   p.startup_s)}
         tasks = tiles + nb_t
-        # A tile reads its two blocks; a worker's cache keeps the blocks it has read,
-        # so no worker reads more than the whole data once.
+        # Centred float32 blocks (and their norms) stay in the worker's cache.
+        cached: float = (n_train + n_query) * (dk + 2) * 4
+        # The column statistics read the training data once. A tile reads its two
+        # blocks; while they all fit in a worker's cache, no worker reads more than the
+        # whole data once; past it, the training blocks are read again for every query
+        # block (tiles run query block by query block).
         block_bytes = block * d * itemsize
-        reads = data + min(tiles * 2 * block_bytes, min(workers, tiles) * (data + qdata))
+        if cached <= p.cache_bytes:
+            tile_reads = min(tiles * 2 * block_bytes, min(workers, tiles) * (data + qdata))
+        else:
+            tile_reads = nb_q * data + min(workers, tiles) * qdata
+        reads = data + tile_reads
         task_s = nb_t * prep_task + tiles * per_tile
         slowest = max(prep_task, per_tile + 2 * block * d * itemsize / p.read_bytes_per_s)
         peak = 2 * block * (dk + 2) * 4 + 2 * block * d * itemsize + 1024 * block * 4
-        # Centred float32 blocks (and their norms) stay in the worker's cache.
-        cached: float = (n_train + n_query) * (dk + 2) * 4
     elif method == "pruned":
         n_sample = max(1, round(nb_t ** 0.5 / 2))
         groups = -(-n_query // 20000)
@@ -164,15 +177,16 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
         ranges = max(ranges, min(nb_t - n_sample, 2 * workers))
         exact = exact_per_query if exact_per_query is not None else 30 * k
         per_pair = 2 * (m + 4) * p.gemm32_thin_s_per_flop + p.select_s_per_pair
-        project = n_train * d * (m + 1) * p.project_s_per_feature
-        work1 = n_query * n_sample * block * per_pair + n_sample * block * d * (m + 1) * \
-            p.project_s_per_feature * min(workers, max(1, n_query // 256))
+        per_row = d * p.project_s_per_feature + 2 * d * (m + 1) * p.gemm32_s_per_flop
+        project = n_train * per_row
+        work1 = n_query * n_sample * block * per_pair + n_sample * block * per_row * \
+            min(workers, max(1, n_query // 256))
         work2 = n_query * (n_train - n_sample * block) * per_pair + project
         work_exact = n_query * exact * d * p.exact_s_per_feature
         t1 = work1 / workers + p.task_overhead_s
         per_range = (work2 + work_exact) / (ranges * groups) + p.task_overhead_s + \
             data / (ranges * groups) / p.read_bytes_per_s + qdata / p.read_bytes_per_s
-        phases = {"fit": 0.3, "sample": t1 + p.startup_s,
+        phases = {"fit": p.fit_s, "sample": t1 + p.startup_s,
                   "ranges": _waves(ranges * groups, workers, per_range, 0.0)}
         tasks = ranges * groups + min(workers, max(1, n_query // 256)) * groups
         reads = groups * data + tasks * qdata + 8000 * d * itemsize
@@ -285,9 +299,12 @@ def measure_kernels(scratch_dir: str | None = None) -> dict[str, float]:
     P = np.linalg.qr(rng.standard_normal((784, 32)))[0].T
     from .linalg import pruned
 
-    out["project_s_per_feature"] = _timed(
-        lambda: pruned._augment_train(X, X.mean(0, dtype=np.float64), P, 1e-4, 1 / 256)) / (
-        4000 * 784 * 33)
+    t_proj = _timed(
+        lambda: pruned._augment_train(X, X.mean(0, dtype=np.float64), P, 1e-4, 1 / 256))
+    # What is not the projection's GEMM (centring, conversions, norms), per feature.
+    t_gemm = 2 * 4000 * 784 * 33 * out["gemm32_s_per_flop"]
+    out["project_s_per_feature"] = max(t_proj - t_gemm, 0.1 * t_proj) / (4000 * 784)
+
     with tempfile.TemporaryDirectory(dir=scratch_dir) as tmp:
         from .matrix import ShardedMatrix
 
