@@ -17,9 +17,7 @@ import shutil
 import sys
 import tempfile
 
-from _common import in_subprocess, report
-
-NATIVE = {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}
+from _common import FAISS_BLAS, NATIVE, in_subprocess, report
 RECALLS = (0.99, 0.999)
 
 
@@ -169,7 +167,7 @@ def main() -> None:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     hn = in_subprocess("bench_ann", "hnswlib_run", true_d.tolist(), env=NATIVE)
-    fa = in_subprocess("bench_ann", "faiss_run", true_d.tolist())
+    fa = in_subprocess("bench_ann", "faiss_run", true_d.tolist(), env=FAISS_BLAS)
     q = ours["query_s"]
     rows = [{"metric": "shardwren exact pruned: fit", "ours": ours["fit_s"], "unit": "s"},
             {"metric": "shardwren exact pruned: query (recall 1.0)", "ours": q, "unit": "s",

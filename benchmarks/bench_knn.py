@@ -5,9 +5,9 @@ in a local store before shardwren's timing starts. Targets (issue 4):
 MNIST test 1-NN <= 1.0x faiss IndexFlatL2 time (stretch 0.8x); train-vs-train
 leave-one-out <= 0.6x faiss.
 
-BLAS kernels: this machine exports OPENBLAS_CORETYPE=Haswell for old OpenBLAS
-builds. faiss's bundled OpenBLAS is such a build (without the variable it falls
-back to a slow generic kernel), so faiss runs with it; numpy's current OpenBLAS
+BLAS kernels: faiss's bundled OpenBLAS is an old build that does not recognise
+this CPU (without OPENBLAS_CORETYPE it falls back to its slow generic Prescott
+kernel), so faiss runs with OPENBLAS_CORETYPE=Haswell, set explicitly; numpy's current OpenBLAS
 picks the CPU's own (AVX-512) kernel when it is unset, so shardwren, scikit-learn
 and the tutorial's numpy run without it. shardwren is also reported with the
 Haswell kernel for a like-for-like figure.
@@ -19,9 +19,7 @@ import shutil
 import sys
 import tempfile
 
-from _common import in_subprocess, median_time, report
-
-NATIVE = {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}
+from _common import FAISS_BLAS, NATIVE, in_subprocess, median_time, report
 
 
 def _data():
@@ -151,11 +149,12 @@ def main() -> None:
     tmp = tempfile.mkdtemp(prefix="sw-bench-knn-")
     try:
         ours = in_subprocess("bench_knn", "shardwren_run", f"{tmp}/a", env=NATIVE)
-        ours_hw = in_subprocess("bench_knn", "shardwren_run", f"{tmp}/b", 3, False)
+        ours_hw = in_subprocess("bench_knn", "shardwren_run", f"{tmp}/b", 3, False,
+                               env=FAISS_BLAS)
         small = in_subprocess("bench_knn", "shardwren_run", f"{tmp}/c", 1, False, 20000, env=NATIVE)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    faiss = in_subprocess("bench_knn", "faiss_run")
+    faiss = in_subprocess("bench_knn", "faiss_run", env=FAISS_BLAS)
     sk = in_subprocess("bench_knn", "sklearn_run", env=NATIVE)
     tut = in_subprocess("bench_knn", "tutorial_run", env=NATIVE)
     f = faiss["test_1nn_s"]

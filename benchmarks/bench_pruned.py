@@ -17,9 +17,7 @@ import time
 
 import numpy as np
 
-from _common import in_subprocess, report
-
-NATIVE = {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}
+from _common import FAISS_BLAS, NATIVE, in_subprocess, report
 
 
 def _load(name: str):
@@ -90,7 +88,7 @@ def main() -> None:
                 print(f"({name} not available: skipped)", file=sys.stderr)
                 continue
             p = in_subprocess("bench_pruned", "ours", name, f"{tmp}/{name}", "pruned", env=NATIVE)
-            f = in_subprocess("bench_pruned", "faiss_run", name)
+            f = in_subprocess("bench_pruned", "faiss_run", name, env=FAISS_BLAS)
             raw[name] = {"pruned": {k: v for k, v in p.items() if k != "idx"}, "faiss": f}
             rows.append({"metric": f"{name} test 1-NN, pruned (incl. fit)", "ours": p["s"],
                          "unit": "s", "peer": "faiss IndexFlatL2", "peer_value": f["s"],
@@ -100,7 +98,7 @@ def main() -> None:
                   f"(faiss {f['acc']:.4f})")
         if _available("mnist"):
             p = in_subprocess("bench_pruned", "ours", "mnist", f"{tmp}/loo", "pruned", True, env=NATIVE)
-            f = in_subprocess("bench_pruned", "faiss_run", "mnist", True)
+            f = in_subprocess("bench_pruned", "faiss_run", "mnist", True, env=FAISS_BLAS)
             raw["mnist-loo"] = {"pruned": {k: v for k, v in p.items() if k != "idx"}, "faiss": f}
             rows.append({"metric": "MNIST train-vs-train LOO, pruned", "ours": p["s"], "unit": "s",
                          "peer": "faiss IndexFlatL2 k=2", "peer_value": f["s"],

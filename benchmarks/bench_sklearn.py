@@ -16,9 +16,7 @@ import sys
 import tempfile
 import time
 
-from _common import in_subprocess, median_time, report
-
-NATIVE = {"OPENBLAS_CORETYPE": None, "OPENBLAS_L2_SIZE": None}
+from _common import NATIVE, in_subprocess, median_time, report
 KS = (1, 5)
 
 
