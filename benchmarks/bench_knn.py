@@ -188,7 +188,7 @@ def main() -> None:
           f"{ours['bytes_written'] / 1e9:.2f} GB")
     print(f"peak RSS per worker: test 1-NN {ours['peak_rss_worker'] / 1e6:.0f} MB, LOO "
           f"{ours['loo_peak_rss_worker'] / 1e6:.0f} MB, 20k-row training subset "
-          f"{small['peak_rss_worker'] / 1e6:.0f} MB (bounded by the block pair, not the data size)")
+          f"{small['peak_rss_worker'] / 1e6:.0f} MB (bounded: the worker block cache, 1 GiB by default, plus one task)")
 
 
 if __name__ == "__main__":
