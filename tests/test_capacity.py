@@ -22,7 +22,7 @@ def test_knn_estimates_grow_with_the_data_and_shrink_with_workers():
         small = capacity.knn(60_000, 10_000, 784, 1, 2, method, p, itemsize=1)
         big = capacity.knn(960_000, 10_000, 784, 1, 2, method, p, itemsize=1)
         wide = capacity.knn(960_000, 10_000, 784, 1, 64, method, p, itemsize=1)
-        assert big.wall_s > 10 * small.wall_s
+        assert big.wall_s > 5 * small.wall_s  # 16x the rows; fixed costs (the fit) do not grow
         assert big.bytes_read > small.bytes_read
         assert wide.wall_s < big.wall_s / 8
         assert big.worker_peak >= p.worker_base_bytes + big.peak_task_memory

@@ -580,7 +580,9 @@ def wait(fs: Iterable[F], return_when: Any = ALL_COMPLETED,
     """
     fs = list(fs)
     mode = _norm_return_when(return_when)
-    if mode != ALWAYS:
+    # ANY_COMPLETED is met by a future that is already done (concurrent.futures'
+    # FIRST_COMPLETED too): then nothing is waited for.
+    if mode != ALWAYS and not (mode == ANY_COMPLETED and any(f.done() for f in fs)):
         pending = [f for f in fs if not f.done()]
         if pending and _show_progress(len(fs), progress):
             _wait_with_bar(fs, pending, mode, timeout)
