@@ -15,6 +15,8 @@ past its timeout is abandoned (its thread finishes in the background) and
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+
 import queue
 import threading
 from collections.abc import Mapping, Sequence
@@ -115,11 +117,7 @@ class InProcessBackend(Backend):
                 return
             waiting = list(self._outstanding)
         if wait:
-            for fut in waiting:
-                try:
-                    fut.exception()
-                except BaseException:  # noqa: BLE001, S110 - cancelled futures
-                    pass
+            cf.wait(waiting)  # each done, failed or cancelled
         with self._lock:
             self._closing = True
             left = list(self._outstanding)

@@ -23,6 +23,8 @@ Design (after loky's ``process_executor``):
 
 from __future__ import annotations
 
+import concurrent.futures as cf
+
 import atexit
 import functools
 import itertools
@@ -595,11 +597,7 @@ class LocalBackend(Backend):
         if wait and not in_manager:
             with self._lock:
                 outstanding = [t.future for t in self._tasks]
-            for fut in outstanding:
-                try:
-                    fut.exception()
-                except BaseException:  # noqa: BLE001, S110 - cancelled futures
-                    pass
+            cf.wait(outstanding)  # each done, failed or cancelled
         with self._lock:
             already = self._closing
             self._closing = True

@@ -166,9 +166,14 @@ class Store:
         KeyIsPrefixError
             If ``key`` is a folder of other keys on a local store.
         """
-        path = self.path(key)
+        return self._cat(key)
+
+    def _cat(self, key: str, start: int | None = None, end: int | None = None) -> bytes:
+        """Bytes of ``key`` (all, or ``start:end``), with the store's errors and I/O count."""
         try:
-            data = self.fs.cat_file(path)
+            if start is not None and start < 0:
+                start = max(0, self.size(key) + start)
+            data = self.fs.cat_file(self.path(key), start=start, end=end)
         except IsADirectoryError:
             raise self._prefix(key) from None
         except (FileNotFoundError, NotADirectoryError):
@@ -227,18 +232,7 @@ class Store:
     def get_range(self, key: str, start: int, end: int | None = None) -> bytes:
         """Bytes ``start:end`` of the value at ``key``; a negative ``start`` counts
         from its end (``get_range(k, -4)`` is its last four bytes)."""
-        path = self.path(key)
-        try:
-            if start < 0:
-                size = self.size(key)
-                start = max(0, size + start)
-            data = self.fs.cat_file(path, start=start, end=end)
-        except IsADirectoryError:
-            raise self._prefix(key) from None
-        except (FileNotFoundError, NotADirectoryError):
-            raise self._missing(key) from None
-        _iostats.add_read(len(data))
-        return data
+        return self._cat(key, start, end)
 
     def size(self, key: str) -> int:
         """Size in bytes of the value at ``key``."""
