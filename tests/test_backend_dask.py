@@ -246,7 +246,9 @@ def test_a_stopped_worker_times_out_on_the_driver_side(dask_ex, tmp_path):
     marker = tmp_path / "pid"
     f = dask_ex.map(_pid_then_sleep, [str(marker)], timeout=1, retries=0)[0]
     deadline = time.time() + 60
-    while not (marker.exists() and marker.read_text()) and time.time() < deadline:
+    # running() once the driver has the start event: stopping the worker earlier could
+    # swallow the event itself, and then nothing tells the driver the task started.
+    while not (f.running() and marker.exists() and marker.read_text()) and time.time() < deadline:
         time.sleep(0.01)
     pid = int(marker.read_text())
     os.kill(pid, signal.SIGSTOP)
@@ -266,3 +268,74 @@ def test_knn_identical_on_threaded_workers(dask_threaded_ex, executor):
         d1, i1 = knn(train, query, 3, executor=dask_threaded_ex, block_size=1000)
         np.testing.assert_array_equal(i1, i2)
         np.testing.assert_array_equal(d1, d2)
+
+
+def _cancel_every_other(ex, marks, n):
+    """Cancel every odd task of a map; return (cancelled, ran, futures)."""
+
+    def touch(i):
+        time.sleep(0.02)
+        open(marks / str(i), "w").close()
+
+    fs = ex.map(touch, range(n))
+    cancelled = {i for i, f in enumerate(fs) if i % 2 and f.cancel()}
+    shardwren.wait(fs, timeout=120)
+    return cancelled, {int(p.name) for p in marks.iterdir()}, fs
+
+
+@pytest.mark.parametrize("which", ["processes", "threads"])
+def test_cancelled_tasks_queued_on_dask_never_run(which, dask_ex, dask_threaded_ex, tmp_path):
+    """Dask keeps most of a map in its scheduler's queue: cancel() takes those back
+    (before, every task handed to Dask was marked running and cancel() returned False).
+    A task reported cancelled must never run; one not cancelled must run and succeed."""
+    ex = dask_ex if which == "processes" else dask_threaded_ex
+    marks = tmp_path / "ran"
+    marks.mkdir()
+    n = 120
+    cancelled, ran, fs = _cancel_every_other(ex, marks, n)
+    assert len(cancelled) > n // 4, f"only {len(cancelled)} of {n // 2} queued tasks cancelled"
+    assert not cancelled & ran, "a task reported cancelled ran"
+    assert ran | cancelled == set(range(n)), "a task neither ran nor was cancelled"
+    assert all(fs[i].cancelled() for i in cancelled)
+    with pytest.raises(shardwren.errors.TaskCancelledError, match="before it started"):
+        fs[min(cancelled)].exception()
+    assert all(fs[i].result() is None for i in set(range(n)) - cancelled)
+    assert not ex.backend._outstanding, "withdrawn tasks left in the backend's books"
+
+
+def test_dask_tasks_are_pending_until_they_start(dask_ex, tmp_path):
+    gate = tmp_path / "go"
+
+    def wait_for_gate(_):
+        while not gate.exists():
+            time.sleep(0.01)
+
+    fs = dask_ex.map(wait_for_gate, range(20))
+    deadline = time.time() + 60
+    while sum(f.running() for f in fs) < 2 and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.5)
+    assert sum(f.running() for f in fs) == 2  # two worker threads: two tasks run, 18 wait
+    assert fs[-1].cancel() and fs[-1].cancelled()
+    gate.touch()
+    shardwren.wait(fs, timeout=60)
+    assert all(f.result() is None for f in fs[:-1])
+
+
+def test_two_executors_sharing_a_client_both_see_starts(dask_cluster, tmp_path):
+    from distributed import Client
+
+    with Client(dask_cluster, set_as_default=False) as client:
+        a = shardwren.default_executor(backend="dask", client=client, store=f"file://{tmp_path}/a",
+                                       progress=False)
+        b = shardwren.default_executor(backend="dask", client=client, store=f"file://{tmp_path}/b",
+                                       progress=False)
+        a.call_async(lambda x: x, 1).result()
+        a.shutdown()  # must not unsubscribe b
+        f = b.call_async(time.sleep, 2.0)
+        deadline = time.time() + 30
+        while not f.running() and time.time() < deadline:
+            time.sleep(0.01)
+        assert f.running()
+        assert f.result() is None
+        b.shutdown()

@@ -15,10 +15,20 @@ then ``KilledWorker``, reported as :class:`WorkerCrashedError`). Timeouts are
 enforced by the worker (the task is abandoned at its deadline) and, for a worker
 that stops responding altogether, by a driver-side deadline armed when the task
 reports its start.
+
+Cancellation: a task stays pending until its worker announces the start (an
+event on :data:`~shardwren.backends.dask_worker.STARTED_TOPIC`). ``cancel()`` of
+a pending task asks the scheduler, which releases it if it has not handed it to
+a worker yet (Dask keeps most of a large map in its own queue, ``queued``): True
+means it never runs. A task a worker already holds counts as started: ``cancel()``
+returns False and it runs to its end. A PyWren-style cancel of a running call
+abandons it: the worker thread cannot be stopped and finishes in the background,
+as a running Lambda call did under PyWren.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import socket
 import threading
@@ -50,6 +60,8 @@ if TYPE_CHECKING:
 
 #: Extra seconds past a task's timeout before the driver gives up on its worker.
 DEADLINE_MARGIN = 5.0
+#: Longest a cancel() waits for the scheduler to receive a task just submitted.
+WITHDRAW_WAIT = 2.0
 
 
 def tune_workers(client: Any, mmap_threshold: int = 256 << 20,
@@ -79,6 +91,49 @@ def _local_hosts() -> set[str]:
     except OSError:
         pass
     return names
+
+
+class _StartListeners:
+    """The backends listening to one client's start events.
+
+    A client has one handler per topic (``subscribe_topic`` replaces it), and
+    several executors may share a client: one handler per client hands each event
+    to every backend using it.
+    """
+
+    _lock = threading.Lock()
+    _by_client: dict[str, list[DaskBackend]] = {}
+
+    @classmethod
+    def add(cls, client: Any, backend: DaskBackend) -> None:
+        with cls._lock:
+            listeners = cls._by_client.setdefault(client.id, [])
+            listeners.append(backend)
+            first = len(listeners) == 1
+
+        def handler(event: Any) -> None:
+            with cls._lock:
+                targets = list(cls._by_client.get(client.id, ()))
+            for b in targets:
+                b._on_started(event)
+
+        if first:
+            client.subscribe_topic(dask_worker.STARTED_TOPIC, handler)
+
+    @classmethod
+    def remove(cls, client: Any, backend: DaskBackend) -> None:
+        with cls._lock:
+            listeners = cls._by_client.get(client.id, [])
+            if backend in listeners:
+                listeners.remove(backend)
+            last = not listeners
+            if last:
+                cls._by_client.pop(client.id, None)
+        if last:
+            try:
+                client.unsubscribe_topic(dask_worker.STARTED_TOPIC)
+            except Exception:  # noqa: BLE001, S110 - best effort: the client may be closed
+                pass
 
 
 class _Running:
@@ -209,14 +264,14 @@ class DaskBackend(Backend):
             self._release_fn(fn_id)
 
     def _submit_one(self, fn_id: str, fn_future: Any, fut: Future, payload: bytes) -> None:
-        if not fut.set_running():
-            return  # cancelled, or another copy already finished
-        timeout = fut.limits.get("timeout")
-        if timeout:
-            self._subscribe()
         # A fresh key per copy: Client.submit returns the existing future for a known key,
         # which would turn a backup or a retry into a no-op.
         key = f"shardwren-{fn_id}-{fut.index}-{next(self._keys)}"
+        # The task stays pending (cancellable) until its worker announces the start.
+        if not fut.set_queued(functools.partial(self._withdraw, key)):
+            return  # cancelled, or another copy already finished
+        self._subscribe()
+        timeout = fut.limits.get("timeout")
         where = f"task {fut.index} of job {fut.job_id}"
         running = _Running(fut, None, fn_id)
         with self._lock:
@@ -227,14 +282,49 @@ class DaskBackend(Backend):
         try:
             running.dfut = self.client.submit(
                 dask_worker.run, fn_future, fn_id, payload, self.blas_threads,
-                fut.limits.get("memory_limit"), timeout, where, self.signed,
-                key if timeout else None, pure=False, key=key)
+                fut.limits.get("memory_limit"), timeout, where, self.signed, key,
+                pure=False, key=key)
         except BaseException:
             with self._lock:
                 self._outstanding.pop(key, None)
             self._release_fn(fn_id)
             raise
         running.dfut.add_done_callback(self._on_done)
+
+    def _withdraw(self, key: str) -> bool:
+        """Take a queued task back (``Future.cancel``); False once a worker has it.
+
+        The scheduler decides, in one step of its event loop
+        (:func:`~shardwren.backends.dask_worker.withdraw`): a task it has not handed
+        to a worker is released there and never runs. A task a worker holds counts
+        as started, even if it still waits in that worker's own queue. When the
+        scheduler cannot be asked (it does not have shardwren installed, or it
+        refuses pickled functions), the task counts as started: True must mean it
+        never runs.
+        """
+        with self._lock:
+            running = self._outstanding.get(key)
+        if running is None:
+            return True  # already reported, or failed by shutdown
+        verdict: bool | None = None
+        deadline = time.monotonic() + WITHDRAW_WAIT
+        try:
+            while True:
+                verdict = self.client.run_on_scheduler(dask_worker.withdraw, key, self.client.id)
+                # None: the submission has not reached the scheduler yet (the client
+                # sends it on its batched stream, run_on_scheduler on another comm).
+                if verdict is not None or time.monotonic() > deadline:
+                    break
+                time.sleep(0.005)
+        except Exception:  # noqa: BLE001 - no answer: the task may run, so it is not withdrawn
+            verdict = None
+        if not verdict:
+            running.fut.set_running()
+            return False
+        running = self._finish(key)
+        if running is not None and running.dfut is not None:
+            running.dfut.release()  # the scheduler forgot it; the client's copy goes too
+        return True
 
     def _release_fn(self, fn_id: str) -> None:
         with self._lock:
@@ -288,23 +378,26 @@ class DaskBackend(Backend):
         err.__cause__ = exc
         return err
 
-    # -- the driver's own deadline --------------------------------------------------------
+    # -- starts: running state and the driver's own deadline ---------------------------
     def _subscribe(self) -> None:
         with self._lock:
             if self._subscribed:
                 return
             self._subscribed = True
-        self.client.subscribe_topic(dask_worker.STARTED_TOPIC, self._on_started)
+        _StartListeners.add(self.client, self)
 
     def _on_started(self, event: Any) -> None:
-        """A task with a timeout started on a worker (runs on the client's event loop)."""
+        """A task started on a worker (runs on the client's event loop)."""
         msg = event[1] if isinstance(event, tuple) else event
         key = msg.get("key") if isinstance(msg, dict) else None
         with self._lock:
             running = self._outstanding.get(key) if key else None
         if running is None:
             return  # another driver's task, or already done
+        running.fut.set_running()
         limit = float(running.fut.limits.get("timeout") or 0)
+        if not limit:
+            return
         margin = max(DEADLINE_MARGIN, 0.25 * limit)
         try:
             running.timer = self._timers.call_later(limit + margin, self._expire, key, limit,
@@ -350,9 +443,6 @@ class DaskBackend(Backend):
                     f"the executor shut down before task {r.fut.index} of job {r.fut.job_id} "
                     "finished"))
         if self._subscribed:
-            try:
-                self.client.unsubscribe_topic(dask_worker.STARTED_TOPIC)
-            except Exception:  # noqa: BLE001, S110 - best effort
-                pass
+            _StartListeners.remove(self.client, self)
         if self._own_client:
             self.client.close()

@@ -1,4 +1,4 @@
-"""Worker side of the Dask backend: what a Dask worker runs for shardwren.
+"""Cluster side of the Dask backend: what a Dask worker (and scheduler) runs for shardwren.
 
 Nothing here runs in the driver (the driver only refers to these functions by
 name, so Dask workers import them from their own shardwren installation).
@@ -8,7 +8,10 @@ name, so Dask workers import them from their own shardwren installation).
   and if the worker holding it dies the scheduler recomputes it from the graph
   (scattered data would be lost with the worker).
 * :func:`run` runs one shardwren task through the common runtime
-  (:func:`shardwren.backends.runtime.run_task`) in the worker's task thread.
+  (:func:`shardwren.backends.runtime.run_task`) in the worker's task thread,
+  announcing its start on :data:`STARTED_TOPIC`.
+* :func:`withdraw` runs in the scheduler (``Client.run_on_scheduler``) when the
+  caller cancels a task: it takes the task back if no worker has been given it.
 """
 
 from __future__ import annotations
@@ -22,8 +25,12 @@ from ..errors import ConfigError, TaskTimeoutError
 from . import runtime
 from .runtime import FunctionCache, run_task
 
-#: Topic of the event a task with a timeout logs when it starts (the driver's deadline).
+#: Topic of the event every task logs when it starts: the driver then marks its future
+#: running (until then ``cancel()`` may take it back) and arms its own deadline.
 STARTED_TOPIC = "shardwren-started"
+
+#: Scheduler states of a task no worker has been given: it can be withdrawn.
+_NOT_SENT = frozenset({"released", "waiting", "queued", "no-worker"})
 
 _FNS = FunctionCache()
 _BLAS_LOCK = threading.Lock()
@@ -62,9 +69,9 @@ def run(fn_data: bytes, fn_id: str, payload: bytes, blas_threads: int,
         signed: bool = False, key: str | None = None) -> tuple[bool, bytes, dict[str, Any]]:
     """Run one shardwren task in this Dask worker; never raises.
 
-    ``key`` (given with a timeout) is announced on :data:`STARTED_TOPIC` when the
-    task starts, so that the driver can keep its own deadline for a worker that
-    stops responding altogether.
+    ``key`` is announced on :data:`STARTED_TOPIC` when the task starts, so that the
+    driver marks the task running and, with a timeout, keeps its own deadline for
+    a worker that stops responding altogether.
     """
     import distributed
 
@@ -134,6 +141,25 @@ def _run_with_deadline(fn: Any, payload: bytes, memory_limit: int | None, timeou
                            "abandoned it (its thread finishes in the background)")
     return False, serialize.dumps_exception(exc), {"started": started, "finished": time.time(),
                                                    "peak_rss": None}
+
+
+def withdraw(key: str, client: str, dask_scheduler: Any = None) -> bool | None:
+    """Take task ``key`` back from the scheduler if no worker has been given it.
+
+    Runs in the scheduler's event loop (``Client.run_on_scheduler``), which is also
+    where tasks are handed to workers, so the look and the release are one step:
+    True means the task is released and will never run; False means a worker has
+    it (it may be running, or about to) or it has finished; None means the
+    scheduler has not received it yet (the submission is still on its way).
+    """
+    ts = dask_scheduler.tasks.get(key)
+    if ts is None:
+        return None
+    if ts.state not in _NOT_SENT:
+        return False
+    dask_scheduler.client_releases_keys(keys=[key], client=client,
+                                        stimulus_id=f"shardwren-withdraw-{time.time()}")
+    return True
 
 
 def tune_malloc(mmap_threshold: int, trim_threshold: int) -> bool:
