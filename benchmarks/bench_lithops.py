@@ -25,7 +25,7 @@ from _common import in_subprocess, report
 
 CONFIG = {"lithops": {"backend": "localhost", "storage": "localhost", "monitoring_interval": 0.1},
           "localhost": {"version": 1, "worker_processes": 2}}
-ROUNDS = 7
+ROUNDS = 15
 
 
 def noop(x):

@@ -339,3 +339,12 @@ def test_two_executors_sharing_a_client_both_see_starts(dask_cluster, tmp_path):
         assert f.running()
         assert f.result() is None
         b.shutdown()
+
+
+def test_tasks_queued_in_dask_are_not_backed_up_as_stragglers(dask_ex):
+    """Tasks waiting in Dask's queue have not started: before they were marked running
+    when handed to Dask, the last tasks of a map looked like stragglers and got backups."""
+    fs = dask_ex.map(time.sleep, [0.4] * 16)
+    shardwren.wait(fs, timeout=120)
+    assert all(f.exception() is None for f in fs)
+    assert not [f.index for f in fs if f.stats.get("backups")], "queued tasks were backed up"

@@ -356,3 +356,30 @@ def test_secret_in_lambda_env_vars():
                     "SHARDWREN_SECRET") == "s"
     assert _env_var({"SHARDWREN_SECRET": "t"}, "SHARDWREN_SECRET") == "t"
     assert _env_var({}, "SHARDWREN_SECRET") is None and _env_var(None, "SHARDWREN_SECRET") is None
+
+
+def test_calls_waiting_for_a_function_are_pending_not_stragglers(lithops_ex):
+    """A call waiting for a free function process has not started: it is pending, and
+    the executor's straggler watch must not back it up. Before the fix every call was
+    marked running when handed to Lithops, so the last calls of a map looked like
+    stragglers and got backups (a second Lithops job competing for the same cores)."""
+    fs = lithops_ex.map(time.sleep, [0.4] * 16)
+    most = 0
+    while not all(f.done() for f in fs):
+        most = max(most, sum(f.running() for f in fs))
+        time.sleep(0.01)
+    assert all(f.exception() is None for f in fs)
+    assert most < 8, f"{most} of 16 calls reported running on 2 function processes"
+    assert not [f.index for f in fs if f.stats.get("backups")], "queued calls were backed up"
+
+
+def test_job_monitor_forgets_reported_calls(lithops_ex):
+    """Lithops' job monitor lists the statuses of every job it tracks at each poll; calls
+    already reported must leave it, or every map costs more than the one before (the
+    driver's CPU per map grew from 0.1 to 0.8 s over 14 rounds before the fix)."""
+    for _ in range(3):
+        shardwren.get_all_results(lithops_ex.map(lambda x: x, range(10)))
+    time.sleep(0.3)  # a few collector passes
+    tracked = [len(lane.fexec.job_monitor.monitor.futures) for lane in lithops_ex.backend._lanes
+               if lane.fexec.job_monitor.monitor is not None]
+    assert sum(tracked) == 0, tracked

@@ -230,3 +230,20 @@ def test_lazy_submodules_in_a_fresh_interpreter():
                          env={**os.environ, "SHARDWREN_STORE": "memory://lazy"})
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("ok")
+
+
+def test_task_runtime_imports_neither_executor_nor_storage():
+    """A worker that only runs tasks (a Lithops localhost job starts a fresh interpreter
+    per job) must not pay for the executor, storage and fsspec: importing them took
+    0.17 s of the 0.2 s a job's runner spent before its first call."""
+    code = ("import sys\n"
+            "from shardwren.backends import runtime, lithops_worker\n"
+            "heavy = {'shardwren.executor', 'shardwren.storage', 'fsspec', 'shardwren.linalg'}\n"
+            "print(sorted(heavy & set(sys.modules)))\n"
+            "import shardwren\n"
+            "assert callable(shardwren.default_executor) and shardwren.ALL_COMPLETED\n"
+            "from shardwren import get_all_results, Store, ShardedMatrix\n"
+            "assert 'shardwren.executor' in sys.modules\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "[]", out.stdout

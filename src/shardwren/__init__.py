@@ -17,18 +17,22 @@ from .errors import (
     ShardwrenError,
     WorkerCrashedError,
 )
-from .executor import Executor, default_executor
-from .futures import (
-    ALL_COMPLETED,
-    ALWAYS,
-    ANY_COMPLETED,
-    FIRST_EXCEPTION,
-    Future,
-    as_completed,
-    get_all_results,
-    wait,
-)
-from .storage import Store, open_store
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # imported on first use (see __getattr__); named here for type checkers
+    from .executor import Executor, default_executor
+    from .futures import (
+        ALL_COMPLETED,
+        ALWAYS,
+        ANY_COMPLETED,
+        FIRST_EXCEPTION,
+        Future,
+        as_completed,
+        get_all_results,
+        wait,
+    )
+    from .matrix import ShardedMatrix
+    from .storage import Store, open_store
 
 __version__ = "0.1.0"
 
@@ -41,24 +45,32 @@ _SUBMODULES = frozenset({
 })
 
 
+#: Public names and the submodule each comes from, imported on first use: a worker
+#: that only runs tasks (``shardwren.backends.runtime``) never pays for the executor,
+#: storage or fsspec (a Lithops localhost job starts a fresh interpreter per job).
+_LAZY = {
+    "Executor": "executor", "default_executor": "executor",
+    "ALL_COMPLETED": "futures", "ALWAYS": "futures", "ANY_COMPLETED": "futures",
+    "FIRST_EXCEPTION": "futures", "Future": "futures", "as_completed": "futures",
+    "get_all_results": "futures", "wait": "futures",
+    "Store": "storage", "open_store": "storage",
+    "ShardedMatrix": "matrix", "plan": "linalg",
+}
+
+
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | _SUBMODULES | {"ShardedMatrix", "plan"})
+    return sorted(set(globals()) | _SUBMODULES | set(_LAZY))
 
 
 def __getattr__(name: str):
-    # Heavier parts load on first use, so `import shardwren` stays fast in workers.
+    import importlib
+
     if name in _SUBMODULES:
-        import importlib
-
         return importlib.import_module(f"{__name__}.{name}")
-    if name == "ShardedMatrix":
-        from .matrix import ShardedMatrix
-
-        return ShardedMatrix
-    if name == "plan":
-        from .linalg import plan
-
-        return plan
+    if name in _LAZY:
+        value = getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+        globals()[name] = value  # looked up once
+        return value
     raise AttributeError(f"module 'shardwren' has no attribute {name!r}")
 
 

@@ -43,6 +43,7 @@ from __future__ import annotations
 import atexit
 import concurrent.futures as cf
 import copy
+import functools
 import logging
 import math
 import os
@@ -177,6 +178,12 @@ def _manager_alive(lane: _Lane) -> bool:
     return manager is not None and manager.is_alive()
 
 
+def _cannot_withdraw(fut: Future) -> bool:
+    """``Future.cancel`` of a call handed to Lithops, which has no way to take it back."""
+    fut.set_running()
+    return False
+
+
 def _delete_job_data(fexec: Any) -> None:
     """Delete what an executor's jobs left in Lithops' storage, here and now.
 
@@ -234,6 +241,19 @@ class _Lane:
     def __init__(self, fexec: Any):
         self.fexec = fexec
         self.running = 0  # calls not yet reported
+        #: Lithops futures reported since the last pass, for the job monitor to forget:
+        #: it lists the statuses of every job it still tracks at each poll, so one that
+        #: kept every finished job would cost more at each map (Lithops' own wait()
+        #: removes them too).
+        self.reported: list[Any] = []
+
+    def forget(self, done: list[Any]) -> None:
+        """Stop the job monitor tracking calls already reported (collector thread)."""
+        if done:
+            try:
+                self.fexec.job_monitor.remove(done)
+            except Exception:  # noqa: BLE001 - only a cost: the monitor lists a few more keys
+                log.debug("could not untrack finished Lithops calls", exc_info=True)
 
     def runner(self, job_key: str) -> Any:
         """The process running a localhost v1 job (``None`` before it starts, or elsewhere)."""
@@ -428,7 +448,10 @@ class LithopsBackend(Backend):
             broken = self._broken
         futs, items = [], []
         for fut, payload in tasks:
-            if not fut.set_running():
+            # Pending until its call starts: a call waiting for a free function is no
+            # straggler (the executor's backups count from the start). Lithops cannot
+            # take a call back, so cancel() then finds it started.
+            if not fut.set_queued(functools.partial(_cannot_withdraw, fut)):
                 continue  # cancelled, or another copy already finished
             if broken is not None:
                 fut.set_failure(broken)
@@ -470,7 +493,7 @@ class LithopsBackend(Backend):
                         c.queued = False
                         self._calls[id(lf)] = c
         except ExecutorShutdownError as exc:
-            for fut in futs:  # already marked running: they must not hang
+            for fut in futs:  # handed over: they must not hang
                 fut.set_failure(exc)
             raise
         except Exception as exc:  # noqa: BLE001 - Lithops could not start the job
@@ -495,6 +518,11 @@ class LithopsBackend(Backend):
                 if self._closing and not self._calls:
                     return
                 calls = [c for c in self._calls.values() if not c.queued]
+                reported = [(lane, lane.reported) for lane in self._lanes if lane.reported]
+                for lane, _ in reported:
+                    lane.reported = []
+            for lane, done in reported:
+                lane.forget(done)
             now = time.time()
             pending: dict[int, list[Any]] = {}
             for c in calls:
@@ -523,6 +551,8 @@ class LithopsBackend(Backend):
 
     def _check_alive(self, c: _Call, now: float) -> None:
         """The driver's own deadline, and the runner process of a localhost job."""
+        if not c.fut.running() and (c.lf.running or c.lf.ready or c.lf.done):
+            c.fut.set_running()  # the call itself started (its status says so)
         if c.started is None:
             status = getattr(c.lf, "_call_status", None) or {}
             if c.lf.running and status.get("worker_start_tstamp"):
@@ -533,6 +563,7 @@ class LithopsBackend(Backend):
                 # which is never earlier than its real start. A call whose sandbox dies
                 # before it reports its start is then caught too.
                 c.started = now
+                c.fut.set_running()
         if self.local:
             proc = c.lane.runner(c.job_key)
             if proc is None and c.started is None and not _manager_alive(c.lane):
@@ -577,6 +608,7 @@ class LithopsBackend(Backend):
             if self._calls.pop(id(c.lf), None) is None:
                 return False
             c.lane.running -= 1
+            c.lane.reported.append(c.lf)
             self._trim(c.lane)
         return True
 
