@@ -155,8 +155,9 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
                                   p.read_bytes_per_s * min(1.0, workers / max(nb_q, 1)),
                                   p.startup_s)}
         tasks = tiles + nb_t
-        # Centred float32 blocks (and their norms) stay in the worker's cache.
-        cached: float = (n_train + n_query) * (dk + 2) * 4
+        # Centred float32 blocks (and their norms) stay in the worker's cache, beside
+        # the raw blocks they came from (mapped, and resident once read).
+        cached: float = (n_train + n_query) * ((dk + 2) * 4 + d * itemsize)
         # The column statistics read the training data once. A tile reads its two
         # blocks; while they all fit in a worker's cache, no worker reads more than the
         # whole data once; past it, the training blocks are read again for every query
@@ -195,9 +196,11 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
         slowest = max(t1, per_range)
         peak = 1024 * block * 4 + min(n_query, 20000) * (d * itemsize + (m + 4) * 4) + \
             block * (d * itemsize + (m + 4) * 4)
-        # The cache keeps query slices and the training blocks a worker has projected
-        # (raw rows, mapped, and their m + 4 columns).
-        cached = (min(n_query, 20000) + n_train / workers) * (d * itemsize + (m + 4) * 4)
+        # The cache keeps query slices (a group's, and the smaller ones of the sample
+        # phase: 1.5 groups' worth) and the training blocks a worker has projected (raw
+        # rows, mapped, and their m + 4 columns; every worker projects the sample blocks).
+        cached = (1.5 * min(n_query, 20000) + n_train / workers + n_sample * block) * \
+            (d * itemsize + (m + 4) * 4)
     else:
         raise ValueError(f"method must be 'brute' or 'pruned', got {method!r}")
     requests = int(reads // max(1, block * d * itemsize)) + 1
@@ -319,15 +322,27 @@ def measure_kernels(scratch_dir: str | None = None) -> dict[str, float]:
     return out
 
 
+def _warm_worker(_: int) -> None:
+    """What every k-NN task does first in a worker: import the kernels, run a GEMM."""
+    from .linalg import kernels
+
+    a = np.ones((256, 786), dtype=np.float32)
+    kernels.gemm_nt(a, a)
+
+
 def calibrate(executor: Any, name: str = "local") -> Profile:
     """Measure a :class:`Profile` on the executor's own workers (about 10 s).
 
     Kernel costs are timed inside one worker task (with the worker's BLAS
     threads); the per-task overhead is the round trip of empty tasks.
     """
-    idle = executor.call_async(lambda x: x, 0)
-    idle.result()
-    base = idle.stats.get("peak_rss") or Profile.worker_base_bytes  # None: threads share it
+    # A worker's base is its RSS once it has done numeric work (kernels imported, BLAS
+    # buffers allocated), not a fresh one's: warm every worker first.
+    executor.get_all_results(executor.map(_warm_worker, range(executor.parallelism)))
+    idle = executor.map(lambda x: x, range(executor.parallelism))
+    executor.get_all_results(idle)
+    peaks = [f.stats.get("peak_rss") for f in idle]
+    base = max((b for b in peaks if b), default=Profile.worker_base_bytes)  # None: threads
     costs = executor.call_async(lambda _: measure_kernels(), 0).result()
     t = time.perf_counter()
     executor.get_all_results(executor.map(lambda x: x, range(200)))
