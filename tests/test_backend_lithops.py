@@ -383,3 +383,47 @@ def test_job_monitor_forgets_reported_calls(lithops_ex):
     tracked = [len(lane.fexec.job_monitor.monitor.futures) for lane in lithops_ex.backend._lanes
                if lane.fexec.job_monitor.monitor is not None]
     assert sum(tracked) == 0, tracked
+
+
+_DRIVER_SCRIPT = """
+import sys, time
+import shardwren
+from lithops_env import LOCALHOST
+from test_backend_lithops import _pid_then_sleep
+
+ex = shardwren.default_executor(backend="lithops", store=sys.argv[1], workers=1, progress=False,
+                                lithops_config=LOCALHOST)
+ex.map(_pid_then_sleep, [sys.argv[2]], retries=0)
+time.sleep(600)  # killed by the test meanwhile
+"""
+
+
+def test_runner_dies_with_a_killed_driver(tmp_path):
+    """A SIGKILLed driver leaves no Lithops runner or call process running its job: the
+    runner watches its parent (before, it ran the job to its end, for nobody)."""
+    script = tmp_path / "driver.py"
+    script.write_text(_DRIVER_SCRIPT)
+    marker = str(tmp_path / "pid")
+    here = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([here, os.environ.get("PYTHONPATH", "")]))
+    env["TMPDIR"] = str(tmp_path)  # its own Lithops temp dir
+    env.pop("SHARDWREN_LITHOPS_TMPDIR", None)
+    driver = subprocess.Popen([sys.executable, str(script), f"file://{tmp_path}/store", marker],
+                              env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        pid, pgid = _wait_for(marker, timeout=120)
+        assert pgid != os.getpgrp()
+        driver.kill()
+        driver.wait(timeout=30)
+        deadline = time.time() + 15
+        while time.time() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.1)
+        else:
+            raise AssertionError("the Lithops runner's processes outlived their killed driver")
+    finally:
+        if driver.poll() is None:
+            driver.kill()

@@ -21,6 +21,9 @@ which the driver turns into one clear, non-retried error.
 from __future__ import annotations
 
 import os
+import signal
+import threading
+import time
 from typing import Any
 
 from .runtime import FunctionCache, run_task, worker_key
@@ -39,13 +42,32 @@ def _limit_blas(blas_threads: int) -> None:
 
 def preload(blas_threads: int) -> None:
     """Load what every task needs (numpy, the runtime, the BLAS limit) in Lithops' runner,
-    before it forks a process per call (see the localhost launcher in the driver)."""
+    before it forks a process per call (see the localhost launcher in the driver), and
+    make the runner's processes die with the driver."""
     import numpy  # noqa: F401 - inherited by every function process
     import threadpoolctl  # noqa: F401
 
     from .. import serialize  # noqa: F401
 
     _limit_blas(blas_threads)
+    if os.getpgrp() == os.getpid():  # Lithops starts each job's runner in a session of its own
+        threading.Thread(target=_die_with_driver, args=(os.getppid(),), daemon=True,
+                         name="shardwren-driver-watch").start()
+
+
+def _die_with_driver(driver: int, every: float = 0.5) -> None:
+    """SIGKILL this runner's process group (the runner and its call processes) once the
+    driver that started it is gone.
+
+    Lithops' localhost runner outlives a killed driver: it runs its job to the end,
+    and a job of long tasks could run for hours with nobody to read its results. The
+    runner mostly waits on its call processes, so a polling thread gets to run; the
+    call processes are forked without it, and go with the group.
+    """
+    while True:
+        time.sleep(every)
+        if os.getppid() != driver:
+            os.killpg(os.getpid(), signal.SIGKILL)
 
 
 class Call:
