@@ -139,3 +139,26 @@ def test_orthonormal_falls_back_when_cholesky_cannot():
     Q = pruned._orthonormal(Y[:, :5])  # the Cholesky path
     np.testing.assert_allclose(Q.T @ Q, np.eye(5), atol=1e-10)
     np.testing.assert_allclose(Q @ (Q.T @ Y[:, :5]), Y[:, :5], atol=1e-10)  # same span
+
+
+def test_survivor_estimate_follows_how_fast_neighbours_come_closer():
+    """choose_m reads off the sample how nearest-neighbour distances shrink with more rows
+    (a power law) and predicts survivors at the tau a query task starts from: data on a
+    low-dimensional manifold gets a clear power and fewer survivors per row at large N;
+    isotropic noise in 64 dimensions (neighbours barely come closer) nearly none."""
+    rng = np.random.default_rng(11)
+    low = (rng.standard_normal((8000, 3)) @ rng.standard_normal((3, 64))
+           + 0.01 * rng.standard_normal((8000, 64))).astype(np.float32)
+    noise = rng.standard_normal((8000, 64)).astype(np.float32)
+    powers = {}
+    for name, X in (("low", low), ("noise", noise)):
+        mean = X.mean(axis=0, dtype=np.float64)
+        P = pruned._principal(X, mean, 64, None)
+        _, small = pruned.choose_m(X, mean, P, n_train=8000, k=1, blocks=2)
+        _, large = pruned.choose_m(X, mean, P, n_train=4_000_000, k=1, blocks=1000)
+        powers[name] = large["tau_power"]
+        assert small["tau_power"] == large["tau_power"]  # read off the same sample
+        for m, rate in large["survivor_rate"].items():
+            assert rate <= small["survivor_rate"][m]  # a smaller starting tau, never larger
+    assert powers["low"] > 0.3  # 2 / 3 for squared distances on a 3-dimensional manifold
+    assert powers["noise"] < 0.1  # 2 / 64

@@ -172,7 +172,9 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
         slowest = max(prep_task, per_tile + 2 * block * d * itemsize / p.read_bytes_per_s)
         peak = 2 * block * (dk + 2) * 4 + 2 * block * d * itemsize + 1024 * block * 4
     elif method == "pruned":
-        n_sample = max(1, round(nb_t ** 0.5 / 2))
+        from .linalg.pruned import sample_block_count
+
+        n_sample = sample_block_count(nb_t)
         groups = -(-n_query // 20000)
         ranges = max(1, -(-(nb_t - n_sample) // 16))
         ranges = max(ranges, min(nb_t - n_sample, 2 * workers))

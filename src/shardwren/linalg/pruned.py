@@ -73,7 +73,7 @@ from .kernels import (
 )
 from .knn import check_finite
 
-M_CHOICES = (16, 32, 64, 128)
+M_CHOICES = (16, 32, 64, 96, 128, 192, 256)
 #: Costs in float32 GEMM multiply-add equivalents (8 ps each at the sgemm limit),
 #: measured per phase on the development machine: an exact float64 distance (a
 #: gather of two rows) costs about 120 per feature (1 ns); the passes over a bound
@@ -234,6 +234,12 @@ def _sample_rows(T: ShardedMatrix, rows: int, seed: int = 0) -> np.ndarray:
     return out
 
 
+def m_choices(d: int) -> list[int]:
+    """The projection sizes :func:`choose_m` weighs for ``d`` features (at most half of d:
+    beyond that the bound costs as much as the distance)."""
+    return [m for m in M_CHOICES if m <= d // 2] or [max(1, d // 4)]
+
+
 def choose_m(sample: np.ndarray, mean: np.ndarray, P_full: np.ndarray, n_train: int, k: int,
              queries: int = 96, blocks: int = 1) -> tuple[int | None, dict[str, Any]]:
     """Pick the projection size from a sample, or ``None`` when brute force is cheaper.
@@ -255,9 +261,19 @@ def choose_m(sample: np.ndarray, mean: np.ndarray, P_full: np.ndarray, n_train: 
     D = (sq_norms(q)[:, None] + sq_norms(rest)[None, :]
          - 2 * q @ rest.T)
     tau = np.partition(D, k - 1, axis=1)[:, k - 1]
+    # A query task's tau comes from more rows than the sample has: the sample blocks of
+    # the first phase (``effective_rows``). Nearest-neighbour
+    # distances shrink as a power of the rows searched; the power is read off the
+    # sample itself (tau over a quarter of it against the whole), so data whose
+    # neighbours do not come closer (noise in high dimension) keeps its tau.
+    quarter = np.partition(D[:, : max(k, len(rest) // 4)], k - 1, axis=1)[:, k - 1]
+    lo, hi = float(np.median(tau)), float(np.median(quarter))
+    power = float(np.clip(np.log(hi / lo) / np.log(4), 0.0, 1.0)) if lo > 0 and hi > lo else 0.0
+    grow = max(1.0, effective_rows(n_train, blocks) / len(rest))
+    tau = tau * grow ** -power
     brute = n_train * d
     costs, rates = {}, {}
-    choices = [m for m in M_CHOICES if m <= d // 2] or [max(1, d // 4)]
+    choices = m_choices(d)
     # Project once with the largest m; smaller projections are its first columns.
     qc, rc = q - mean, rest - mean
     yq, yr = qc @ P_full[:max(choices)].T, rc @ P_full[:max(choices)].T
@@ -271,7 +287,7 @@ def choose_m(sample: np.ndarray, mean: np.ndarray, P_full: np.ndarray, n_train: 
         costs[m] = (n_train * (m + 4) + PASS_COST * n_train
                     + (rate * n_train + k * blocks) * d * GATHER_PENALTY)
     best = min(costs, key=lambda m: costs[m])
-    info: dict[str, Any] = {"survivor_rate": rates,
+    info: dict[str, Any] = {"survivor_rate": rates, "tau_power": power,
                             "cost_vs_brute": {m: c / brute for m, c in costs.items()}}
     info["beats_brute"] = costs[best] <= AUTO_THRESHOLD * brute
     if not info["beats_brute"]:
@@ -305,7 +321,7 @@ def _principal(sample: np.ndarray, mean: np.ndarray, d: int, m: int | None,
     in a fraction of a dense eigensolver's time (which is slowest on the flat
     spectra of data that will not prune anyway).
     """
-    top = min(d, max(M_CHOICES) if m is None else m)
+    top = min(d, max(m_choices(d)) if m is None else m)
     Xc32 = np.subtract(sample, mean.astype(np.float32), dtype=np.float32)
     G = (Xc32.T @ Xc32).astype(np.float64)
     width = top + 16
@@ -521,6 +537,18 @@ def _update(rows: np.ndarray, cols: np.ndarray, c0: int, lo: int, q_raw: np.ndar
     return len(ds)
 
 
+def sample_block_count(n_blocks: int) -> int:
+    """Training blocks the first phase of a query reads (about half the square root)."""
+    return min(n_blocks, max(1, round(n_blocks ** 0.5 / 2)))
+
+
+def effective_rows(n_train: int, n_blocks: int) -> float:
+    """How many training rows the tau a range task starts from comes from: the first
+    phase's sample blocks. (Its tau falls as it goes, but the survivors of its first
+    blocks, under the largest tau, are most of its exact distances.)"""
+    return min(n_train, sample_block_count(n_blocks) * n_train / max(1, n_blocks))
+
+
 def _spread(n_blocks: int, take: int) -> list[int]:
     """``take`` block indices spread evenly over ``range(n_blocks)``."""
     return sorted({int(round(x)) for x in np.linspace(0, n_blocks - 1, take)})
@@ -532,8 +560,7 @@ def plan_query(index: PrunedIndex, Q: ShardedMatrix, parallelism: int):
     nt = index.train.grid[0]
     nq = Q.shape[0]
     groups = [(g, min(nq, g + GROUP_ROWS)) for g in range(0, nq, GROUP_ROWS)]
-    n_sample = min(nt, max(1, round(nt ** 0.5 / 2)))
-    sample = _spread(nt, n_sample)
+    sample = _spread(nt, sample_block_count(nt))
     rest = [j for j in range(nt) if j not in set(sample)]
     # Phase 1 is split over queries so that every worker has a share of it.
     splits = max(1, min(parallelism, -(-nq // 256)))
