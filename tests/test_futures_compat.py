@@ -247,3 +247,23 @@ def test_task_runtime_imports_neither_executor_nor_storage():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_cancelled_queued_tasks_count_as_done_for_as_completed_and_cf_wait(tmp_path):
+    """concurrent.futures' wait() and as_completed() count a cancelled future as done only
+    once it is CANCELLED_AND_NOTIFIED: a task withdrawn from a worker's queue must be
+    notified at once, or as_completed() over it waits for ever (it did)."""
+    e = shardwren.default_executor(store=f"file://{tmp_path}", workers=1, progress=False)
+    try:
+        shardwren.get_all_results(e.map(lambda x: x, range(64)))  # tiny tasks: batches follow
+        fs = e.map(time.sleep, [0.5] + [0.0] * 20)
+        while not fs[0].running():
+            time.sleep(0.001)
+        cancelled = [f for f in fs[1:] if f.cancel()]
+        assert cancelled
+        seen = list(shardwren.as_completed(fs, timeout=60))
+        assert len(seen) == len(fs)
+        done, not_done = cf.wait(cancelled, timeout=5)
+        assert not not_done and all(f.cancelled() for f in cancelled)
+    finally:
+        e.shutdown()

@@ -201,8 +201,8 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
         # The cache keeps query slices (a group's, and the smaller ones of the sample
         # phase: 1.5 groups' worth) and the training blocks a worker has projected (raw
         # rows, mapped, and their m + 4 columns; every worker projects the sample blocks).
-        cached = (1.5 * min(n_query, 20000) + n_train / workers + n_sample * block) * \
-            (d * itemsize + (m + 4) * 4)
+        cached = (1.5 * min(n_query, 20000) + min(n_train, n_train / workers + n_sample * block)) \
+            * (d * itemsize + (m + 4) * 4)
     else:
         raise ValueError(f"method must be 'brute' or 'pruned', got {method!r}")
     requests = int(reads // max(1, block * d * itemsize)) + 1
@@ -340,8 +340,11 @@ def calibrate(executor: Any, name: str = "local") -> Profile:
     """
     # A worker's base is its RSS once it has done numeric work (kernels imported, BLAS
     # buffers allocated), not a fresh one's: warm every worker first.
-    executor.get_all_results(executor.map(_warm_worker, range(executor.parallelism)))
-    idle = executor.map(lambda x: x, range(executor.parallelism))
+    # A few tasks per local core at most: a serverless backend's parallelism is its
+    # concurrency quota (1,000 billed calls for nothing).
+    spread = min(executor.parallelism, 2 * (os.cpu_count() or 1))
+    executor.get_all_results(executor.map(_warm_worker, range(spread)))
+    idle = executor.map(lambda x: x, range(spread))
     executor.get_all_results(idle)
     peaks = [f.stats.get("peak_rss") for f in idle]
     base = max((b for b in peaks if b), default=Profile.worker_base_bytes)  # None: threads

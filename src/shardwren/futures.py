@@ -271,6 +271,13 @@ class Future(cf.Future):
             return self.cancel()
         if now:
             self._invoke_callbacks()  # type: ignore[attr-defined]  # CPython private, stable since 3.2
+            # concurrent.futures' wait() and as_completed() count a cancelled future as done
+            # once it is CANCELLED_AND_NOTIFIED, which the executor's worker does when it
+            # dequeues it; a task that never reaches one (withdrawn from a worker's queue,
+            # released by Dask's scheduler) is notified here, or they would wait for ever.
+            with self._condition:  # an RLock; a backend may have notified it meanwhile
+                if self._state == CANCELLED:
+                    self.set_running_or_notify_cancel()
             return True
         return self._cancel_running()
 

@@ -20,7 +20,8 @@ Cancellation: a task stays pending until its worker announces the start (an
 event on :data:`~shardwren.backends.dask_worker.STARTED_TOPIC`). ``cancel()`` of
 a pending task asks the scheduler, which releases it if it has not handed it to
 a worker yet (Dask keeps most of a large map in its own queue, ``queued``): True
-means it never runs. A task a worker already holds counts as started: ``cancel()``
+means it never runs (if a worker died running it and Dask had queued it again, that it
+never runs again). A task a worker already holds counts as started: ``cancel()``
 returns False and it runs to its end. A PyWren-style cancel of a running call
 abandons it: the worker thread cannot be stopped and finishes in the background,
 as a running Lambda call did under PyWren.
@@ -106,19 +107,19 @@ class _StartListeners:
 
     @classmethod
     def add(cls, client: Any, backend: DaskBackend) -> None:
-        with cls._lock:
-            listeners = cls._by_client.setdefault(client.id, [])
-            listeners.append(backend)
-            first = len(listeners) == 1
-
         def handler(event: Any) -> None:
             with cls._lock:
                 targets = list(cls._by_client.get(client.id, ()))
             for b in targets:
                 b._on_started(event)
 
-        if first:
-            client.subscribe_topic(dask_worker.STARTED_TOPIC, handler)
+        # Subscribing and unsubscribing only queue a message to the scheduler: done under
+        # the lock, so that they reach it in the order the listener lists changed.
+        with cls._lock:
+            listeners = cls._by_client.setdefault(client.id, [])
+            listeners.append(backend)
+            if len(listeners) == 1:
+                client.subscribe_topic(dask_worker.STARTED_TOPIC, handler)
 
     @classmethod
     def remove(cls, client: Any, backend: DaskBackend) -> None:
@@ -126,10 +127,9 @@ class _StartListeners:
             listeners = cls._by_client.get(client.id, [])
             if backend in listeners:
                 listeners.remove(backend)
-            last = not listeners
-            if last:
-                cls._by_client.pop(client.id, None)
-        if last:
+            if listeners:
+                return
+            cls._by_client.pop(client.id, None)
             try:
                 client.unsubscribe_topic(dask_worker.STARTED_TOPIC)
             except Exception:  # noqa: BLE001, S110 - best effort: the client may be closed
@@ -267,11 +267,6 @@ class DaskBackend(Backend):
         # A fresh key per copy: Client.submit returns the existing future for a known key,
         # which would turn a backup or a retry into a no-op.
         key = f"shardwren-{fn_id}-{fut.index}-{next(self._keys)}"
-        # The task stays pending (cancellable) until its worker announces the start.
-        if not fut.set_queued(functools.partial(self._withdraw, key)):
-            return  # cancelled, or another copy already finished
-        self._subscribe()
-        timeout = fut.limits.get("timeout")
         where = f"task {fut.index} of job {fut.job_id}"
         running = _Running(fut, None, fn_id)
         with self._lock:
@@ -279,17 +274,28 @@ class DaskBackend(Backend):
                 raise ExecutorShutdownError("cannot submit tasks: the executor was shut down")
             self._outstanding[key] = running
             self._fns[fn_id][1] += 1
+        # The task stays pending (cancellable) until its worker announces the start. Its
+        # books entry exists first, so a cancel() from another thread always finds it.
+        if not fut.set_queued(functools.partial(self._withdraw, key)):
+            self._finish(key)
+            return  # cancelled, or another copy already finished
+        self._subscribe()
+        timeout = fut.limits.get("timeout")
         try:
-            running.dfut = self.client.submit(
+            dfut = self.client.submit(
                 dask_worker.run, fn_future, fn_id, payload, self.blas_threads,
                 fut.limits.get("memory_limit"), timeout, where, self.signed, key,
                 pure=False, key=key)
         except BaseException:
-            with self._lock:
-                self._outstanding.pop(key, None)
-            self._release_fn(fn_id)
+            self._finish(key)
             raise
-        running.dfut.add_done_callback(self._on_done)
+        with self._lock:
+            running.dfut = dfut
+            withdrawn = key not in self._outstanding  # by a cancel() while it was sent
+        if withdrawn:
+            dfut.release()
+            return
+        dfut.add_done_callback(self._on_done)
 
     def _withdraw(self, key: str) -> bool:
         """Take a queued task back (``Future.cancel``); False once a worker has it.
@@ -298,15 +304,16 @@ class DaskBackend(Backend):
         (:func:`~shardwren.backends.dask_worker.withdraw`): a task it has not handed
         to a worker is released there and never runs. A task a worker holds counts
         as started, even if it still waits in that worker's own queue. When the
-        scheduler cannot be asked (it does not have shardwren installed, or it
-        refuses pickled functions), the task counts as started: True must mean it
-        never runs.
+        scheduler cannot be asked (an asynchronous client, a scheduler without
+        shardwren or refusing pickled functions, no answer), the task is not
+        withdrawn either, and stays pending: True must mean it never runs.
         """
         with self._lock:
             running = self._outstanding.get(key)
-        if running is None:
-            return True  # already reported, or failed by shutdown
-        verdict: bool | None = None
+            closing = self._closing
+        if running is None or closing or getattr(self.client, "asynchronous", False):
+            return False  # reported already, or being failed by shutdown
+        verdict: Any = None
         deadline = time.monotonic() + WITHDRAW_WAIT
         try:
             while True:
@@ -317,13 +324,16 @@ class DaskBackend(Backend):
                     break
                 time.sleep(0.005)
         except Exception:  # noqa: BLE001 - no answer: the task may run, so it is not withdrawn
-            verdict = None
-        if not verdict:
-            running.fut.set_running()
             return False
-        running = self._finish(key)
-        if running is not None and running.dfut is not None:
-            running.dfut.release()  # the scheduler forgot it; the client's copy goes too
+        if verdict is not True:
+            if verdict is False:
+                running.fut.set_running()  # a worker has it
+            return False
+        self._finish(key)
+        with self._lock:
+            dfut = running.dfut  # None: _submit_one sees the key gone and releases it
+        if dfut is not None:
+            dfut.release()  # the scheduler forgot it; the client's copy goes too
         return True
 
     def _release_fn(self, fn_id: str) -> None:

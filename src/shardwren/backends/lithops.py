@@ -492,10 +492,8 @@ class LithopsBackend(Backend):
                         c = _Call(fut, lf, lane, fn_id, limit)
                         c.queued = False
                         self._calls[id(lf)] = c
-        except ExecutorShutdownError as exc:
-            for fut in futs:  # handed over: they must not hang
-                fut.set_failure(exc)
-            raise
+        except ExecutorShutdownError:
+            raise  # the caller fails the copies it submitted (reporting them here too counted them twice)
         except Exception as exc:  # noqa: BLE001 - Lithops could not start the job
             err = ExecutorBrokenError(
                 f"Lithops could not start {len(futs)} task(s) of job {futs[0].job_id} "
