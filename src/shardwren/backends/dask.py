@@ -61,6 +61,8 @@ if TYPE_CHECKING:
 
 #: Extra seconds past a task's timeout before the driver gives up on its worker.
 DEADLINE_MARGIN = 5.0
+#: Threads fetching finished tasks' results from the workers.
+FETCHERS = 8
 #: Longest a cancel() waits for the scheduler to receive a task just submitted.
 WITHDRAW_WAIT = 2.0
 
@@ -196,6 +198,11 @@ class DaskBackend(Backend):
         self._fns: dict[str, list[Any]] = {}  # fn_id -> [Dask future of its bytes, users]
         self._keys = itertools.count()
         self._timers = Timers("shardwren-dask-deadlines")
+        # Results are fetched here, not in Dask's done-callback thread: that is a single
+        # thread, and a fetch is a round trip to the worker holding the result, so
+        # fetching one after the other there capped a map at about 250 tasks/s.
+        self._fetchers = cf.ThreadPoolExecutor(max_workers=FETCHERS,
+                                               thread_name_prefix="shardwren-dask-fetch")
         self._subscribed = False
         self._closing = False
 
@@ -355,6 +362,15 @@ class DaskBackend(Backend):
         return running
 
     def _on_done(self, dfut: Any) -> None:
+        """A Dask task ended (Dask's callback thread): fetch its result in a fetcher."""
+        try:
+            self._fetchers.submit(self._deliver, dfut)
+        except RuntimeError:  # shut down: shutdown() fails what is still outstanding
+            pass
+
+    def _deliver(self, dfut: Any) -> None:
+        """Report one finished copy (a fetcher thread). It stays in the books until here,
+        so that shutdown(wait=True) waits for the copies being fetched too."""
         running = self._finish(dfut.key)
         if running is None:
             return
@@ -452,6 +468,8 @@ class DaskBackend(Backend):
                 r.fut.set_failure(ExecutorShutdownError(
                     f"the executor shut down before task {r.fut.index} of job {r.fut.job_id} "
                     "finished"))
+        # Copies being fetched right now finish; the rest were failed above.
+        self._fetchers.shutdown(wait=True, cancel_futures=True)
         if self._subscribed:
             _StartListeners.remove(self.client, self)
         if self._own_client:
