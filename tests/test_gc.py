@@ -145,3 +145,40 @@ def test_gc_on_other_stores(kind, s3_url):
     store.put(f"tmp/x-{dead}-abc/zarr.json", b"{}")
     assert [g.key for g in collect_garbage(store)] == [f"tmp/x-{dead}-abc"]
     assert store.list("tmp") == []
+    # write times, which stored outcomes are collected by, come from every store
+    store.put("_shardwren/results/job/0", b"x")
+    assert abs(store.modified("_shardwren/results/job/0") - time.time()) < 120
+    assert [g.kind for g in collect_garbage(store, results_max_age=3600)] == []
+    assert [g.kind for g in collect_garbage(store, results_max_age=0)] == ["result"]
+    assert store.list("_shardwren/results") == []
+
+
+def test_stored_outcomes_go_by_age_and_only_when_asked(tmp_path):
+    """Outcomes written for futures pickled before they finished are nobody's garbage
+    until the user says how old is too old (``--results-older-than DAYS``)."""
+    import pickle
+
+    from shardwren.storage._gc import RESULTS_PREFIX
+
+    url = f"file://{tmp_path}/store"
+    with shardwren.default_executor(store=url, workers=1, progress=False) as ex:
+        fs = ex.map(lambda x: (time.sleep(0.3), x)[1], range(2))
+        blobs = [pickle.dumps(f) for f in fs]  # unfinished: their outcomes go to the store
+        shardwren.wait(fs)
+    store = shardwren.open_store(url)
+    deadline = time.time() + 30
+    while len(store.list(RESULTS_PREFIX)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    old, fresh = store.list(RESULTS_PREFIX)
+    assert abs(store.modified(fresh) - time.time()) < 60
+    three_days = time.time() - 3 * 86400
+    os.utime(store.path(old), (three_days, three_days))
+    assert not [g for g in collect_garbage(store, dry_run=True) if g.kind == "result"]
+    runner = CliRunner()
+    out = runner.invoke(main, ["store", "gc", "--store", url, "--results-older-than", "1"])
+    assert out.exit_code == 0, out.output
+    assert f"removed result   {old}" in out.output and "3.0 days ago" in out.output
+    assert store.list(RESULTS_PREFIX) == [fresh]
+    assert pickle.loads(blobs[1]).result(timeout=30) == 1  # the kept one still loads
+    bad = runner.invoke(main, ["store", "gc", "--store", url, "--results-older-than", "-1"])
+    assert bad.exit_code != 0 and "results-older-than" in bad.output

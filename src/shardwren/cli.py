@@ -402,15 +402,20 @@ def store_group() -> None:
 @store_group.command("gc")
 @click.option("--store", default=None, help="Store to clean (default: the default store).")
 @click.option("--dry-run", is_flag=True, help="List what would be removed; remove nothing.")
-def store_gc(store, dry_run) -> None:
+@click.option("--results-older-than", type=click.FloatRange(min=0), default=None, metavar="DAYS",
+              help="Also remove outcomes stored for pickled futures (_shardwren/results) "
+                   "written more than DAYS days ago (default: keep them).")
+def store_gc(store, dry_run, results_older_than) -> None:
     """Remove what killed processes left behind: scratch inputs (tmp/<name>-<owner>-<id>),
     .partial temporaries and leases of owners that are dead. A live job's are kept.
+    Outcomes stored for pickled futures go only by age (--results-older-than).
     """
     from .storage import collect_garbage, open_store
 
+    max_age = None if results_older_than is None else results_older_than * 86400
     try:
         s = open_store(store)
-        found = collect_garbage(s, dry_run=dry_run)
+        found = collect_garbage(s, dry_run=dry_run, results_max_age=max_age)
     except ShardwrenError as exc:
         raise click.ClickException(str(exc)) from None
     verb = "would remove" if dry_run else "removed"

@@ -28,12 +28,10 @@ from .errors import ConfigError, ExecutorShutdownError, InvalidParameterError, N
 from .futures import ALL_COMPLETED, Future, get_all_results, outcome_record, wait
 from .jobs import JobHistory, JobLog, JobRecord, as_table, format_summary, records, summarize
 from .storage import Store, open_store
+from .storage._gc import RESULTS_PREFIX  # where pickled futures' outcomes go (store gc knows it)
 
 _job_counter = itertools.count()
 log = logging.getLogger(__name__)
-
-#: Where outcomes of futures pickled before they finished are written, in the store.
-RESULTS_PREFIX = "_shardwren/results"
 
 #: Seconds between two looks at running maps for stragglers.
 SPECULATION_PERIOD = 0.25

@@ -253,6 +253,28 @@ class Store:
             raise self._prefix(key)
         return int(info["size"])
 
+    def modified(self, key: str) -> float | None:
+        """When the value at ``key`` was last written (seconds since the epoch), or
+        ``None`` when the file system does not say."""
+        path = self.path(key)
+        try:
+            if self.is_local:
+                return os.stat(path).st_mtime
+            info = self.fs.info(path)
+        except (FileNotFoundError, NotADirectoryError):
+            raise self._missing(key) from None
+        for field in ("mtime", "LastModified", "last_modified", "updated", "created"):
+            value = info.get(field)
+            if value is None:
+                continue
+            if hasattr(value, "timestamp"):  # a datetime (s3fs, gcsfs)
+                return float(value.timestamp())
+            try:
+                return float(value)
+            except (TypeError, ValueError):
+                continue
+        return None
+
     def exists(self, key: str) -> bool:
         """Whether ``key`` holds a value."""
         return self.fs.isfile(self.path(key))

@@ -1,12 +1,16 @@
 """Garbage a killed process leaves in a store, and its removal (``shardwren store gc``).
 
-Three kinds, each named after its owner (see :mod:`._owners`):
+Three kinds, each named after its owner (see :mod:`._owners`), and a fourth on request:
 
 * **scratch**: ``tmp/<name>-<owner tag>-<id>``, the inputs and intermediates a
   driver shards into the store for one call and deletes when the call ends;
 * **partial**: ``<key>.<owner tag>.<id>.partial``, a local value being written
   (renamed into place when complete);
-* **lease**: ``_shardwren/owners/<owner tag>.json``, an owner's sign of life.
+* **lease**: ``_shardwren/owners/<owner tag>.json``, an owner's sign of life;
+* **result** (only with ``results_max_age``): ``_shardwren/results/<job>/<task>``, the
+  outcome of a future pickled before it finished, written so that a copy loaded
+  later elsewhere can fetch it. Nothing says when nobody will ask for it any more,
+  so it is collected by age alone, when the caller gives one.
 
 Something is garbage when its owner is dead: on this machine, its process is
 gone; elsewhere, its lease expired. A ``.partial`` written by a process on another
@@ -30,6 +34,8 @@ if TYPE_CHECKING:
 SCRATCH_PREFIX = "tmp"
 #: A lease-less ``.partial`` older than this (seconds) is abandoned.
 PARTIAL_MAX_AGE_S = 3600.0
+#: Where an executor writes the outcomes of futures pickled before they finished.
+RESULTS_PREFIX = "_shardwren/results"
 
 
 @dataclass(frozen=True)
@@ -39,7 +45,7 @@ class Garbage:
     key: str
     """The key, or for scratch the prefix of every key removed."""
     kind: str
-    """``"scratch"``, ``"partial"`` or ``"lease"``."""
+    """``"scratch"``, ``"partial"``, ``"lease"`` or ``"result"``."""
     owner: str | None
     """The owner tag (None for an untagged ``.partial`` of an older shardwren)."""
     nbytes: int
@@ -61,8 +67,10 @@ def _dead_reason(tag: str) -> str:
             f"renewed no lease for {_owners.LEASE_TTL_S:.0f} s")
 
 
-def find_garbage(store: Store, partial_max_age: float = PARTIAL_MAX_AGE_S) -> list[Garbage]:
-    """What no live process owns in ``store`` (nothing is removed)."""
+def find_garbage(store: Store, partial_max_age: float = PARTIAL_MAX_AGE_S,
+                 results_max_age: float | None = None) -> list[Garbage]:
+    """What no live process owns in ``store`` and, with ``results_max_age`` (seconds),
+    stored outcomes older than that (nothing is removed)."""
     found: list[Garbage] = []
     alive: dict[str, bool] = {}
     now = time.time()
@@ -102,6 +110,17 @@ def find_garbage(store: Store, partial_max_age: float = PARTIAL_MAX_AGE_S) -> li
         tag = _owners.find_tag(key.rsplit("/", 1)[-1])
         if tag is not None and not _alive(store, tag, alive):
             found.append(Garbage(key, "lease", tag, _size(store, key), _dead_reason(tag)))
+    # stored outcomes, by age
+    if results_max_age is not None:
+        for key in store.list(RESULTS_PREFIX):
+            try:
+                written = store.modified(key)
+            except OSError:
+                continue  # removed meanwhile
+            if written is not None and now - written >= results_max_age:
+                found.append(Garbage(key, "result", None, _size(store, key),
+                                     f"a stored outcome written {(now - written) / 86400:.1f} "
+                                     "days ago"))
     return found
 
 
@@ -113,7 +132,8 @@ def _size(store: Store, key: str) -> int:
 
 
 def collect_garbage(store: Store | str | None = None, dry_run: bool = False,
-                    partial_max_age: float = PARTIAL_MAX_AGE_S) -> list[Garbage]:
+                    partial_max_age: float = PARTIAL_MAX_AGE_S,
+                    results_max_age: float | None = None) -> list[Garbage]:
     """Remove what killed processes left in a store, and say what it was.
 
     Parameters
@@ -125,6 +145,10 @@ def collect_garbage(store: Store | str | None = None, dry_run: bool = False,
     partial_max_age : float
         Seconds after which a ``.partial`` temporary of a process whose liveness
         cannot be checked (another machine, no lease) counts as abandoned.
+    results_max_age : float, optional
+        Also remove outcomes stored for pickled futures (``_shardwren/results``)
+        written more than this many seconds ago (default: keep them all). A future
+        pickled earlier and loaded after that can no longer fetch its outcome.
 
     Returns
     -------
@@ -134,7 +158,7 @@ def collect_garbage(store: Store | str | None = None, dry_run: bool = False,
     from . import open_store
 
     store = open_store(store)
-    found = find_garbage(store, partial_max_age)
+    found = find_garbage(store, partial_max_age, results_max_age)
     if not dry_run:
         for g in found:
             store.delete(g.key, missing_ok=True)
