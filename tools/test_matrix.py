@@ -228,8 +228,15 @@ def install(leg: Leg, python: str, venv: Path, log, timeout: float) -> tuple[boo
     stamp = venv / "matrix-recipe.json"
     vpy = str(venv / "bin" / "python")
     if stamp.exists() and json.loads(stamp.read_text()) == recipe:
+        # The dependencies are the recipe's; shardwren itself is this checkout's, built again
+        # (a reused environment kept the build of its first run: the tests then ran new
+        # tests against old code).
+        code = run([vpy, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                    "--no-deps", "--force-reinstall", "."], log, timeout)
+        if code != 0:
+            return False, f"reinstalling shardwren from the checkout failed (exit {code})"
         run([vpy, "-m", "pip", "freeze"], log, 120)  # what was tested, in the log
-        return True, "reused"
+        return True, "reused, shardwren rebuilt"
     shutil.rmtree(venv, ignore_errors=True)
     pip = [vpy, "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
     target = "." + (f"[{','.join(leg.extras)}]" if leg.extras else "")
