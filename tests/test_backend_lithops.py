@@ -71,6 +71,18 @@ def _wait_for(path, timeout=60.0):
     raise AssertionError(f"the task never started ({path})")
 
 
+def _assert_group_gone(pgid, what, within=15.0):
+    """The Lithops runner's process group (runner and call processes) ends within seconds."""
+    deadline = time.time() + within
+    while time.time() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"the Lithops runner's processes outlived {what}")
+
+
 def test_function_process_killed_mid_task_is_a_crash_and_retried(lithops_ex, tmp_path):
     marker = str(tmp_path / "pid")
     f = lithops_ex.map(_pid_then_sleep, [marker], retries=1)[0]
@@ -304,15 +316,7 @@ def test_terminate_leaves_no_runner(tmp_path):
     from shardwren.errors import ExecutorShutdownError
 
     assert isinstance(f.exception(timeout=30), ExecutorShutdownError)
-    deadline = time.time() + 15
-    while time.time() < deadline:
-        try:
-            os.killpg(pgid, 0)
-        except ProcessLookupError:
-            break
-        time.sleep(0.1)
-    else:
-        raise AssertionError("the Lithops runner's processes outlived shutdown")
+    _assert_group_gone(pgid, "shutdown")
 
 
 def test_new_lanes_created_from_several_threads_at_once(tmp_path):
@@ -415,15 +419,7 @@ def test_runner_dies_with_a_killed_driver(tmp_path):
         assert pgid != os.getpgrp()
         driver.kill()
         driver.wait(timeout=30)
-        deadline = time.time() + 15
-        while time.time() < deadline:
-            try:
-                os.killpg(pgid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.1)
-        else:
-            raise AssertionError("the Lithops runner's processes outlived their killed driver")
+        _assert_group_gone(pgid, "their killed driver")
     finally:
         if driver.poll() is None:
             driver.kill()
