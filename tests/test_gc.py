@@ -171,6 +171,12 @@ def test_stored_outcomes_go_by_age_and_only_when_asked(tmp_path):
         time.sleep(0.05)
     old, fresh = store.list(RESULTS_PREFIX)
     assert abs(store.modified(fresh) - time.time()) < 60
+    from shardwren.errors import KeyIsPrefixError, KeyNotFoundError
+
+    with pytest.raises(KeyIsPrefixError):
+        store.modified(RESULTS_PREFIX)  # a folder of keys, as size() says
+    with pytest.raises(KeyNotFoundError):
+        store.modified(f"{RESULTS_PREFIX}/no/such")
     three_days = time.time() - 3 * 86400
     os.utime(store.path(old), (three_days, three_days))
     assert not [g for g in collect_garbage(store, dry_run=True) if g.kind == "result"]

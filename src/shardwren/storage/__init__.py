@@ -259,10 +259,15 @@ class Store:
         path = self.path(key)
         try:
             if self.is_local:
-                return os.stat(path).st_mtime
+                info_local = os.stat(path)
+                if stat.S_ISDIR(info_local.st_mode):
+                    raise self._prefix(key)
+                return info_local.st_mtime
             info = self.fs.info(path)
         except (FileNotFoundError, NotADirectoryError):
             raise self._missing(key) from None
+        if info.get("type") == "directory":
+            raise self._prefix(key)
         for field in ("mtime", "LastModified", "last_modified", "updated", "created"):
             value = info.get(field)
             if value is None:
