@@ -69,6 +69,14 @@ def test_plan_cli(tmp_path):
                                   "--exact-per-query", "380"])
     assert r.exit_code == 0, r.output
     assert "1-NN pruned, 10,000 queries x 8,100,000 rows" in r.output and "per worker" in r.output
+    walls = {}
+    for flag in ("--integers", "--no-integers"):
+        r = CliRunner().invoke(main, ["plan", "knn", "--train-rows", "60000", "--query-rows",
+                                      "10000", "--exact-per-query", "3000", "--profile",
+                                      "lambda", flag])
+        assert r.exit_code == 0, r.output
+        walls[flag] = float(r.output.split(" s wall")[0].rsplit(" ", 1)[1])
+    assert walls["--integers"] < walls["--no-integers"]
     r = CliRunner().invoke(main, ["plan", "matmul", "--n", "65536", "--workers", "1000",
                                   "--profile", "lambda"])
     assert r.exit_code == 0 and "$" in r.output, r.output
@@ -82,8 +90,15 @@ def test_calibrate_measures_this_machine(executor):
     assert prof.name == "test"
     for field in ("gemm32_s_per_flop", "gemm32_thin_s_per_flop", "select_s_per_pair",
                   "exact_s_per_feature", "project_s_per_feature", "read_bytes_per_s",
-                  "write_bytes_per_s", "task_overhead_s"):
+                  "write_bytes_per_s", "task_overhead_s", "exact_int_s_per_feature"):
         assert 0 < getattr(prof, field) < float("inf"), field
     assert prof.worker_base_bytes > 10 << 20  # a worker process's own RSS, measured
+    # the integer path of exact distances is the cheaper one, and the model uses it
+    assert prof.exact_int_s_per_feature < prof.exact_s_per_feature
+    many = dict(method="pruned", profile=prof, exact_per_query=5000)
+    assert capacity.knn(60_000, 10_000, 784, itemsize=4, integers=True, **many).task_s < \
+        capacity.knn(60_000, 10_000, 784, itemsize=4, **many).task_s
+    assert capacity.knn(60_000, 10_000, 784, itemsize=1, **many).task_s < \
+        capacity.knn(60_000, 10_000, 784, itemsize=1, integers=False, **many).task_s
     est = capacity.knn(60_000, 10_000, 784, profile=prof)
     assert est.wall_s > 0

@@ -251,3 +251,104 @@ def test_threaded_dask_worker_knn_pruned_matmul(dask_threaded_ex, mnist):
     C = matmul(A, B, executor=dask_threaded_ex, block_size=128)
     np.testing.assert_allclose(C.numpy(), A @ B, rtol=1e-10, atol=1e-10)
     C.delete()
+
+
+# --- the integer path of exact distances ----------------------------------------------------
+
+SMALL_INTS = ["uint8", "int8", "int16", "uint16"]
+
+
+@st.composite
+def integer_rows(draw):
+    """Two matrices of small integers (dtypes drawn separately), values pushed to the
+    dtypes' extremes, and row pairs between them."""
+    da, db = draw(st.sampled_from(SMALL_INTS)), draw(st.sampled_from(SMALL_INTS))
+    d = draw(st.sampled_from([1, 2, 7, 16, 129, 784]))
+    seed = draw(st.integers(0, 2**32 - 1))
+    rng = np.random.default_rng(seed)
+
+    def rows(dtype: str, n: int) -> np.ndarray:
+        info = np.iinfo(dtype)
+        edges = np.array([info.min, info.max, 0 if info.min < 0 else info.min, info.max // 2])
+        X = rng.integers(info.min, int(info.max) + 1, (n, d))
+        ends = rng.random((n, d)) < draw(st.sampled_from([0.0, 0.5, 1.0]))
+        X[ends] = rng.choice(edges, ends.sum())
+        return X.astype(dtype)
+
+    A, B = rows(da, draw(st.integers(1, 30))), rows(db, draw(st.integers(1, 30)))
+    pairs = draw(st.integers(0, 300))
+    return A, B, rng.integers(0, len(A), pairs), rng.integers(0, len(B), pairs)
+
+
+@given(integer_rows())
+@settings(max_examples=150)
+def test_integer_exact_distances_are_bitwise_the_float64_reference(p):
+    from shardwren.linalg.kernels import exact_sq_dist
+
+    A, B, ia, ib = p
+    want = ((A[ia].astype(np.float64) - B[ib].astype(np.float64)) ** 2).sum(axis=1)
+    got = exact_sq_dist(A, B, ia, ib, chunk_bytes=4096)  # several chunks
+    assert got.dtype == np.float64
+    np.testing.assert_array_equal(got, want)
+
+
+def test_integer_plan_takes_only_sums_that_stay_exact():
+    from shardwren.linalg.kernels import _integer_plan
+
+    u8, i8, i16, u16 = (np.dtype(t) for t in SMALL_INTS)
+    assert _integer_plan(u8, u8, 784) == (np.dtype("int16"), np.dtype("uint16"),
+                                          np.dtype("uint32"))
+    # uint8 against int8: differences up to 383, whose squares need 32 bits
+    assert _integer_plan(u8, i8, 784)[:2] == (np.dtype("int32"), np.dtype("uint32"))
+    # 65535**2 * 784 passes 2**32: the sum goes to 64 bits
+    assert _integer_plan(u16, u16, 784)[2] == np.dtype("uint64")
+    assert _integer_plan(u16, u16, 2**53 // 65535**2 + 1) is None  # past 2**53
+    assert _integer_plan(u16, i16, 4) is None  # differences up to 98303: squares pass 2**32
+    for other in ("int32", "int64", "float32", "float64", "bool"):
+        assert _integer_plan(u8, np.dtype(other), 4) is None
+
+
+@pytest.mark.parametrize("values, dtype", [
+    ([[0.0, 255.0], [17.0, -0.0]], "uint8"),
+    ([[-128.0, 127.0], [0.0, 3.0]], "int8"),
+    ([[-129.0, 0.0], [1.0, 2.0]], "int16"),
+    ([[65535.0, 0.0], [1.0, 2.0]], "uint16"),
+])
+@pytest.mark.parametrize("float_dtype", ["float16", "float32", "float64"])
+def test_narrow_integers_converts_integral_floats_exactly(values, dtype, float_dtype):
+    from shardwren.linalg.kernels import narrow_integers
+
+    X = np.array(values, dtype=np.float64)
+    if float_dtype == "float16" and np.abs(X).max() > 2048:
+        pytest.skip("float16 does not hold these integers")
+    X = X.astype(float_dtype)
+    Y = narrow_integers(X)
+    assert Y.dtype == np.dtype(dtype)
+    np.testing.assert_array_equal(Y.astype(np.float64), X.astype(np.float64))
+
+
+@pytest.mark.parametrize("values", [
+    [[0.0, 1.0], [2.0, 2.5]],          # a fraction after an integral first row
+    [[0.5, 1.0], [2.0, 3.0]],          # a fraction in the first row
+    [[0.0, 70000.0], [1.0, 2.0]],      # beyond 16 bits
+    [[-40000.0, 0.0], [1.0, 2.0]],
+    [[1e6 + 1, 1e6], [1e6, 1e6]],      # integral, but a large offset
+])
+def test_narrow_integers_leaves_other_data_alone(values):
+    from shardwren.linalg.kernels import narrow_integers
+
+    X = np.array(values, dtype=np.float32)
+    assert narrow_integers(X) is X
+    U = np.array([[1, 2]], dtype=np.int32)
+    assert narrow_integers(U) is U
+
+
+def test_knn_on_integral_float_pixels_is_exact_both_ways(executor, mnist):
+    """MNIST as float32 pixels takes the integer path; its answers stay the reference's,
+    also against queries that are not integral (which cannot take it)."""
+    X, _, Xt, _ = mnist
+    train, query = X[:3000], Xt[:200].copy()
+    query[100:] += np.float32(0.25)
+    for method in ("brute", "pruned"):
+        assert_exact(knn(train, query, 3, executor=executor, block_size=1000, method=method),
+                     train, query, 3)

@@ -53,6 +53,13 @@ class Profile:
     usd_per_request: float = 0.0   # serverless price of one invocation
     notes: tuple[str, ...] = ()
     max_task_s: float = 0.0        # the platform kills a task after this long (0: no limit)
+    exact_int_s_per_feature: float = 0.0  # the same for 8- and 16-bit integer rows
+    #                                       (kernels' integer path; 0: unknown, use the above)
+
+    def exact_cost(self, integers: bool) -> float:
+        """Seconds per feature of one exact distance between integer rows or others."""
+        return self.exact_int_s_per_feature if integers and self.exact_int_s_per_feature \
+            else self.exact_s_per_feature
 
     def save(self, path: str | os.PathLike) -> None:
         Path(path).write_text(json.dumps(asdict(self), indent=2))
@@ -74,12 +81,15 @@ LAMBDA = Profile(
     name="aws-lambda-10GB",
     gemm32_s_per_flop=1 / 200e9, gemm32_thin_s_per_flop=1 / 60e9,
     select_s_per_pair=1.6e-9, exact_s_per_feature=2.5e-9, project_s_per_feature=4e-12,
+    exact_int_s_per_feature=0.9e-9,
     read_bytes_per_s=90e6, write_bytes_per_s=70e6, task_overhead_s=0.04,
     request_s=0.02, startup_s=1.5, memory_per_worker=10 << 30,
     usd_per_gb_s=0.0000166667, usd_per_request=0.2e-6,
     notes=("sgemm ~35 GFLOP/s per vCPU (AVX2), 6 vCPUs at 10 GB",
            "S3 ~90 MB/s per function, 20 ms per request", "cold start 1.5 s",
-           "prices: us-east-1 x86, 2026-11"),
+           "prices: us-east-1 x86, 2026-11",
+           "exact distances on 8- and 16-bit integers at 0.36x float64's cost (the "
+           "ratio measured on the development machine)"),
     max_task_s=900.0)  # Lambda's 15-minute limit per invocation
 
 
@@ -127,15 +137,17 @@ def _usd(p: Profile, task_s: float, tasks: int, workers: int) -> float | None:
 def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
         method: str = "brute", profile: Profile | None = None, block: int = 4000,
         itemsize: int = 4, m: int = 32, exact_per_query: float | None = None,
-        constant_columns: int = 0) -> Estimate:
+        constant_columns: int = 0, integers: bool | None = None) -> Estimate:
     """Predicted cost of ``shardwren.linalg.knn`` (query-vs-train, or train-vs-train
     when ``n_query`` is 0... use ``n_query = n_train`` for leave-one-out sizes).
 
     ``exact_per_query`` (exact distances per query over the whole job, from
     ``timings`` of a measured run) defaults to k per tile for brute force and 30 k for
-    pruned queries.
+    pruned queries. ``integers`` (the rows are small integers, or floats holding only
+    such, so exact distances take the integer path) defaults to ``itemsize <= 2``.
     """
     p = profile or local_profile()
+    exact_s = p.exact_cost(itemsize <= 2 if integers is None else integers)
     nb_t, nb_q = -(-n_train // block), -(-n_query // block)
     dk = d - constant_columns
     data = n_train * d * itemsize
@@ -147,7 +159,7 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
         exact_total = exact_per_query if exact_per_query is not None else k * nb_t
         pairs = block * block
         per_tile = (2 * pairs * (dk + 2) * p.gemm32_s_per_flop + pairs * p.select_s_per_pair
-                    + exact_total / nb_t * block * d * p.exact_s_per_feature
+                    + exact_total / nb_t * block * d * exact_s
                     + p.task_overhead_s)
         prep_task = block * d * itemsize / p.read_bytes_per_s + p.task_overhead_s
         phases = {"prepare": _waves(nb_t, workers, prep_task, p.startup_s),
@@ -185,7 +197,7 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
         work1 = n_query * n_sample * block * per_pair + n_sample * block * per_row * \
             min(workers, max(1, n_query // 256))
         work2 = n_query * (n_train - n_sample * block) * per_pair + project
-        work_exact = n_query * exact * d * p.exact_s_per_feature
+        work_exact = n_query * exact * d * exact_s
         t1 = work1 / workers + p.task_overhead_s
         per_range = (work2 + work_exact) / (ranges * groups) + p.task_overhead_s + \
             data / (ranges * groups) / p.read_bytes_per_s + qdata / p.read_bytes_per_s
@@ -301,6 +313,9 @@ def measure_kernels(scratch_dir: str | None = None) -> dict[str, float]:
     idx = rng.integers(0, 4000, 20000)
     out["exact_s_per_feature"] = _timed(
         lambda: kernels.exact_sq_dist(X, X, idx, idx[::-1])) / (20000 * 784)
+    X8 = X.astype(np.uint8)
+    out["exact_int_s_per_feature"] = _timed(
+        lambda: kernels.exact_sq_dist(X8, X8, idx, idx[::-1])) / (20000 * 784)
     P = np.linalg.qr(rng.standard_normal((784, 32)))[0].T
     from .linalg import pruned
 
@@ -369,7 +384,7 @@ def profile_path(name: str = "local") -> Path:
 DEV_MACHINE = Profile(
     name="dev-machine", gemm32_s_per_flop=1 / 160e9, gemm32_thin_s_per_flop=1 / 60e9,
     select_s_per_pair=0.9e-9, exact_s_per_feature=0.6e-9, project_s_per_feature=2e-12,
-    read_bytes_per_s=2e9, write_bytes_per_s=1e9, task_overhead_s=0.002,
+    exact_int_s_per_feature=0.22e-9, read_bytes_per_s=2e9, write_bytes_per_s=1e9, task_overhead_s=0.002,
     notes=("defaults measured on the 2-core development machine; run `shardwren plan "
            "--calibrate` for this one",))
 

@@ -553,6 +553,10 @@ def plan_calibrate(workers, backend, store) -> None:
 @click.option("--block-size", type=int, default=4000, show_default=True)
 @click.option("--itemsize", type=int, default=4, show_default=True,
               help="Bytes per stored value (1 for uint8 pixels).")
+@click.option("--integers/--no-integers", default=None,
+              help="The values are small integers (8- or 16-bit, or floats holding only such, "
+                   "like pixels stored as float32): exact distances take the faster integer "
+                   "path. Default: when --itemsize is 1 or 2.")
 @click.option("--exact-per-query", type=float, default=None,
               help="Exact distances per query, from a measured run's timings "
                    "(default: k per tile for brute force, 30 k for pruned).")
@@ -562,13 +566,13 @@ def plan_calibrate(workers, backend, store) -> None:
 @click.option("--profile", "profile_name", default="local", show_default=True,
               help="local (calibrated or the development machine's), lambda, or a file.")
 def plan_knn(train_rows, query_rows, features, k, method, workers, block_size, itemsize,
-             exact_per_query, m, profile_name) -> None:
+             integers, exact_per_query, m, profile_name) -> None:
     """Predicted cost of an exact k-NN job."""
     from . import capacity
 
     prof = _profile(profile_name)
     est = capacity.knn(train_rows, query_rows, features, k, workers, method, prof, block_size,
-                       itemsize, m=m, exact_per_query=exact_per_query)
+                       itemsize, m=m, exact_per_query=exact_per_query, integers=integers)
     click.echo(str(est))
     _refuse_if_unfit(est, prof)
 

@@ -71,8 +71,13 @@ def exact_sq_dist(A: np.ndarray, B: np.ndarray, ia: np.ndarray, ib: np.ndarray,
     values beyond 2**53, which round as in the reference), subtracted, squared and
     summed with numpy's pairwise summation: bitwise the float64 reference.
     Works through the pairs in chunks small enough to stay in cache, in two
-    reused float64 buffers (converting on assignment is several times faster than
-    a mixed-type subtraction).
+    reused buffers (converting on assignment is several times faster than a
+    mixed-type subtraction).
+
+    Rows of small integers (8- and 16-bit, see :func:`narrow_integers`) take an
+    integer path, about 2.7x faster: every partial sum of their squared
+    differences is an integer below 2**53, which float64 holds exactly, so the
+    reference's float64 sum is that integer whatever its order, and so is ours.
     """
     ia, ib = np.asarray(ia), np.asarray(ib)
     out = np.empty(len(ia), dtype=np.float64)
@@ -80,8 +85,10 @@ def exact_sq_dist(A: np.ndarray, B: np.ndarray, ia: np.ndarray, ib: np.ndarray,
     if d == 0 or len(ia) == 0:
         out[:] = 0
         return out
-    step = max(1, chunk_bytes // (8 * d))
-    abuf = np.empty((min(step, len(ia)), d))
+    plan = _integer_plan(A.dtype, B.dtype, d)
+    work = np.dtype(np.float64) if plan is None else plan[0]
+    step = max(1, chunk_bytes // (work.itemsize * d))
+    abuf = np.empty((min(step, len(ia)), d), dtype=work)
     bbuf = np.empty_like(abuf)
     for s in range(0, len(ia), step):
         sa, sb = ia[s:s + step], ib[s:s + step]
@@ -89,9 +96,53 @@ def exact_sq_dist(A: np.ndarray, B: np.ndarray, ia: np.ndarray, ib: np.ndarray,
         a[...] = A[sa]
         b[...] = B[sb]
         np.subtract(a, b, out=a)
-        np.square(a, out=a)
-        out[s:s + len(sa)] = a.sum(axis=1)
+        if plan is None:
+            np.square(a, out=a)
+            out[s:s + len(sa)] = a.sum(axis=1)
+        else:
+            # The square wraps modulo 2**bits in the signed type; it is below
+            # 2**bits, so the unsigned view of the same bits is the square.
+            np.multiply(a, a, out=a)
+            out[s:s + len(sa)] = a.view(plan[1]).sum(axis=1, dtype=plan[2])
     return out
+
+
+def _integer_plan(a: np.dtype, b: np.dtype, d: int
+                  ) -> tuple[np.dtype, np.dtype, np.dtype] | None:
+    """``(difference dtype, square dtype, sum dtype)`` for the exact integer path of
+    :func:`exact_sq_dist`, or None when the dtypes or ``d`` do not allow it."""
+    if a.kind not in "iu" or b.kind not in "iu" or max(a.itemsize, b.itemsize) > 2:
+        return None
+    lo = min(int(np.iinfo(a).min), int(np.iinfo(b).min))
+    span = max(int(np.iinfo(a).max), int(np.iinfo(b).max)) - lo
+    bits = 16 if span ** 2 < 2 ** 16 else 32 if span ** 2 < 2 ** 32 else 0
+    total = d * span ** 2  # the largest possible sum
+    if not bits or total >= 2 ** 53:
+        return None
+    return (np.dtype(f"int{bits}"), np.dtype(f"uint{bits}"),
+            np.dtype(np.uint32 if total < 2 ** 32 else np.uint64))
+
+
+def narrow_integers(X: np.ndarray) -> np.ndarray:
+    """``X`` as 8- or 16-bit integers when it is floating point and every value is
+    an integer in that range (pixels stored as float32, say); ``X`` itself otherwise.
+
+    Exact distances between rows are the same either way (the conversion is exact),
+    and :func:`exact_sq_dist` takes its faster integer path on the narrow copy,
+    which is also a quarter of float32's memory. ``X`` must be finite.
+    """
+    if X.dtype.kind != "f" or X.size == 0:
+        return X
+    first = X.reshape(-1)[: X.shape[-1]]
+    if not np.array_equal(first, np.rint(first)):  # cheap early exit for real-valued data
+        return X
+    lo, hi = X.min(), X.max()
+    for t in (np.uint8, np.int8, np.int16, np.uint16):
+        info = np.iinfo(t)
+        if info.min <= lo and hi <= info.max:
+            Y = X.astype(t)
+            return Y if np.array_equal(Y, X) else X
+    return X
 
 
 def best_k(qs: np.ndarray, xs: np.ndarray, ds: np.ndarray, n: int, k: int) -> Partial:

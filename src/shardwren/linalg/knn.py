@@ -82,6 +82,7 @@ from .kernels import (
     gamma,
     gemm_nt,
     merge,
+    narrow_integers,
     topk_rows,
     tree_merge,
     vote,
@@ -160,7 +161,8 @@ def _centred(X: np.ndarray, prep: Prep, rows: int = 1024) -> tuple[np.ndarray, n
 
 def _left(M: ShardedMatrix, i: int, prep: Prep, what: str):
     """Block i as GEMM rows ``[x~, 1, |x~|**2]``, their norms, the constant columns'
-    part of each row's distance, and the raw block."""
+    part of each row's distance, and the raw block (as small integers when it holds
+    only such: :func:`.kernels.narrow_integers`)."""
     def make():
         raw = M.get_block(i, 0, copy=False)
         check_finite(raw, i * M.shard_sizes[0], what)
@@ -174,13 +176,14 @@ def _left(M: ShardedMatrix, i: int, prep: Prep, what: str):
         if prep.const_idx.size:
             diff = np.subtract(raw[:, prep.const_idx], prep.const_val, dtype=np.float64)
             rest = np.einsum("ij,ij->i", diff, diff)
-        return form, norms, rest, raw
+        return form, norms, rest, narrow_integers(raw)
 
     return CACHE.get(("knn-left", prep.token, M.store.url, M.key, i), make)
 
 
 def _right(T: ShardedMatrix, j: int, prep: Prep):
-    """Training block j as GEMM rows ``[-2 t~, |t~|**2, 1]``, the largest norm, and the raw block."""
+    """Training block j as GEMM rows ``[-2 t~, |t~|**2, 1]``, the largest norm, and the raw
+    block (as small integers when it holds only such)."""
     def make():
         raw = T.get_block(j, 0, copy=False)
         check_finite(raw, j * T.shard_sizes[0], "the training set")
@@ -189,7 +192,7 @@ def _right(T: ShardedMatrix, j: int, prep: Prep):
         np.multiply(t, -2, out=form[:, :-2])
         form[:, -2] = norms ** 2
         form[:, -1] = 1
-        return form, norms, float(norms.max(initial=0.0)), raw
+        return form, norms, float(norms.max(initial=0.0)), narrow_integers(raw)
 
     return CACHE.get(("knn-right", prep.token, T.store.url, T.key, j), make)
 
