@@ -35,8 +35,9 @@ class Profile:
     name: str
     gemm32_s_per_flop: float       # float32 GEMM with a long inner dimension (784)
     gemm32_thin_s_per_flop: float  # float32 GEMM with a short one (m + 4 = 36): output-bound
-    select_s_per_pair: float       # one selection pass over an estimate/bound tile, per entry
-    exact_s_per_feature: float     # one exact float64 distance, per feature
+    select_s_per_pair: float       # the selection passes over an estimate/bound tile, per entry
+    exact_s_per_feature: float     # one exact float64 distance and its fold into the
+    #                                query's best, per feature
     project_s_per_feature: float   # centring a training row for its projection, per feature
     #                                (the projection's GEMM is charged at gemm32_s_per_flop)
     read_bytes_per_s: float        # store -> memory, one worker
@@ -81,14 +82,14 @@ LAMBDA = Profile(
     name="aws-lambda-10GB",
     gemm32_s_per_flop=1 / 200e9, gemm32_thin_s_per_flop=1 / 60e9,
     select_s_per_pair=1.6e-9, exact_s_per_feature=2.5e-9, project_s_per_feature=4e-12,
-    exact_int_s_per_feature=0.9e-9,
+    exact_int_s_per_feature=1.1e-9,
     read_bytes_per_s=90e6, write_bytes_per_s=70e6, task_overhead_s=0.04,
     request_s=0.02, startup_s=1.5, memory_per_worker=10 << 30,
     usd_per_gb_s=0.0000166667, usd_per_request=0.2e-6,
     notes=("sgemm ~35 GFLOP/s per vCPU (AVX2), 6 vCPUs at 10 GB",
            "S3 ~90 MB/s per function, 20 ms per request", "cold start 1.5 s",
            "prices: us-east-1 x86, 2026-11",
-           "exact distances on 8- and 16-bit integers at 0.36x float64's cost (the "
+           "exact distances on 8- and 16-bit integers at 0.43x float64's cost (the "
            "ratio measured on the development machine)"),
     max_task_s=900.0)  # Lambda's 15-minute limit per invocation
 
@@ -307,17 +308,32 @@ def measure_kernels(scratch_dir: str | None = None) -> dict[str, float]:
     bT = np.ascontiguousarray(b[:, :36].T)
     out["gemm32_thin_s_per_flop"] = _timed(lambda: kernels.gemm(a36, bT)) / (2 * 1024 * 4000 * 36)
     S = kernels.gemm(a36, bT)
-    thr = S.min(axis=1) - 1
-    out["select_s_per_pair"] = _timed(lambda: kernels.below(S, thr)) / S.size
-    X = (rng.random((4000, 784)) * 255).astype(np.float32)
-    idx = rng.integers(0, 4000, 20000)
-    out["exact_s_per_feature"] = _timed(
-        lambda: kernels.exact_sq_dist(X, X, idx, idx[::-1])) / (20000 * 784)
-    X8 = X.astype(np.uint8)
-    out["exact_int_s_per_feature"] = _timed(
-        lambda: kernels.exact_sq_dist(X8, X8, idx, idx[::-1])) / (20000 * 784)
-    P = np.linalg.qr(rng.standard_normal((784, 32)))[0].T
     from .linalg import pruned
+
+    # A pruned tile's passes, as a query task makes them: group minima, the most
+    # promising entries, the entries under the threshold (here a few per row).
+    thr = np.partition(S, 2, axis=1)[:, 2].astype(np.float64)
+
+    def select() -> None:
+        gm = kernels.group_min(S, 1)
+        pruned._promising(S, gm, 1, thr)
+        kernels.below(S, thr, gm=gm)
+
+    out["select_s_per_pair"] = _timed(select) / S.size
+    # Exact distances as a query task computes them: the distances, then folding them
+    # into each query's best (2 pairs per query of a 1,024-query chunk).
+    X = (rng.random((4000, 784)) * 255).astype(np.float32)
+    Q = (rng.random((1024, 784)) * 255).astype(np.float32)
+    rows, cols = np.repeat(np.arange(1024), 2), rng.integers(0, 4000, 2048)
+
+    def exact(q: np.ndarray, x: np.ndarray) -> None:
+        pruned._update(rows, cols, 0, 0, q, x, np.full((1024, 1), np.inf),
+                       np.zeros((1024, 1), np.int64), np.full(1024, np.inf), 1, False, 0)
+
+    out["exact_s_per_feature"] = _timed(lambda: exact(Q, X)) / (2048 * 784)
+    Q8, X8 = Q.astype(np.uint8), X.astype(np.uint8)
+    out["exact_int_s_per_feature"] = _timed(lambda: exact(Q8, X8)) / (2048 * 784)
+    P = np.linalg.qr(rng.standard_normal((784, 32)))[0].T
 
     t_proj = _timed(
         lambda: pruned._augment_train(X, X.mean(0, dtype=np.float64), P, 1e-4, 1 / 256))
@@ -383,8 +399,8 @@ def profile_path(name: str = "local") -> Path:
 #: when no calibration of this machine has been saved.
 DEV_MACHINE = Profile(
     name="dev-machine", gemm32_s_per_flop=1 / 160e9, gemm32_thin_s_per_flop=1 / 60e9,
-    select_s_per_pair=0.9e-9, exact_s_per_feature=0.6e-9, project_s_per_feature=2e-12,
-    exact_int_s_per_feature=0.22e-9, read_bytes_per_s=2e9, write_bytes_per_s=1e9, task_overhead_s=0.002,
+    select_s_per_pair=0.77e-9, exact_s_per_feature=2.3e-9, project_s_per_feature=2e-12,
+    exact_int_s_per_feature=1.0e-9, read_bytes_per_s=2e9, write_bytes_per_s=1e9, task_overhead_s=0.002,
     notes=("defaults measured on the 2-core development machine; run `shardwren plan "
            "--calibrate` for this one",))
 
