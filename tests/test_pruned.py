@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shardwren.linalg import KNeighborsClassifier, knn
 from shardwren.linalg import pruned
@@ -162,3 +164,22 @@ def test_survivor_estimate_follows_how_fast_neighbours_come_closer():
             assert rate <= small["survivor_rate"][m]  # a smaller starting tau, never larger
     assert powers["low"] > 0.3  # 2 / 3 for squared distances on a 3-dimensional manifold
     assert powers["noise"] < 0.1  # 2 / 64
+
+
+@given(st.sampled_from(["float32", "float64", "uint8", "int16"]),
+       st.sampled_from([0.0, 1e-30, 1.0, 1e6, -3e12, 1e300]), st.integers(0, 2**32 - 1))
+def test_scale_is_the_power_of_two_of_the_largest_centred_value(dtype, offset, seed):
+    """Column max and min give the same spread as every centred value (without
+    the full-size float64 temporaries)."""
+    rng = np.random.default_rng(seed)
+    X = rng.standard_normal((50, 7)) * 10.0 ** rng.uniform(-3, 3, 7)
+    if dtype in ("uint8", "int16"):
+        info = np.iinfo(dtype)
+        X = rng.integers(info.min, int(info.max) + 1, X.shape).astype(dtype)
+    else:
+        X = (X + (min(offset, 1e30) if dtype == "float32" else offset)).astype(dtype)
+    mean = X.mean(axis=0, dtype=np.float64)
+    spread = float(np.max(np.abs(X - mean), initial=0.0))
+    want = float(np.ldexp(1.0, int(np.clip(-np.frexp(spread)[1], -500, 500)))) \
+        if spread > 0 else 1.0
+    assert pruned._scale_for(X, mean) == want

@@ -205,7 +205,14 @@ def _augment_train(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float,
 def _scale_for(sample: np.ndarray, mean: np.ndarray) -> float:
     """A power of two bringing the sample's centred values into [-1, 1] (within 2**+-500,
     so that its square stays a finite float64)."""
-    spread = float(np.max(np.abs(sample - mean), initial=0.0))
+    if not len(sample):
+        return 1.0
+    # max |x - mean| per column is at the column's max or min (subtracting a constant,
+    # rounded, is monotonic): no full-size float64 temporaries, which cost first-touch
+    # time on virtual machines.
+    hi = np.subtract(sample.max(axis=0), mean, dtype=np.float64)
+    lo = np.subtract(mean, sample.min(axis=0), dtype=np.float64)
+    spread = float(max(hi.max(initial=0.0), lo.max(initial=0.0)))
     if not spread > 0:
         return 1.0
     return float(np.ldexp(1.0, int(np.clip(-np.frexp(spread)[1], -500, 500))))
