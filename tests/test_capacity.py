@@ -102,3 +102,19 @@ def test_calibrate_measures_this_machine(executor):
         capacity.knn(60_000, 10_000, 784, itemsize=1, integers=False, **many).task_s
     est = capacity.knn(60_000, 10_000, 784, profile=prof)
     assert est.wall_s > 0
+
+
+def test_a_profile_saved_by_an_older_calibration_is_flagged(tmp_path, monkeypatch):
+    """A calibration saved before exact distances were timed with their fold (and the
+    integer path) under-prices them: estimates from it say so."""
+    from dataclasses import asdict
+
+    monkeypatch.setenv("SHARDWREN_HOME", str(tmp_path))
+    doc = asdict(capacity.DEV_MACHINE)
+    del doc["exact_int_s_per_feature"]
+    capacity.profile_path().write_text(json.dumps(doc))
+    prof = capacity.local_profile()
+    assert capacity.STALE_NOTE in prof.notes
+    assert capacity.STALE_NOTE in str(capacity.knn(60_000, 10_000, 784, profile=prof))
+    capacity.DEV_MACHINE.save(capacity.profile_path())
+    assert capacity.STALE_NOTE not in capacity.local_profile().notes

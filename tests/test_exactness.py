@@ -303,6 +303,7 @@ def test_integer_plan_takes_only_sums_that_stay_exact():
     # 65535**2 * 784 passes 2**32: the sum goes to 64 bits
     assert _integer_plan(u16, u16, 784)[2] == np.dtype("uint64")
     assert _integer_plan(u16, u16, 2**53 // 65535**2 + 1) is None  # past 2**53
+    assert _integer_plan(u16, u16, (2**53 - 1) // 65535**2) is not None  # the largest allowed
     assert _integer_plan(u16, i16, 4) is None  # differences up to 98303: squares pass 2**32
     for other in ("int32", "int64", "float32", "float64", "bool"):
         assert _integer_plan(u8, np.dtype(other), 4) is None
@@ -339,16 +340,46 @@ def test_narrow_integers_leaves_other_data_alone(values):
 
     X = np.array(values, dtype=np.float32)
     assert narrow_integers(X) is X
-    U = np.array([[1, 2]], dtype=np.int32)
-    assert narrow_integers(U) is U
+    if np.all(X == np.rint(X)):
+        wide = X.astype(np.int64)
+        assert narrow_integers(wide) is wide
+    for small in (np.array([[1, 2]], dtype=np.uint8), np.array([[-1, 2]], dtype=np.int16)):
+        assert narrow_integers(small) is small
+
+
+@pytest.mark.parametrize("dtype", ["int32", "int64", "uint32", "uint64", "bool"])
+def test_narrow_integers_narrows_wide_integers_with_small_values(dtype):
+    from shardwren.linalg.kernels import narrow_integers
+
+    X = np.array([[0, 1], [1, 0]] if dtype == "bool" else [[0, 255], [7, 3]]).astype(dtype)
+    Y = narrow_integers(X)
+    assert Y.dtype == np.uint8
+    np.testing.assert_array_equal(Y.astype(np.float64), X.astype(np.float64))
+
+
+def test_narrow_integers_does_not_overflow_float16():
+    """float16 cannot hold uint16's maximum: the range check must not cast it there."""
+    from shardwren.linalg.kernels import narrow_integers
+
+    X = np.array([[40000.0, 1.0], [65504.0, 0.0]], dtype=np.float16)
+    with np.errstate(all="raise"):
+        Y = narrow_integers(X)
+    assert Y.dtype == np.uint16
+    np.testing.assert_array_equal(Y.astype(np.float64), X.astype(np.float64))
 
 
 def test_knn_on_integral_float_pixels_is_exact_both_ways(executor, mnist):
     """MNIST as float32 pixels takes the integer path; its answers stay the reference's,
     also against queries that are not integral (which cannot take it)."""
+    from shardwren.linalg.kernels import narrow_integers, takes_integer_path
+
     X, _, Xt, _ = mnist
-    train, query = X[:3000], Xt[:200].copy()
-    query[100:] += np.float32(0.25)
-    for method in ("brute", "pruned"):
-        assert_exact(knn(train, query, 3, executor=executor, block_size=1000, method=method),
-                     train, query, 3)
+    train, pixels = X[:3000], Xt[:200]
+    fractional = pixels + np.float32(0.25)
+    narrow = narrow_integers(pixels).dtype
+    assert takes_integer_path(narrow, narrow_integers(train).dtype, 784)
+    assert not takes_integer_path(narrow_integers(fractional).dtype, narrow, 784)
+    for query in (pixels, fractional):
+        for method in ("brute", "pruned"):
+            assert_exact(knn(train, query, 3, executor=executor, block_size=1000,
+                             method=method), train, query, 3)

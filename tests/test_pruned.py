@@ -183,3 +183,24 @@ def test_scale_is_the_power_of_two_of_the_largest_centred_value(dtype, offset, s
     want = float(np.ldexp(1.0, int(np.clip(-np.frexp(spread)[1], -500, 500)))) \
         if spread > 0 else 1.0
     assert pruned._scale_for(X, mean) == want
+
+
+@pytest.mark.parametrize("kind, integers", [("uint8", True), ("pixels as float32", True),
+                                            ("int32", True), ("int32 beyond 16 bits", False),
+                                            ("float32", False)])
+def test_fit_prices_exact_distances_by_the_path_they_take(executor, kind, integers):
+    """8-bit data, and wider types holding only such values, take the integer path of
+    exact distances, and the fit prices them so; larger integers and real-valued floats
+    do not."""
+    from shardwren.matrix import ShardedMatrix
+
+    X = np.random.default_rng(0).integers(0, 256, (2000, 40))
+    X = {"uint8": X.astype(np.uint8), "pixels as float32": X.astype(np.float32),
+         "int32": X.astype(np.int32), "int32 beyond 16 bits": X.astype(np.int32) * 2**12,
+         "float32": X.astype(np.float32) + np.float32(0.5)}[kind]
+    T = ShardedMatrix.from_numpy(X, f"penalty-{kind.replace(' ', '-')}", (500, 40),
+                                 store=executor.store)
+    info = pruned.fit(T, executor, k=1).info
+    want = pruned.GATHER_PENALTY_INT if integers else pruned.GATHER_PENALTY
+    assert info["gather_penalty"] == want
+    T.delete()

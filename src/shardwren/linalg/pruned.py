@@ -71,6 +71,7 @@ from .kernels import (
     group_min,
     narrow_integers,
     sq_norms,
+    takes_integer_path,
 )
 from .knn import check_finite
 
@@ -370,7 +371,8 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
     sample = _sample_rows(T, sample_rows)
     # Exact distances take the integer path on data of small integers (when the
     # queries are such too, which the fit cannot know: it assumes they are like it).
-    penalty = GATHER_PENALTY_INT if narrow_integers(sample).dtype.kind in "iu" else GATHER_PENALTY
+    narrow = narrow_integers(sample).dtype
+    penalty = GATHER_PENALTY_INT if takes_integer_path(narrow, narrow, d) else GATHER_PENALTY
     # Any shift keeps the bound valid; the sample's mean is as good as the full one.
     mean = sample.mean(axis=0, dtype=np.float64)
     scale = _scale_for(sample, mean)
@@ -391,7 +393,7 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
     t_pca = time.perf_counter()
     if m is None:
         m, info = choose_m(sample, smean, P_full, n, k, blocks=T.grid[0], gather_penalty=penalty)
-    info.update(sample_s=t_sample - t0, pca_s=t_pca - t_sample,
+    info.update(gather_penalty=penalty, sample_s=t_sample - t0, pca_s=t_pca - t_sample,
                 choose_s=time.perf_counter() - t_pca)
     if m is not None and allow_brute and not info.get("beats_brute", True):
         m = None
