@@ -261,6 +261,31 @@ def test_a_stopped_worker_times_out_on_the_driver_side(dask_ex, tmp_path):
     assert dask_ex.call_async(lambda x: x + 1, 1).result(timeout=60) == 2
 
 
+def _pid_then_stop(path):
+    with open(path, "w") as fh:
+        fh.write(str(os.getpid()))
+    os.kill(os.getpid(), signal.SIGSTOP)  # the whole worker freezes as its task starts
+    return "resumed"
+
+
+def test_a_worker_frozen_as_its_task_starts_times_out_on_the_driver_side(dask_ex, tmp_path):
+    """The task freezes its worker at once. Its start event must have left the worker
+    before the task ran: the driver arms its deadline on that event, and without it the
+    future would never finish (the event used to sit in the worker's send buffer)."""
+    marker = tmp_path / "pid"
+    f = dask_ex.map(_pid_then_stop, [str(marker)], timeout=1, retries=0)[0]
+    try:
+        exc = f.exception(timeout=60)
+        assert isinstance(exc, shardwren.errors.TaskTimeoutError), exc
+        assert "stopped responding" in str(exc)
+    finally:
+        deadline = time.time() + 60
+        while not (marker.exists() and marker.read_text()) and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(int(marker.read_text()), signal.SIGCONT)
+    assert dask_ex.call_async(lambda x: x + 1, 1).result(timeout=60) == 2
+
+
 def test_knn_identical_on_threaded_workers(dask_threaded_ex, executor):
     train, query = _subset()
     d2, i2 = knn(train, query, 3, executor=executor, block_size=1000)
@@ -350,3 +375,20 @@ def test_tasks_queued_in_dask_are_not_backed_up_as_stragglers(dask_ex):
     shardwren.wait(fs, timeout=120)
     assert all(f.exception() is None for f in fs)
     assert not [f.index for f in fs if f.stats.get("backups")], "queued tasks were backed up"
+
+
+def test_announce_start_falls_back_to_a_batched_event_outside_a_worker():
+    from shardwren.backends import dask_worker
+
+    class Worker:  # no scheduler connection nor loop: outside a running worker
+        def __init__(self):
+            self.events = []
+
+        def log_event(self, topic, msg):
+            self.events.append((topic, msg))
+
+    w = Worker()
+    t = time.monotonic()
+    dask_worker.announce_start(w, "k1", wait=5.0)
+    assert w.events == [(dask_worker.STARTED_TOPIC, {"key": "k1"})]
+    assert time.monotonic() - t < 1.0

@@ -14,7 +14,8 @@ task on another worker (up to ``distributed.scheduler.allowed-failures`` times,
 then ``KilledWorker``, reported as :class:`WorkerCrashedError`). Timeouts are
 enforced by the worker (the task is abandoned at its deadline) and, for a worker
 that stops responding altogether, by a driver-side deadline armed when the task
-reports its start.
+reports its start (a task with a timeout hands that report to the scheduler before it
+runs, so a worker frozen at once still has it delivered).
 
 Cancellation: a task stays pending until its worker announces the start (an
 event on :data:`~shardwren.backends.dask_worker.STARTED_TOPIC`). ``cancel()`` of

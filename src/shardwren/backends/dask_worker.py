@@ -29,6 +29,9 @@ from .runtime import FunctionCache, run_task
 #: running (until then ``cancel()`` may take it back) and arms its own deadline.
 STARTED_TOPIC = "shardwren-started"
 
+#: How long a task with a timeout waits for the scheduler to take its start event (below).
+START_FLUSH_WAIT = 5.0
+
 #: Scheduler states of a task no worker has been given: it can be withdrawn.
 _NOT_SENT = frozenset({"released", "waiting", "queued", "no-worker"})
 
@@ -64,6 +67,29 @@ def _task_threads(worker: Any) -> int:
     return int(getattr(state, "nthreads", None) or getattr(worker, "nthreads", 1) or 1)
 
 
+def announce_start(worker: Any, key: str, wait: float) -> None:
+    """Log the task's start on :data:`STARTED_TOPIC`. With ``wait`` (the task has a
+    timeout), return only once the scheduler has the event: a direct call to it, up to
+    ``wait`` seconds, then the usual batched event if that call failed.
+
+    The driver arms its deadline for the task when this event arrives. A worker sends
+    events in batches, every few ms, from its event loop: a process frozen right after
+    logging one (SIGSTOP, swapped out) kept it, and the driver never learned that the
+    task started, nor gave up on it.
+    """
+    msg = {"key": key}
+    scheduler, loop = getattr(worker, "scheduler", None), getattr(worker, "loop", None)
+    if wait and scheduler is not None and loop is not None:
+        try:
+            from distributed.utils import sync
+
+            sync(loop, scheduler.log_event, topic=STARTED_TOPIC, msg=msg, callback_timeout=wait)
+            return
+        except Exception:  # noqa: BLE001, S110 - the batched event below still goes out
+            pass
+    worker.log_event(STARTED_TOPIC, msg)
+
+
 def run(fn_data: bytes, fn_id: str, payload: bytes, blas_threads: int,
         memory_limit: int | None = None, timeout: float | None = None, where: str = "",
         signed: bool = False, key: str | None = None) -> tuple[bool, bytes, dict[str, Any]]:
@@ -95,7 +121,7 @@ def run(fn_data: bytes, fn_id: str, payload: bytes, blas_threads: int,
             f"{where} asked for memory_limit, which cannot be enforced on a Dask worker running "
             f"{threads} task threads in one process; start workers with --nthreads 1")
     if key is not None and worker is not None:
-        worker.log_event(STARTED_TOPIC, {"key": key})
+        announce_start(worker, key, START_FLUSH_WAIT if timeout else 0.0)
     if timeout:
         ok, data, stats = _run_with_deadline(fn, payload, memory_limit, timeout, where, sign_key,
                                              exclusive)
