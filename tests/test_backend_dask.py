@@ -279,11 +279,24 @@ def test_a_worker_frozen_as_its_task_starts_times_out_on_the_driver_side(dask_ex
         assert isinstance(exc, shardwren.errors.TaskTimeoutError), exc
         assert "stopped responding" in str(exc)
     finally:
+        f.cancel()
         deadline = time.time() + 60
         while not (marker.exists() and marker.read_text()) and time.time() < deadline:
             time.sleep(0.01)
-        os.kill(int(marker.read_text()), signal.SIGCONT)
+        if marker.exists() and marker.read_text():  # resume it once it has stopped
+            pid = int(marker.read_text())
+            while time.time() < deadline and _process_state(pid) not in ("T", "t", None):
+                time.sleep(0.01)
+            os.kill(pid, signal.SIGCONT)
     assert dask_ex.call_async(lambda x: x + 1, 1).result(timeout=60) == 2
+
+
+def _process_state(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return None
 
 
 def test_knn_identical_on_threaded_workers(dask_threaded_ex, executor):
@@ -392,3 +405,26 @@ def test_announce_start_falls_back_to_a_batched_event_outside_a_worker():
     dask_worker.announce_start(w, "k1", wait=5.0)
     assert w.events == [(dask_worker.STARTED_TOPIC, {"key": "k1"})]
     assert time.monotonic() - t < 1.0
+
+
+def test_a_run_again_after_its_worker_died_has_a_deadline_from_its_own_start(dask_cluster,
+                                                                             dask_ex, tmp_path):
+    """Dask runs a task again when its worker dies, and the new run announces its start
+    too. The driver's deadline must count from that start: one left from the first run
+    expired the second (limit 10 s + margin 5 s from the first start, while the second,
+    started 6.5 s later, needs 9 s)."""
+    from distributed import Client
+
+    marker = tmp_path / "pid"
+    f = dask_ex.map(_pid_then_sleep, [str(marker)], extra_args=[9.0], timeout=10, retries=0)[0]
+    deadline = time.time() + 60
+    while not (marker.exists() and marker.read_text()) and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(6.5)
+    first = int(marker.read_text())
+    marker.unlink()
+    os.kill(first, signal.SIGKILL)
+    assert f.result(timeout=120) == "finished"
+    assert f.stats["pid"] != first
+    with Client(dask_cluster, set_as_default=False) as c:
+        c.wait_for_workers(2, timeout=60)

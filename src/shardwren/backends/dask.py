@@ -426,11 +426,17 @@ class DaskBackend(Backend):
         if not limit:
             return
         margin = max(DEADLINE_MARGIN, 0.25 * limit)
-        try:
-            running.timer = self._timers.call_later(limit + margin, self._expire, key, limit,
-                                                    margin, time.time())
-        except RuntimeError:
-            pass  # shutting down
+        with self._lock:
+            # The latest start counts: a second event for the key is the same start
+            # delivered twice (a direct call answered late, then the batched copy) or a
+            # run again after its worker died; the older deadline must not fire.
+            if running.timer is not None:
+                running.timer.cancel()
+            try:
+                running.timer = self._timers.call_later(limit + margin, self._expire, key,
+                                                        limit, margin, time.time())
+            except RuntimeError:
+                pass  # shutting down
 
     def _expire(self, key: str, limit: float, margin: float, since: float) -> None:
         running = self._finish(key)

@@ -16,6 +16,7 @@ name, so Dask workers import them from their own shardwren installation).
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from typing import Any
@@ -29,13 +30,17 @@ from .runtime import FunctionCache, run_task
 #: running (until then ``cancel()`` may take it back) and arms its own deadline.
 STARTED_TOPIC = "shardwren-started"
 
-#: How long a task with a timeout waits for the scheduler to take its start event (below).
-START_FLUSH_WAIT = 5.0
+#: How long a task with a timeout waits for the scheduler to take its start event (below):
+#: well inside the driver's deadline margin (dask.DEADLINE_MARGIN, 5 s), which counts from
+#: the event's arrival while the worker's own clock starts after the wait.
+START_FLUSH_WAIT = 1.0
 
 #: Scheduler states of a task no worker has been given: it can be withdrawn.
 _NOT_SENT = frozenset({"released", "waiting", "queued", "no-worker"})
 
 _FNS = FunctionCache()
+log = logging.getLogger(__name__)
+_WARNED: list[bool] = []  # the start-call warning is logged once per worker process
 _BLAS_LOCK = threading.Lock()
 _BLAS_SET: list[int] = []
 # Tasks abandoned past their timeout whose threads still run in this process.
@@ -79,14 +84,20 @@ def announce_start(worker: Any, key: str, wait: float) -> None:
     """
     msg = {"key": key}
     scheduler, loop = getattr(worker, "scheduler", None), getattr(worker, "loop", None)
-    if wait and scheduler is not None and loop is not None:
+    # On the event loop's own thread a blocking call would stall the loop it waits for.
+    on_loop = threading.get_ident() == getattr(worker, "thread_id", None)
+    if wait and scheduler is not None and loop is not None and not on_loop:
         try:
             from distributed.utils import sync
 
             sync(loop, scheduler.log_event, topic=STARTED_TOPIC, msg=msg, callback_timeout=wait)
             return
-        except Exception:  # noqa: BLE001, S110 - the batched event below still goes out
-            pass
+        except Exception as exc:  # noqa: BLE001 - the batched event below still goes out
+            if not _WARNED:
+                _WARNED.append(True)
+                log.warning("shardwren: could not hand a task's start to the Dask scheduler "
+                            "(%s: %s); sending it batched, as events usually are", type(exc).__name__,
+                            exc)
     worker.log_event(STARTED_TOPIC, msg)
 
 
