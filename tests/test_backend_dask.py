@@ -159,13 +159,20 @@ def _pid_then_sleep(path, seconds=4.0):
 
 def test_worker_killed_during_the_only_task_of_a_map_runs_it_again(dask_cluster, dask_ex, tmp_path):
     # The only task of its map: nothing else keeps the function's bytes alive on the cluster.
-    from distributed import Client
-
     marker = tmp_path / "pid"
     f = dask_ex.map(_pid_then_sleep, [str(marker)], retries=0)[0]
+    _kill_first_run_and_finish(dask_cluster, f, marker)
+
+
+def _kill_first_run_and_finish(dask_cluster, f, marker, after=0.0):
+    """SIGKILL the worker running ``f`` (``after`` seconds into it, by its pid in
+    ``marker``); the task must finish on another worker, and the cluster get back to two."""
+    from distributed import Client
+
     deadline = time.time() + 60
     while not (marker.exists() and marker.read_text()) and time.time() < deadline:
         time.sleep(0.05)
+    time.sleep(after)
     first = int(marker.read_text())
     marker.unlink()
     os.kill(first, signal.SIGKILL)
@@ -413,18 +420,6 @@ def test_a_run_again_after_its_worker_died_has_a_deadline_from_its_own_start(das
     too. The driver's deadline must count from that start: one left from the first run
     expired the second (limit 10 s + margin 5 s from the first start, while the second,
     started 6.5 s later, needs 9 s)."""
-    from distributed import Client
-
     marker = tmp_path / "pid"
     f = dask_ex.map(_pid_then_sleep, [str(marker)], extra_args=[9.0], timeout=10, retries=0)[0]
-    deadline = time.time() + 60
-    while not (marker.exists() and marker.read_text()) and time.time() < deadline:
-        time.sleep(0.05)
-    time.sleep(6.5)
-    first = int(marker.read_text())
-    marker.unlink()
-    os.kill(first, signal.SIGKILL)
-    assert f.result(timeout=120) == "finished"
-    assert f.stats["pid"] != first
-    with Client(dask_cluster, set_as_default=False) as c:
-        c.wait_for_workers(2, timeout=60)
+    _kill_first_run_and_finish(dask_cluster, f, marker, after=6.5)

@@ -79,8 +79,8 @@ def test_margin_makes_a_true_lower_bound(noise, offset, qnoise):
     C = pruned.margin_constant(16, 100)
     D = ((Q[:, None, :].astype(np.float64) - X[None]) ** 2).sum(-1)
     for scale in (1.0, pruned._scale_for(X, mean)):  # bounds hold in scaled units too
-        lb = pruned._augment_query(Q.astype(np.float64), mean, P, C, scale) @ \
-            pruned._augment_train(X.astype(np.float64), mean, P, C, scale).T
+        lb = pruned.augment_query(Q.astype(np.float64), mean, P, C, scale) @ \
+            pruned.augment_train(X.astype(np.float64), mean, P, C, scale).T
         assert (lb <= scale ** 2 * D).all()
         if noise:
             assert (lb >= 0.5 * scale ** 2 * D).mean() > 0.5  # and not vacuous

@@ -316,7 +316,7 @@ def measure_kernels(scratch_dir: str | None = None) -> dict[str, float]:
 
     def select() -> None:
         gm = kernels.group_min(S, 1)
-        pruned._promising(S, gm, 1, thr)
+        pruned.promising(S, gm, 1, thr)
         kernels.below(S, thr, gm=gm)
 
     out["select_s_per_pair"] = _timed(select) / S.size
@@ -327,7 +327,7 @@ def measure_kernels(scratch_dir: str | None = None) -> dict[str, float]:
     rows, cols = np.repeat(np.arange(1024), 2), rng.integers(0, 4000, 2048)
 
     def exact(q: np.ndarray, x: np.ndarray) -> None:
-        pruned._update(rows, cols, 0, 0, q, x, np.full((1024, 1), np.inf),
+        pruned.fold_exact(rows, cols, 0, 0, q, x, np.full((1024, 1), np.inf),
                        np.zeros((1024, 1), np.int64), np.full(1024, np.inf), 1, False, 0)
 
     out["exact_s_per_feature"] = _timed(lambda: exact(Q, X)) / (2048 * 784)
@@ -336,7 +336,7 @@ def measure_kernels(scratch_dir: str | None = None) -> dict[str, float]:
     P = np.linalg.qr(rng.standard_normal((784, 32)))[0].T
 
     t_proj = _timed(
-        lambda: pruned._augment_train(X, X.mean(0, dtype=np.float64), P, 1e-4, 1 / 256))
+        lambda: pruned.augment_train(X, X.mean(0, dtype=np.float64), P, 1e-4, 1 / 256))
     # What is not the projection's GEMM (centring, conversions, norms), per feature.
     t_gemm = 2 * 4000 * 784 * 33 * out["gemm32_s_per_flop"]
     out["project_s_per_feature"] = max(t_proj - t_gemm, 0.1 * t_proj) / (4000 * 784)
@@ -402,7 +402,7 @@ DEV_MACHINE = Profile(
     select_s_per_pair=0.77e-9, exact_s_per_feature=2.3e-9, project_s_per_feature=2e-12,
     exact_int_s_per_feature=1.0e-9, read_bytes_per_s=2e9, write_bytes_per_s=1e9, task_overhead_s=0.002,
     notes=("defaults measured on the 2-core development machine; run `shardwren plan "
-           "--calibrate` for this one",))
+           "calibrate` for this one",))
 
 
 #: Note added to a profile saved before calibrations timed exact distances with their

@@ -164,7 +164,7 @@ def _project(X: np.ndarray, mean: np.ndarray, P: np.ndarray, scale: float, rows:
     return y64, r, np.sqrt(n), n
 
 
-def _augment_query(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float,
+def augment_query(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float,
                    scale: float) -> np.ndarray:
     """``a_q`` of the module docstring for every row of X (float32)."""
     y, r, s, n = _project(X, mean, P, scale)
@@ -182,7 +182,7 @@ def _augment_query(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float,
     return a
 
 
-def _augment_train(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float,
+def augment_train(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float,
                    scale: float) -> np.ndarray:
     """``b_x`` of the module docstring for every row of X (float32)."""
     y, r, s, n = _project(X, mean, P, scale)
@@ -455,7 +455,7 @@ def _queries(index: PrunedIndex, Q: ShardedMatrix, q0: int, q1: int):
         raw = np.concatenate([Q.get_block(i, 0, copy=False)[max(q0 - i * bq, 0):q1 - i * bq]
                               for i in range(q0 // bq, -(-q1 // bq))])
         check_finite(raw, q0, "the query set")
-        return (_augment_query(raw, index.mean, index.P, index.C, index.scale),
+        return (augment_query(raw, index.mean, index.P, index.C, index.scale),
                 narrow_integers(raw))
 
     return CACHE.get(("pruned-q", index.token, Q.store.url, Q.key, q0, q1), make)
@@ -468,7 +468,7 @@ def _train_block(index: PrunedIndex, j: int):
     def make():
         raw = index.train.get_block(j, 0, copy=False)
         check_finite(raw, j * index.train.shard_sizes[0], "the training set")
-        z = _augment_train(raw, index.mean, index.P, index.C, index.scale)
+        z = augment_train(raw, index.mean, index.P, index.C, index.scale)
         return np.ascontiguousarray(z.T), narrow_integers(raw)
 
     return CACHE.get(("pruned-t", index.token, j), make)
@@ -502,8 +502,8 @@ def _range_task(index: PrunedIndex, Q: ShardedMatrix, q0: int, q1: int, blocks: 
             gm = group_min(lb, 1)
             # First the block's most promising rows (k smallest group minima): their
             # exact distances lower tau before the threshold is applied.
-            rows, cols = _promising(lb, gm, k, ceil_f32(tau[c0:c1] * s2))
-            exact += _update(rows, cols, c0, lo, q_raw, raw, best_d, best_i, tau, k,
+            rows, cols = promising(lb, gm, k, ceil_f32(tau[c0:c1] * s2))
+            exact += fold_exact(rows, cols, c0, lo, q_raw, raw, best_d, best_i, tau, k,
                              exclude_self, q0)
             done = rows * nb + cols
             # Then every row whose bound is at most the (lowered) tau.
@@ -511,12 +511,12 @@ def _range_task(index: PrunedIndex, Q: ShardedMatrix, q0: int, q1: int, blocks: 
             if len(done):
                 keep = ~np.isin(rows * nb + cols, done)
                 rows, cols = rows[keep], cols[keep]
-            exact += _update(rows, cols, c0, lo, q_raw, raw, best_d, best_i, tau, k,
+            exact += fold_exact(rows, cols, c0, lo, q_raw, raw, best_d, best_i, tau, k,
                              exclude_self, q0)
     return q0, best_d, best_i, exact
 
 
-def _promising(lb: np.ndarray, gm: tuple[np.ndarray, int], k: int,
+def promising(lb: np.ndarray, gm: tuple[np.ndarray, int], k: int,
                thr: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per row, the entries behind its k smallest group minima that are under ``thr``:
     k distinct rows with small bounds, found without another pass over ``lb``."""
@@ -536,7 +536,7 @@ def _promising(lb: np.ndarray, gm: tuple[np.ndarray, int], k: int,
     return rows, cols
 
 
-def _update(rows: np.ndarray, cols: np.ndarray, c0: int, lo: int, q_raw: np.ndarray,
+def fold_exact(rows: np.ndarray, cols: np.ndarray, c0: int, lo: int, q_raw: np.ndarray,
             raw: np.ndarray, best_d: np.ndarray, best_i: np.ndarray, tau: np.ndarray, k: int,
             exclude_self: bool, q0: int) -> int:
     """Exact distances for the candidate pairs (chunk row, block row); fold them into
