@@ -120,13 +120,16 @@ def _dask_cluster(tmp_path_factory, workers: int, nthreads: int):
                 time.sleep(0.5)
         yield address
     finally:
-        for p in reversed(procs):
-            p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        # Workers first, while their scheduler is up: a nanny whose worker was killed or
+        # retired otherwise waits about 8 s for a scheduler that is gone before it exits.
+        for group in (procs[1:], procs[:1]):
+            for p in group:
+                p.terminate()
+            for p in group:
+                try:
+                    p.wait(timeout=15)
+                except subprocess.TimeoutExpired:
+                    p.kill()
 
 
 @pytest.fixture(scope="session")

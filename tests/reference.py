@@ -6,14 +6,54 @@ along the feature axis), ties to the smaller training index.
 
 from __future__ import annotations
 
+import hashlib
+from collections import OrderedDict
+
 import numpy as np
 
 
+_MEMO: OrderedDict[tuple, np.ndarray] = OrderedDict()
+
+
+def _digest(a: np.ndarray) -> tuple:
+    a = np.ascontiguousarray(a)
+    return a.shape, a.dtype.str, hashlib.blake2b(a.view(np.uint8).data, digest_size=16).digest()
+
+
 def sq_distances(query: np.ndarray, train: np.ndarray) -> np.ndarray:
-    """float64 ``((q - x)**2).sum(-1)`` for every pair, one query row at a time."""
+    """:func:`compute_sq_distances`, remembered for the last few inputs (several tests
+    check different k, methods or backends against the same MNIST subset). A copy:
+    callers may write into it."""
+    key = (_digest(np.asarray(query)), _digest(np.asarray(train)))
+    if key not in _MEMO:
+        _MEMO[key] = compute_sq_distances(query, train)
+        while len(_MEMO) > 4:
+            _MEMO.popitem(last=False)
+    _MEMO.move_to_end(key)
+    return _MEMO[key].copy()
+
+
+def compute_sq_distances(query: np.ndarray, train: np.ndarray, rows: int = 512) -> np.ndarray:
+    """float64 ``((q - x)**2).sum(-1)`` for every pair.
+
+    One query row against a chunk of training rows at a time, in one reused buffer
+    that stays in cache (twice as fast as whole-set temporaries on MNIST). The
+    arithmetic is the same: numpy sums each contiguous row on its own (pairwise along
+    the feature axis), so a row's sum does not depend on the chunk it is in.
+    """
     q64, t64 = np.asarray(query, dtype=np.float64), np.asarray(train, dtype=np.float64)
-    return np.stack([((q - t64) ** 2).sum(-1) for q in q64]) if len(q64) else \
-        np.zeros((0, len(t64)))
+    out = np.zeros((len(q64), len(t64)))
+    if not len(q64) or not len(t64):
+        return out
+    buf = np.empty((min(rows, len(t64)), t64.shape[1]))
+    for c in range(0, len(t64), rows):
+        chunk = t64[c:c + rows]
+        b = buf[:len(chunk)]
+        for i, q in enumerate(q64):
+            np.subtract(q, chunk, out=b)
+            np.square(b, out=b)
+            out[i, c:c + len(chunk)] = b.sum(-1)
+    return out
 
 
 def reference_knn(train, query, k, exclude_self=False):

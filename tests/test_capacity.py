@@ -119,3 +119,13 @@ def test_a_profile_saved_by_an_older_calibration_is_flagged(tmp_path, monkeypatc
     assert capacity.STALE_NOTE in str(capacity.knn(60_000, 10_000, 784, profile=prof))
     capacity.DEV_MACHINE.save(capacity.profile_path())
     assert capacity.STALE_NOTE not in capacity.local_profile().notes
+
+
+@pytest.mark.parametrize("method", ["brute", "pruned"])
+def test_small_integers_stored_wide_are_cached_narrowed(method):
+    """Pixels stored as float32 are cached as 8- or 16-bit integers: the model counts
+    two bytes per cached raw value for them, not four (sizes within the cache)."""
+    wide = capacity.knn(30_000, 5_000, 784, method=method, itemsize=4, integers=False)
+    narrow = capacity.knn(30_000, 5_000, 784, method=method, itemsize=4, integers=True)
+    rows = 35_000 if method == "brute" else 30_000 / 2 + 5_000 * 1.5 + 4000
+    assert wide.worker_peak - narrow.worker_peak == pytest.approx(rows * 784 * 2, rel=0.2)

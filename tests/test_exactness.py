@@ -241,11 +241,14 @@ def test_threaded_dask_worker_knn_pruned_matmul(dask_threaded_ex, mnist):
 
     X, _, Xt, _ = mnist
     train, query = X[:6000], Xt[:400]
+    rd, ri = reference_knn(train, query, 3)
     for method in ("brute", "pruned"):
-        assert_exact(knn(train, query, 3, executor=dask_threaded_ex, block_size=500,
-                         method=method), train, query, 3)
-    assert_exact(knn(train[:3000], None, 1, executor=dask_threaded_ex, block_size=300,
-                     exclude_self=True), train[:3000], train[:3000], 1, exclude_self=True)
+        d, i = knn(train, query, 3, executor=dask_threaded_ex, block_size=500, method=method)
+        np.testing.assert_array_equal(i, ri)
+        np.testing.assert_array_equal(d, rd)
+    loo = train[:2000]
+    assert_exact(knn(loo, None, 1, executor=dask_threaded_ex, block_size=200,
+                     exclude_self=True), loo, loo, 1, exclude_self=True)
     rng = np.random.default_rng(0)
     A, B = rng.standard_normal((900, 700)), rng.standard_normal((700, 800))
     C = matmul(A, B, executor=dask_threaded_ex, block_size=128)

@@ -41,9 +41,11 @@ def test_speculation_survives_a_backup_that_cannot_be_submitted(tmp_path):
             return real(fn_id, fn_bytes, tasks)
 
         ex.backend.submit = submit
-        fs = ex.map(_slow_first_time, range(10), extra_args=(marker,))
+        # A straggler after about 2 s (8 of 10 done, 1 s at least): 4 s leaves it time
+        # to be picked for a backup, which is refused.
+        fs = ex.map(_slow_first_time, range(10), extra_args=(marker, 6, 4.0))
         assert fs[6].result(timeout=60) == "original"  # its backup was refused
         assert refused == [6]
         os.remove(marker)
-        fs = ex.map(_slow_first_time, range(10), extra_args=(marker,))
+        fs = ex.map(_slow_first_time, range(10), extra_args=(marker, 6, 4.0))
         assert fs[6].result(timeout=60) == "backup"  # the watch is still alive

@@ -148,7 +148,11 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
     such, so exact distances take the integer path) defaults to ``itemsize <= 2``.
     """
     p = profile or local_profile()
-    exact_s = p.exact_cost(itemsize <= 2 if integers is None else integers)
+    integers = itemsize <= 2 if integers is None else integers
+    exact_s = p.exact_cost(integers)
+    # Workers cache raw blocks of small integers narrowed (8 or 16 bits; pixels stored as
+    # float32 take one byte, counted here as two).
+    raw_item = min(itemsize, 2) if integers else itemsize
     nb_t, nb_q = -(-n_train // block), -(-n_query // block)
     dk = d - constant_columns
     data = n_train * d * itemsize
@@ -169,8 +173,8 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
                                   p.startup_s)}
         tasks = tiles + nb_t
         # Centred float32 blocks (and their norms) stay in the worker's cache, beside
-        # the raw blocks they came from (mapped, and resident once read).
-        cached: float = (n_train + n_query) * ((dk + 2) * 4 + d * itemsize)
+        # the raw blocks they came from (mapped and resident once read, or narrowed).
+        cached: float = (n_train + n_query) * ((dk + 2) * 4 + d * raw_item)
         # The column statistics read the training data once. A tile reads its two
         # blocks; while they all fit in a worker's cache, no worker reads more than the
         # whole data once; past it, the training blocks are read again for every query
@@ -215,7 +219,7 @@ def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
         # phase: 1.5 groups' worth) and the training blocks a worker has projected (raw
         # rows, mapped, and their m + 4 columns; every worker projects the sample blocks).
         cached = (1.5 * min(n_query, 20000) + min(n_train, n_train / workers + n_sample * block)) \
-            * (d * itemsize + (m + 4) * 4)
+            * (d * raw_item + (m + 4) * 4)
     else:
         raise ValueError(f"method must be 'brute' or 'pruned', got {method!r}")
     requests = int(reads // max(1, block * d * itemsize)) + 1

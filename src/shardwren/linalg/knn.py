@@ -159,13 +159,24 @@ def _centred(X: np.ndarray, prep: Prep, rows: int = 1024) -> tuple[np.ndarray, n
     return out, norms
 
 
+def _raw(M: ShardedMatrix, i: int, prep: Prep, what: str, block: np.ndarray | None = None):
+    """Block i for exact distances, checked finite: as small integers when it holds only
+    such (:func:`.kernels.narrow_integers`). One entry per block, whichever side of a
+    tile asks (train-vs-train uses a block on both)."""
+    def make():
+        raw = M.get_block(i, 0, copy=False) if block is None else block
+        check_finite(raw, i * M.shard_sizes[0], what)
+        return narrow_integers(raw)
+
+    return CACHE.get(("knn-raw", prep.token, M.store.url, M.key, i), make)
+
+
 def _left(M: ShardedMatrix, i: int, prep: Prep, what: str):
-    """Block i as GEMM rows ``[x~, 1, |x~|**2]``, their norms, the constant columns'
-    part of each row's distance, and the raw block (as small integers when it holds
-    only such: :func:`.kernels.narrow_integers`)."""
+    """Block i as GEMM rows ``[x~, 1, |x~|**2]``, their norms, and the constant columns'
+    part of each row's distance."""
     def make():
         raw = M.get_block(i, 0, copy=False)
-        check_finite(raw, i * M.shard_sizes[0], what)
+        _raw(M, i, prep, what, raw)  # the finiteness check, before anything is derived
         x, norms = _centred(raw, prep)
         form = np.empty((len(x), x.shape[1] + 2), dtype=np.float32)
         form[:, :-2] = x
@@ -176,23 +187,22 @@ def _left(M: ShardedMatrix, i: int, prep: Prep, what: str):
         if prep.const_idx.size:
             diff = np.subtract(raw[:, prep.const_idx], prep.const_val, dtype=np.float64)
             rest = np.einsum("ij,ij->i", diff, diff)
-        return form, norms, rest, narrow_integers(raw)
+        return form, norms, rest
 
     return CACHE.get(("knn-left", prep.token, M.store.url, M.key, i), make)
 
 
 def _right(T: ShardedMatrix, j: int, prep: Prep):
-    """Training block j as GEMM rows ``[-2 t~, |t~|**2, 1]``, the largest norm, and the raw
-    block (as small integers when it holds only such)."""
+    """Training block j as GEMM rows ``[-2 t~, |t~|**2, 1]`` and the largest norm."""
     def make():
         raw = T.get_block(j, 0, copy=False)
-        check_finite(raw, j * T.shard_sizes[0], "the training set")
+        _raw(T, j, prep, "the training set", raw)
         t, norms = _centred(raw, prep)
         form = np.empty((len(t), t.shape[1] + 2), dtype=np.float32)
         np.multiply(t, -2, out=form[:, :-2])
         form[:, -2] = norms ** 2
         form[:, -1] = 1
-        return form, norms, float(norms.max(initial=0.0)), narrow_integers(raw)
+        return form, norms, float(norms.max(initial=0.0))
 
     return CACHE.get(("knn-right", prep.token, T.store.url, T.key, j), make)
 
@@ -219,8 +229,9 @@ def _wide_pairs(norms: np.ndarray, n_other: int) -> tuple[np.ndarray, np.ndarray
 
 def _query_tile(Q: ShardedMatrix, T: ShardedMatrix, i: int, j: int, k: int, prep: Prep):
     """Exact partial k-NN of query block i against training block j."""
-    q_form, q_norms, q_rest, q_raw = _left(Q, i, prep, "the query set")
-    t_form, _, t_max, t_raw = _right(T, j, prep)
+    q_form, q_norms, q_rest = _left(Q, i, prep, "the query set")
+    t_form, _, t_max = _right(T, j, prep)
+    q_raw, t_raw = _raw(Q, i, prep, "the query set"), _raw(T, j, prep, "the training set")
     d_kept = q_form.shape[1] - 2
     nq, nt = len(q_form), len(t_form)
     q_parts, t_parts = [], []
@@ -243,8 +254,9 @@ def _query_tile(Q: ShardedMatrix, T: ShardedMatrix, i: int, j: int, k: int, prep
 
 def _pair_tile(T: ShardedMatrix, i: int, j: int, k: int, prep: Prep, exclude_self: bool):
     """Block pair (i, j), i <= j, of train-vs-train: exact partials for both blocks' rows."""
-    a_form, a_norms, _, a_raw = _left(T, i, prep, "the training set")
-    b_form, b_norms, b_max, b_raw = _right(T, j, prep)
+    a_form, a_norms, _ = _left(T, i, prep, "the training set")
+    b_form, b_norms, b_max = _right(T, j, prep)
+    a_raw, b_raw = _raw(T, i, prep, "the training set"), _raw(T, j, prep, "the training set")
     d_kept = a_form.shape[1] - 2
     na, nb = len(a_form), len(b_form)
     S = gemm_nt(a_form, b_form)
