@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-import socket
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -23,10 +24,10 @@ except ImportError:
     pass
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# tools/ (the chaos suite, a Dask cluster of processes) is importable from the tests.
+sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
+
+from dask_cluster import free_port  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -83,53 +84,17 @@ def executor(tmp_path_factory):
 
 
 def _dask_cluster(tmp_path_factory, workers: int, nthreads: int):
-    """Start a real `dask scheduler` and ``workers`` `dask worker` processes on 127.0.0.1."""
+    """Start a real `dask scheduler` and ``workers`` `dask worker` processes on 127.0.0.1
+    (tools/dask_cluster.py, shared with the chaos suite)."""
     pytest.importorskip("distributed")
-    import subprocess
-    import sys
-    import time
-    from pathlib import Path
+    from dask_cluster import Cluster
 
-    from distributed import Client
-
-    port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).parent), env.get("PYTHONPATH", "")])
-    logs = tmp_path_factory.mktemp("dask-logs")
-    bindir = Path(sys.executable).parent
-    dask = str(bindir / "dask") if (bindir / "dask").exists() else "dask"
-    procs = [subprocess.Popen([dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                               "--no-dashboard"], env=env,
-                              stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
-    for i in range(workers):
-        procs.append(subprocess.Popen(
-            [dask, "worker", address, "--host", "127.0.0.1", "--nthreads", str(nthreads),
-             "--nworkers", "1", "--no-dashboard", "--memory-limit", "4GB", "--name", f"w{i}"],
-            env=env, stdout=open(logs / f"worker{i}.log", "w"), stderr=subprocess.STDOUT))
+    cluster = Cluster(workers, tmp_path_factory.mktemp("dask-logs"), nthreads=nthreads,
+                      pythonpath=[str(Path(__file__).parent)])
     try:
-        deadline = time.time() + 90
-        while True:
-            try:
-                with Client(address, timeout=5) as c:
-                    c.wait_for_workers(workers, timeout=60)
-                break
-            except (OSError, TimeoutError):
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.5)
-        yield address
+        yield cluster.address
     finally:
-        # Workers first, while their scheduler is up: a nanny whose worker was killed or
-        # retired otherwise waits about 8 s for a scheduler that is gone before it exits.
-        for group in (procs[1:], procs[:1]):
-            for p in group:
-                p.terminate()
-            for p in group:
-                try:
-                    p.wait(timeout=15)
-                except subprocess.TimeoutExpired:
-                    p.kill()
+        cluster.close()
 
 
 @pytest.fixture(scope="session")

@@ -6,14 +6,9 @@ both backends; the answer must not change, no future may hang, nothing may be le
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "tools"))
-
-import faults  # noqa: E402
+import faults  # tools/faults.py: conftest puts tools/ on the path
 
 
 def _check(out):

@@ -43,7 +43,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -57,6 +56,7 @@ from typing import Any
 import numpy as np
 
 import shardwren
+from dask_cluster import Cluster  # tools/dask_cluster.py, beside this file
 from shardwren.executor import Executor
 
 TOOLS = Path(__file__).resolve().parent
@@ -251,81 +251,6 @@ def identical(a: list[np.ndarray] | None, b: list[np.ndarray]) -> bool:
 
 
 # --- a Dask cluster of our own ------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Cluster:
-    """A real `dask scheduler` and single-threaded `dask worker` processes on 127.0.0.1."""
-
-    def __init__(self, workers: int, logs: Path):
-        self.logs = logs
-        self.env = dict(os.environ)
-        self.env["PYTHONPATH"] = os.pathsep.join([str(TOOLS), self.env.get("PYTHONPATH", "")])
-        bindir = Path(sys.executable).parent
-        self.dask = str(bindir / "dask") if (bindir / "dask").exists() else "dask"
-        port = _free_port()
-        self.address = f"tcp://127.0.0.1:{port}"
-        self.procs: list[subprocess.Popen] = [subprocess.Popen(
-            [self.dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-            env=self.env, stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
-        self.names = itertools.count()
-        for _ in range(workers):
-            self.add_worker()
-        self.wait_for(workers)
-
-    def add_worker(self) -> None:
-        name = f"w{next(self.names)}"
-        self.procs.append(subprocess.Popen(
-            [self.dask, "worker", self.address, "--host", "127.0.0.1", "--nthreads", "1",
-             "--nworkers", "1", "--no-dashboard", "--memory-limit", "4GB", "--name", name],
-            env=self.env, stdout=open(self.logs / f"{name}.log", "w"), stderr=subprocess.STDOUT))
-
-    def client(self):
-        from distributed import Client
-
-        return Client(self.address, timeout=30, set_as_default=False)
-
-    def wait_for(self, n: int) -> None:
-        deadline = time.time() + 120
-        while True:
-            try:
-                with self.client() as c:
-                    c.wait_for_workers(n, timeout=60)
-                return
-            except (OSError, TimeoutError):
-                if time.time() > deadline:
-                    raise
-                time.sleep(0.5)
-
-    def worker_pids(self) -> dict[str, int]:
-        with self.client() as c:
-            return c.run(os.getpid)
-
-    def all_pids(self) -> set[int]:
-        pids = {p.pid for p in self.procs}
-        try:
-            pids |= set(self.worker_pids().values())
-        except Exception:  # noqa: BLE001, S110 - the cluster may be down already
-            pass
-        return pids
-
-    def close(self) -> None:
-        # Workers first, while their scheduler is up: a nanny whose worker was retired
-        # otherwise waits about 8 s for a scheduler that is gone before it exits.
-        for group in (self.procs[1:], self.procs[:1]):
-            for p in group:
-                p.terminate()
-            for p in group:
-                try:
-                    p.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
 
 
 # --- injectors (threads in the tool, reading the journal) ----------------------------------------
@@ -649,7 +574,7 @@ def run(backends: Sequence[str] = ("local", "dask"), workloads: Sequence[str] = 
             if backend == "dask":
                 logs = scratch / "dask-logs"
                 logs.mkdir(exist_ok=True)
-                cluster = Cluster(2, logs)
+                cluster = Cluster(2, logs, pythonpath=[str(TOOLS)])
             for name, work in works.items():
                 for fault in faults:
                     if fault in DASK_ONLY and backend != "dask":
