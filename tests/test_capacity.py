@@ -77,6 +77,19 @@ def test_plan_cli(tmp_path):
         assert r.exit_code == 0, r.output
         walls[flag] = float(r.output.split(" s wall")[0].rsplit(" ", 1)[1])
     assert walls["--integers"] < walls["--no-integers"]
+    # --dtype: float16 (2 bytes) is not taken for integers, int16 is
+    size = ["plan", "knn", "--train-rows", "60000", "--query-rows", "10000",
+            "--exact-per-query", "3000", "--profile", "lambda"]
+    for dtype, flag in (("int16", "--integers"), ("float16", "--no-integers")):
+        r = CliRunner().invoke(main, size + ["--dtype", dtype])
+        assert r.exit_code == 0, r.output
+        assert r.output == CliRunner().invoke(main, size + ["--itemsize", "2", flag]).output
+    r = CliRunner().invoke(main, ["plan", "knn", "--train-rows", "10", "--query-rows", "10",
+                                  "--dtype", "uint8", "--itemsize", "4"])
+    assert r.exit_code != 0 and "contradicts --dtype uint8" in r.output
+    r = CliRunner().invoke(main, ["plan", "knn", "--train-rows", "10", "--query-rows", "10",
+                                  "--dtype", "pixels"])
+    assert r.exit_code != 0 and "'pixels' is not a numpy dtype" in r.output
     r = CliRunner().invoke(main, ["plan", "matmul", "--n", "65536", "--workers", "1000",
                                   "--profile", "lambda"])
     assert r.exit_code == 0 and "$" in r.output, r.output
@@ -129,3 +142,18 @@ def test_small_integers_stored_wide_are_cached_narrowed(method):
     narrow = capacity.knn(30_000, 5_000, 784, method=method, itemsize=4, integers=True)
     rows = 35_000 if method == "brute" else 30_000 / 2 + 5_000 * 1.5 + 4000
     assert wide.worker_peak - narrow.worker_peak == pytest.approx(rows * 784 * 2, rel=0.2)
+
+
+def test_the_stored_dtype_decides_the_integer_path():
+    """float16 and int16 are both 2 bytes: only int16 takes the integer path's price."""
+    half = capacity.scaled(capacity.LAMBDA,
+                           exact_int_s_per_feature=capacity.LAMBDA.exact_s_per_feature / 2)
+    kw = dict(method="pruned", profile=half, exact_per_query=5000)
+    f16 = capacity.knn(60_000, 10_000, 784, dtype="float16", **kw)
+    i16 = capacity.knn(60_000, 10_000, 784, dtype="int16", **kw)
+    assert f16.task_s == capacity.knn(60_000, 10_000, 784, itemsize=2, integers=False, **kw).task_s
+    assert i16.task_s == capacity.knn(60_000, 10_000, 784, itemsize=2, integers=True, **kw).task_s
+    assert i16.task_s < f16.task_s
+    # an explicit integers= wins (float16 pixels hold small integers)
+    assert capacity.knn(60_000, 10_000, 784, dtype="float16", integers=True, **kw).task_s == \
+        i16.task_s

@@ -138,16 +138,24 @@ def _usd(p: Profile, task_s: float, tasks: int, workers: int) -> float | None:
 def knn(n_train: int, n_query: int, d: int, k: int = 1, workers: int = 2,
         method: str = "brute", profile: Profile | None = None, block: int = 4000,
         itemsize: int = 4, m: int = 32, exact_per_query: float | None = None,
-        constant_columns: int = 0, integers: bool | None = None) -> Estimate:
+        constant_columns: int = 0, integers: bool | None = None,
+        dtype: str | np.dtype | None = None) -> Estimate:
     """Predicted cost of ``shardwren.linalg.knn`` (query-vs-train, or train-vs-train
     when ``n_query`` is 0... use ``n_query = n_train`` for leave-one-out sizes).
 
     ``exact_per_query`` (exact distances per query over the whole job, from
     ``timings`` of a measured run) defaults to k per tile for brute force and 30 k for
     pruned queries. ``integers`` (the rows are small integers, or floats holding only
-    such, so exact distances take the integer path) defaults to ``itemsize <= 2``.
+    such, so exact distances take the integer path) defaults to ``itemsize <= 2``, or,
+    given the stored ``dtype`` (which sets ``itemsize``), to whether it is an 8- or
+    16-bit integer type (float16 is not).
     """
     p = profile or local_profile()
+    if dtype is not None:
+        dt = np.dtype(dtype)
+        itemsize = dt.itemsize
+        if integers is None:
+            integers = dt.kind in "iub" and dt.itemsize <= 2
     integers = itemsize <= 2 if integers is None else integers
     exact_s = p.exact_cost(integers)
     # Workers cache raw blocks of small integers narrowed (8 or 16 bits; pixels stored as

@@ -551,12 +551,15 @@ def plan_calibrate(workers, backend, store) -> None:
               show_default=True)
 @click.option("--workers", type=int, default=2, show_default=True)
 @click.option("--block-size", type=int, default=4000, show_default=True)
-@click.option("--itemsize", type=int, default=4, show_default=True,
-              help="Bytes per stored value (1 for uint8 pixels).")
+@click.option("--itemsize", type=int, default=None,
+              help="Bytes per stored value (1 for uint8 pixels). Default: 4, or --dtype's.")
+@click.option("--dtype", default=None,
+              help="The stored dtype (uint8, float16, float32, ...): sets --itemsize, and "
+                   "--integers for 8- and 16-bit integer types.")
 @click.option("--integers/--no-integers", default=None,
               help="The values are small integers (8- or 16-bit, or floats holding only such, "
                    "like pixels stored as float32): exact distances take the faster integer "
-                   "path. Default: when --itemsize is 1 or 2.")
+                   "path. Default: from --dtype, else when --itemsize is 1 or 2.")
 @click.option("--exact-per-query", type=float, default=None,
               help="Exact distances per query, from a measured run's timings "
                    "(default: k per tile for brute force, 30 k for pruned).")
@@ -566,13 +569,23 @@ def plan_calibrate(workers, backend, store) -> None:
 @click.option("--profile", "profile_name", default="local", show_default=True,
               help="local (calibrated or the development machine's), lambda, or a file.")
 def plan_knn(train_rows, query_rows, features, k, method, workers, block_size, itemsize,
-             integers, exact_per_query, m, profile_name) -> None:
+             dtype, integers, exact_per_query, m, profile_name) -> None:
     """Predicted cost of an exact k-NN job."""
     from . import capacity
 
+    if dtype is not None:
+        try:
+            dt = np.dtype(dtype)
+        except TypeError as exc:
+            raise click.BadParameter(f"{dtype!r} is not a numpy dtype ({exc})",
+                                     param_hint="--dtype") from None
+        if itemsize is not None and itemsize != dt.itemsize:
+            raise click.UsageError(f"--itemsize {itemsize} contradicts --dtype {dtype} "
+                                   f"({dt.itemsize} bytes): give one of them")
     prof = _profile(profile_name)
     est = capacity.knn(train_rows, query_rows, features, k, workers, method, prof, block_size,
-                       itemsize, m=m, exact_per_query=exact_per_query, integers=integers)
+                       itemsize or 4, m=m, exact_per_query=exact_per_query, integers=integers,
+                       dtype=dtype)
     click.echo(str(est))
     _refuse_if_unfit(est, prof)
 
