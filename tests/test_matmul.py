@@ -128,3 +128,27 @@ def test_cli_matmul_and_info(executor, tmp_path):
     assert "shape (40, 20)" in out.output and "blocks written 6 of 6" in out.output
     out = runner.invoke(cli.main, ["matrix", "info", f"{store}/nope"])
     assert out.exit_code != 0 and "no matrix 'nope'" in out.output
+
+
+@pytest.mark.parametrize("op", ["matmul", "gram", "pairwise", "map_blocks"])
+def test_an_output_that_is_an_input_is_refused(executor, op):
+    """matmul(S, T, out=S) overwrote S while other tasks read it: a wrong product, no error."""
+    from shardwren.errors import OutputAliasError
+    from shardwren.linalg import gram, map_blocks, matmul, pairwise_sq_euclidean
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((40, 40))
+    S = ShardedMatrix.from_numpy(X, f"alias-{op}/S", (10, 10), store=executor.store)
+    T = ShardedMatrix.from_numpy(X, f"alias-{op}/T", (10, 10), store=executor.store)
+    run = {"matmul": lambda out: matmul(S, T, out=out, executor=executor),
+           "gram": lambda out: gram(S, out=out, executor=executor),
+           # D (40 x 10, blocks 10 x 10) has the shape and blocks of S[:, :10]
+           "pairwise": lambda out: pairwise_sq_euclidean(out, X[:10, :10], out=out,
+                                                         executor=executor, block_size=10),
+           "map_blocks": lambda out: map_blocks(np.negative, S, out=out, executor=executor)}[op]
+    if op == "pairwise":
+        X = X[:, :10]
+        S = ShardedMatrix.from_numpy(X, f"alias-{op}/W", (10, 10), store=executor.store)
+    with pytest.raises(OutputAliasError, match="is the input"):
+        run(S)
+    np.testing.assert_array_equal(S.numpy(), X)  # untouched

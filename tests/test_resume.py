@@ -258,3 +258,58 @@ def test_results_that_need_pickle_are_refused():
             _encode_result(bad, "d")
     with pytest.raises(ValueError, match="not a saved part"):
         _decode_result(b"\x80\x04K\x01.")  # a pickle
+
+
+def test_pairwise_resume_refuses_blocks_of_other_inputs(executor):
+    """Blocks under a key that other data wrote were returned as this job's answer."""
+    from shardwren.errors import ResumeMismatchError
+
+    rng = np.random.default_rng(21)
+    A1, A2, B = rng.random((30, 4)), rng.random((30, 4)), rng.random((20, 4))
+    A1m = ShardedMatrix.from_numpy(A1, "stale/A", (10, 4), store=executor.store)
+    pairwise_sq_euclidean(A1m, B, executor=executor, key="stale/D", block_size=10)
+    A2m = ShardedMatrix.from_numpy(A2, "stale/A", (10, 4), store=executor.store)  # rewritten
+    with pytest.raises(ResumeMismatchError, match="A: same shape, other data"):
+        pairwise_sq_euclidean(A2m, B, executor=executor, key="stale/D", block_size=10,
+                              resume=True)
+    # the same data resumes (nothing to do), and resume=False recomputes for the new data
+    pairwise_sq_euclidean(A1m.__class__("stale/A", store=executor.store), B, executor=executor,
+                          key="stale/D", block_size=10, resume=False)
+    D = pairwise_sq_euclidean(A2m, B, executor=executor, key="stale/D", block_size=10,
+                              resume=True)
+    np.testing.assert_allclose(D.numpy(), ((A2[:, None] - B[None]) ** 2).sum(-1))
+
+
+def test_resume_refuses_blocks_with_no_record_of_their_job(executor):
+    from shardwren.errors import ResumeMismatchError
+
+    X = np.arange(20.0).reshape(10, 2)
+    D = ShardedMatrix("norecord/D", shape=(10, 10), shard_sizes=(5, 5), dtype="float64",
+                      store=executor.store)
+    D.put_block(0, 0, np.zeros((5, 5)))  # written by hand: not this job's
+    with pytest.raises(ResumeMismatchError, match="no record of the job"):
+        pairwise_sq_euclidean(X, X, out=D, executor=executor, block_size=5, resume=True)
+
+
+def test_matmul_resume_with_the_inner_dimension_split(executor):
+    """With fewer output blocks than workers the inner dimension is split and summed in a
+    tree: resume=True ran every task again there."""
+    from shardwren.linalg import matmul
+
+    rng = np.random.default_rng(5)
+    A, B = rng.standard_normal((8, 64)), rng.standard_normal((64, 8))
+    Am = ShardedMatrix.from_numpy(A, "split/A", (4, 8), store=executor.store)
+    Bm = ShardedMatrix.from_numpy(B, "split/B", (8, 8), store=executor.store)
+    def tasks(step) -> int:  # tasks of every map the step runs
+        seen = {h[0] for h in executor.history}
+        step()
+        return sum(len(h[2]) for h in executor.history if h[0] not in seen)
+
+    C = ShardedMatrix("split/C", shape=(8, 8), shard_sizes=(4, 8), dtype="float64",
+                      store=executor.store)
+    assert tasks(lambda: matmul(Am, Bm, out=C, executor=executor)) > 2  # 2 blocks, 8 inner
+    assert tasks(lambda: matmul(Am, Bm, out=C, executor=executor, resume=True)) == 0
+    C.delete_block(1, 0)
+    ran = tasks(lambda: matmul(Am, Bm, out=C, executor=executor, resume=True))
+    assert 0 < ran <= 8 + 7  # one block: its partial products and their sums
+    np.testing.assert_allclose(C.numpy(), A @ B, rtol=1e-12, atol=1e-12)

@@ -136,6 +136,11 @@ class ResumeMismatchError(ShardwrenError, ValueError):
     """Saved partial results under a key were produced by a different job."""
 
 
+class OutputAliasError(ShardwrenError, ValueError):
+    """An operation's output is one of its inputs (or inside one): writing it would
+    change the input while other tasks still read it."""
+
+
 class DatasetNotFoundError(ShardwrenError, FileNotFoundError):
     """A dataset's files could not be found or downloaded."""
 

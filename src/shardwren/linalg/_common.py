@@ -16,6 +16,8 @@ import numpy as np
 
 from ..errors import (
     DTypeMismatchError,
+    KeyNotFoundError,
+    OutputAliasError,
     ResumeMismatchError,
     ShapeMismatchError,
     StoreNotSharedError,
@@ -103,15 +105,58 @@ class Inputs:
         return m
 
 
-def todo(out: ShardedMatrix, idxs: list, resume: bool) -> list:
-    """The blocks still to compute: with ``resume``, those ``out`` lacks.
+def check_output(out: ShardedMatrix, **inputs: Any) -> None:
+    """Refuse an output that is one of the inputs, or lies inside one's tree (or holds
+    one in its own): tasks would overwrite blocks other tasks still read."""
+    for name, m in inputs.items():
+        if not isinstance(m, ShardedMatrix) or m.store.url != out.store.url:
+            continue
+        a, b = out.key.rstrip("/"), m.key.rstrip("/")
+        if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
+            raise OutputAliasError(
+                f"the output {out.key!r} in {out.store.url} is the input {name} ({m.key!r}) or "
+                "inside it: its blocks would be overwritten while other tasks read them. "
+                "Write the result to another key")
 
-    A block that exists is complete (block writes are atomic) and its checksum
-    is verified whenever it is read, so skipping it loses nothing.
+
+#: Beside an output's blocks: the fingerprint of the job writing them (own key of the
+#: matrix, so deleting the matrix removes it; zarr readers ignore it).
+JOB_RECORD = "shardwren-job.json"
+
+
+def todo(out: ShardedMatrix, idxs: list, resume: bool, job: str,
+         fingerprint: dict[str, Any]) -> list:
+    """The output blocks still to compute: all of them, or with ``resume`` those
+    ``out`` lacks.
+
+    Each call records the job (``job`` and a ``fingerprint`` of its inputs and
+    parameters, as for :func:`run_resumable`) beside ``out``'s blocks. A resumed call
+    reuses the existing blocks only when that record is this job's: blocks written
+    from other inputs are refused with :class:`ResumeMismatchError`, never returned
+    as this job's answer. A block that exists is complete (block writes are atomic)
+    and its checksum is verified whenever it is read, so skipping it loses nothing.
     """
+    desc, digest = job_fingerprint(job, fingerprint)
+    record = f"{out.key}/{JOB_RECORD}"
+    mine = json.dumps({"digest": digest, "job": desc}, indent=1).encode()
     if not resume:
+        out.store.put(record, mine)
         return list(idxs)
     have = set(out.block_idxs_exist)
+    try:
+        saved = json.loads(out.store.get(record))
+        why = None if saved["digest"] == digest else _differences(saved.get("job", {}), desc)
+    except KeyNotFoundError:
+        why = "no record of the job that wrote them" if have else None
+        if why is None:
+            out.store.put(record, mine)
+    except (ValueError, KeyError, TypeError):
+        why = f"{record} is unreadable"
+    if why is not None:
+        raise ResumeMismatchError(
+            f"the blocks of {out.key!r} in {out.store.url} were written by a different job "
+            f"({why}); they are not reused. Write to another key, pass resume=False to "
+            "compute every block again, or delete the matrix")
     return [ij for ij in idxs if tuple(ij[:2]) not in have]
 
 

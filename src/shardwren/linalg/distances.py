@@ -11,7 +11,7 @@ from ..errors import ShapeMismatchError
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import Inputs, check_features, executor_for, require_shared, todo
+from ._common import Inputs, check_features, check_output, executor_for, require_shared, todo
 from .kernels import sq_dist_tile
 from .knn import check_finite
 
@@ -53,6 +53,7 @@ def pairwise_sq_euclidean(A: Any, B: Any, out: ShardedMatrix | None = None,
     resume : bool
         Compute only the blocks ``out`` (or the matrix named ``key``) lacks, so a
         job whose driver died finishes without recomputing what it had written.
+        Blocks written from other inputs are refused (``ResumeMismatchError``).
 
     Returns
     -------
@@ -80,9 +81,10 @@ def pairwise_sq_euclidean(A: Any, B: Any, out: ShardedMatrix | None = None,
                 f"out has shape {out.shape} and blocks {out.shard_sizes}; the distance matrix "
                 f"needs shape {shape} and blocks {blocks}")
         require_shared(out.store, ex)
+        check_output(out, A=A_m, B=B_m)
+        need = todo(out, out.block_idxs, resume, "pairwise_sq_euclidean", {"A": A_m, "B": B_m})
         # One pickled closure per map: the handles inside it are small (never data).
-        fs = ex.starmap(lambda i, j: _distance_block(A_m, B_m, out, i, j),
-                        todo(out, out.block_idxs, resume))
+        fs = ex.starmap(lambda i, j: _distance_block(A_m, B_m, out, i, j), need)
         get_all_results(fs, progress=progress)
         return out
 

@@ -19,7 +19,7 @@ from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
 from ._cache import CACHE
-from ._common import Inputs, executor_for, new_token, todo
+from ._common import Inputs, check_output, executor_for, new_token, todo
 
 
 @dataclass
@@ -199,7 +199,9 @@ def matmul(A: Any, B: Any, out: ShardedMatrix | None = None, executor: Executor 
     out : ShardedMatrix, optional
         Destination (default: a new matrix ``key`` or a unique name in the executor's store).
     resume : bool
-        Compute only the output blocks ``out`` lacks (after a driver died).
+        Compute only the output blocks ``out`` lacks (after a driver died), whichever
+        way the inner dimension is split. Blocks written from other inputs are refused
+        (``ResumeMismatchError``).
 
     Returns
     -------
@@ -214,38 +216,42 @@ def matmul(A: Any, B: Any, out: ShardedMatrix | None = None, executor: Executor 
                                                               B_m.shape, B_m.shard_sizes)
         dt = np.result_type(A_m.dtype, B_m.dtype)
         C = _output(out, key or _unique("matmul"), out_shape, out_blocks, dt, ex)
-        groups = _groups(grid[0] * grid[1], inner, ex.parallelism)
+        check_output(C, A=A_m, B=B_m)
+        need = [tuple(ij) for ij in todo(C, C.block_idxs, resume, "matmul", {"A": A_m, "B": B_m})]
+        groups = _groups(len(need), inner, ex.parallelism)
         token = new_token()
+        if not need:
+            return C
         if groups == 1:
             fs = ex.starmap(lambda i, j: _matmul_block(A_m, B_m, C, i, j, range(inner), token),
-                            todo(C, C.block_idxs, resume))
+                            need)
             get_all_results(fs, progress=progress)
             return C
         size = -(-inner // groups)
         parts = [inputs.scratch(out_shape, out_blocks, f"partial{g}", dt) for g in range(groups)]
-        tasks = [(i, j, g) for g in range(groups) for i, j in C.block_idxs]
+        tasks = [(i, j, g) for g in range(groups) for i, j in need]
         fs = ex.starmap(lambda i, j, g: _matmul_block(A_m, B_m, parts[g], i, j,
                                                        range(g * size, min(inner, (g + 1) * size)),
                                                        token), tasks)
         get_all_results(fs, progress=progress)
-        _tree_sum(parts, C, ex, progress)
+        _tree_sum(parts, C, ex, progress, need)
         return C
 
 
 def _tree_sum(parts: list[ShardedMatrix], C: ShardedMatrix, ex: Executor,
-              progress: bool | None) -> None:
-    """Sum matrices pairwise, level by level; the last level writes C."""
+              progress: bool | None, blocks: list[tuple[int, int]]) -> None:
+    """Sum matrices pairwise over ``blocks``, level by level; the last level writes C."""
     while len(parts) > 1:
         pairs = [(parts[k], parts[k + 1]) for k in range(0, len(parts) - 1, 2)]
         final = len(pairs) == 1 and len(parts) == 2
         targets = [C if final else p for p, _ in pairs]
-        jobs = [(n, i, j) for n in range(len(pairs)) for i, j in C.block_idxs]
+        jobs = [(n, i, j) for n in range(len(pairs)) for i, j in blocks]
         fs = ex.starmap(lambda n, i, j: _add_blocks(pairs[n][0], pairs[n][1], targets[n], i, j), jobs)
         get_all_results(fs, progress=progress)
         parts = targets + ([parts[-1]] if len(parts) % 2 else [])
     if parts[0] is not C:
         fs = ex.starmap(lambda i, j: C.put_block(i, j, parts[0].get_block(i, j, copy=False)),
-                        C.block_idxs)
+                        blocks)
         get_all_results(fs, progress=progress)
 
 
@@ -313,6 +319,7 @@ def gram(X: Any, out: ShardedMatrix | None = None, executor: Executor | None = N
         X_m = inputs.matrix(X, "X", rows=plan.out_blocks[0], cols=plan.out_blocks[1])
         n, b = X_m.shape[0], X_m.shard_sizes[0]
         C = _output(out, key or _unique("gram"), (n, n), (b, b), X_m.dtype, ex)
+        check_output(C, X=X_m)
         g, inner = X_m.grid
         pairs = [(i, j) for i in range(g) for j in range(i, g)]
         get_all_results(ex.starmap(lambda i, j: _gram_block(X_m, C, i, j, inner), pairs),
@@ -372,9 +379,19 @@ def map_blocks(fn: Callable[..., Any], A: ShardedMatrix, *others: Any, out: Shar
                       operands=len(others) + 2)
         C = _output(out, key or _unique("map"), A.shape, A.shard_sizes,
                     np.dtype(out_dtype or A.dtype), ex)
+        check_output(C, A=A, **{f"operand {n + 2}": o for n, o in enumerate(others)})
+        job = {"fn": _function_name(fn), "dtype": C.dtype.str if C.dtype else None,
+               "operands": [A, *others]}
         get_all_results(ex.starmap(lambda i, j: _apply(fn, C, i, j, A, *others),
-                                   todo(C, A.block_idxs, resume)), progress=progress)
+                                   todo(C, A.block_idxs, resume, "map_blocks", job)),
+                        progress=progress)
         return C
+
+
+def _function_name(fn: Callable[..., Any]) -> str:
+    """A function's module and qualified name (a resumed map_blocks must apply the
+    same one; a function changed under the same name is not noticed)."""
+    return f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', type(fn).__name__)}"
 
 
 map_blocks.plan = plan_map_blocks  # type: ignore[attr-defined]
