@@ -7,6 +7,7 @@ import pytest
 from click.testing import CliRunner
 
 from shardwren import cli, datasets
+from shardwren.cli import main
 from shardwren.errors import DatasetNotFoundError
 
 
@@ -89,3 +90,114 @@ def test_demo_says_where_it_looked_for_mnist(tmp_path, monkeypatch, capsys):
     assert f"mnist not found in {', '.join(map(str, places))}; not downloaded: SHARDWREN_OFFLINE is set" \
         in out, out
     assert "in:;" not in out
+
+
+def _user_files(tmp_path, rng=None):
+    rng = rng or np.random.default_rng(0)
+    X, Q = rng.random((300, 6)), rng.random((40, 6))
+    np.save(tmp_path / "X.npy", X)
+    np.save(tmp_path / "Q.npy", Q)
+    np.save(tmp_path / "y.npy", rng.integers(0, 3, 300))
+    return X, Q
+
+
+def _user_knn(runner, tmp_path, *extra):
+    return runner.invoke(main, ["knn", "--train", str(tmp_path / "X.npy"), "--query",
+                                str(tmp_path / "Q.npy"), "--workers", "1", "--block-size", "100",
+                                "--store", f"file://{tmp_path}/store", *extra])
+
+
+def test_knn_out_never_deletes_what_is_there(runner, tmp_path):
+    """--out wiped its folder (zarr mode "w"): the user's X.npy, notes, or the training set."""
+    import zarr
+
+    _user_files(tmp_path)
+    (tmp_path / "notes.txt").write_text("mine")
+    for out, why in ((tmp_path, "is --train"), (tmp_path / "X.npy", "is --train"),
+                     (tmp_path / "store", "the store"), (tmp_path / "store" / "r.zarr", "the store")):
+        r = _user_knn(runner, tmp_path, "--out", str(out))
+        assert r.exit_code != 0 and why in r.output, r.output
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    for flags in ([], ["--overwrite"]):  # not a zarr group: never written into
+        r = _user_knn(runner, tmp_path, "--out", str(other), *flags)
+        assert r.exit_code != 0 and "is not a zarr group" in r.output, r.output
+    assert (other / "keep.txt").read_text() == "mine"
+    assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "X.npy").exists()
+    out = tmp_path / "res.zarr"
+    assert _user_knn(runner, tmp_path, "--out", str(out)).exit_code == 0
+    r = _user_knn(runner, tmp_path, "--out", str(out), "--k", "2")
+    assert r.exit_code != 0 and "--overwrite" in r.output  # an earlier result is kept
+    assert zarr.open_group(str(out), mode="r")["indices"].shape == (40, 1)
+    r = _user_knn(runner, tmp_path, "--out", str(out), "--k", "2", "--overwrite")
+    assert r.exit_code == 0, r.output
+    assert zarr.open_group(str(out), mode="r")["indices"].shape == (40, 2)
+    (tmp_path / "empty").mkdir()
+    assert _user_knn(runner, tmp_path, "--out", str(tmp_path / "empty")).exit_code == 0
+    r = _user_knn(runner, tmp_path, "--out", "/proc/nope/r.zarr")
+    assert r.exit_code != 0 and "not a writable folder" in r.output
+
+
+def test_knn_inputs_are_checked_before_the_job(runner, tmp_path):
+    _user_files(tmp_path)
+    np.save(tmp_path / "short.npy", np.zeros(10))
+    r = _user_knn(runner, tmp_path, "--train-labels", str(tmp_path / "short.npy"))
+    assert r.exit_code != 0 and "expected 300 labels" in r.output
+    assert "-NN of" not in r.output  # refused before the k-NN ran
+    r = _user_knn(runner, tmp_path, "--query-labels", str(tmp_path / "y.npy"))
+    assert r.exit_code != 0 and "need --train-labels" in r.output
+    for size in ("0", "-5"):
+        r = _user_knn(runner, tmp_path, "--block-size", size)
+        assert r.exit_code != 0 and "--block-size" in r.output
+    r = runner.invoke(main, ["knn", "--train", str(tmp_path / "X.npy"), "--query",
+                             str(tmp_path / "nope.npy"), "--store", f"file://{tmp_path}/store"])
+    assert r.exit_code != 0 and "--query: no such file" in r.output
+    import shardwren
+
+    left = shardwren.open_store(f"file://{tmp_path}/store").list("tmp")
+    assert not [k for k in left if k.count("/") >= 2]  # the sharded --train was removed
+
+
+def test_knn_predictions_break_ties_as_the_classifier_does(runner, tmp_path):
+    """The CLI voted with ties to the nearest label; the estimators (and scikit-learn) give
+    them to the smallest."""
+    import zarr
+
+    from shardwren.linalg import KNeighborsClassifier
+
+    rng = np.random.default_rng(3)
+    X, Q = _user_files(tmp_path, rng)
+    y = np.load(tmp_path / "y.npy")
+    want = KNeighborsClassifier(n_neighbors=4).fit(X, y).predict(Q)
+    for ties in ("smallest", "nearest"):
+        out = tmp_path / f"{ties}.zarr"
+        r = _user_knn(runner, tmp_path, "--k", "4", "--train-labels", str(tmp_path / "y.npy"),
+                      "--out", str(out), "--vote-ties", ties)
+        assert r.exit_code == 0, r.output
+        got = zarr.open_group(str(out), mode="r")["predictions"][:]
+        assert np.array_equal(got, want) == (ties == "smallest")
+
+
+def test_matmul_out_never_destroys_an_input(runner, tmp_path):
+    from shardwren.matrix import ShardedMatrix
+
+    store = f"file://{tmp_path}/s"
+    rng = np.random.default_rng(1)
+    A = rng.standard_normal((30, 30))
+    ShardedMatrix.from_numpy(A, "A", (10, 10), store=store)
+    ShardedMatrix.from_numpy(A[:, :20], "B", (10, 10), store=store)
+    for out in ("A", "B"):
+        for flags in ([], ["--overwrite"]):
+            r = runner.invoke(main, ["matmul", f"{store}/A", f"{store}/B", f"{store}/{out}",
+                                     "--workers", "1", *flags])
+            assert r.exit_code != 0 and "would destroy it" in r.output, r.output
+    np.testing.assert_array_equal(ShardedMatrix("A", store=store).numpy(), A)
+    assert runner.invoke(main, ["matmul", f"{store}/A", f"{store}/B", f"{store}/C",
+                                "--workers", "1"]).exit_code == 0
+    r = runner.invoke(main, ["matmul", f"{store}/A", f"{store}/B", f"{store}/C", "--workers", "1"])
+    assert r.exit_code != 0 and "--overwrite" in r.output
+    r = runner.invoke(main, ["matmul", f"{store}/A", f"{store}/B", f"{store}/C", "--workers", "1",
+                             "--overwrite"])
+    assert r.exit_code == 0, r.output
+    np.testing.assert_allclose(ShardedMatrix("C", store=store).numpy(), A @ A[:, :20])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 from typing import Any
 
@@ -52,7 +53,7 @@ def _report_times(phases: dict[str, float]) -> str:
 
 def run_knn(ex: shardwren.Executor, data: tuple, k: int, block_size: int,
             materialize: bool, train_vs_train: bool, progress: bool | None,
-            method: str = "brute") -> dict[str, Any]:
+            method: str = "brute", vote_ties: str = "smallest") -> dict[str, Any]:
     """Run one k-NN job and return its figures (also printed)."""
     from .linalg import argmin, knn, pairwise_sq_euclidean
     from .linalg.knn import vote
@@ -98,7 +99,7 @@ def run_knn(ex: shardwren.Executor, data: tuple, k: int, block_size: int,
         T.delete()
         if Q is not T:
             Q.delete()
-    pred = vote(y[idx]) if idx.shape[1] > 1 else y[idx[:, 0]]
+    pred = vote(y[idx], ties=vote_ties) if idx.shape[1] > 1 else y[idx[:, 0]]
     out.update(accuracy=float(np.mean(pred == truth)), phases=phases,
                total=sum(phases.values()), what=what)
     click.echo(f"{what}: accuracy {out['accuracy']:.4f} on {len(truth)} points; "
@@ -112,7 +113,7 @@ def run_knn(ex: shardwren.Executor, data: tuple, k: int, block_size: int,
 @click.option("--dataset", type=click.Choice(["mnist", "fashion-mnist"]), default="mnist",
               show_default=True)
 @click.option("--k", "k", type=int, default=1, show_default=True, help="Neighbours per query.")
-@click.option("--block-size", type=int, default=4000, show_default=True,
+@click.option("--block-size", type=click.IntRange(min=1), default=4000, show_default=True,
               help="Rows per block of the sharded matrices.")
 @click.option("--materialize-distances", is_flag=True,
               help="The tutorial's algorithm: write the whole distance matrix, then argmin it.")
@@ -141,11 +142,19 @@ def run_knn(ex: shardwren.Executor, data: tuple, k: int, block_size: int,
 @click.option("--query-labels", default=None, metavar="PATH_OR_URL",
               help="True labels of the queries: the accuracy is printed.")
 @click.option("--out", "out_path", default=None, metavar="ZARR_PATH_OR_URL",
-              help="Write distances, indices (and predictions) there as a zarr group.")
+              help="Write distances, indices (and predictions) there as a new zarr group. "
+                   "An existing path is refused, unless it is a zarr group and --overwrite "
+                   "is given; an input or the store never is.")
+@click.option("--overwrite", is_flag=True,
+              help="Replace an existing --out that is a zarr group (an earlier result).")
+@click.option("--vote-ties", type=click.Choice(["smallest", "nearest"]), default="smallest",
+              show_default=True,
+              help="Predictions: a tied vote goes to the smallest label (scikit-learn's rule, "
+                   "and shardwren's classifier's), or to the label of the nearest neighbour.")
 @_executor_options
 def knn(dataset, k, block_size, materialize_distances, train_vs_train, method, data_dir,
-        plot_path, train_path, query_path, train_labels, query_labels, out_path, workers,
-        backend, store) -> None:
+        plot_path, train_path, query_path, train_labels, query_labels, out_path, overwrite,
+        vote_ties, workers, backend, store) -> None:
     """Exact k nearest neighbours: of MNIST or Fashion-MNIST, or of your own data.
 
     With --dataset (default mnist): classification of the test images, printing the
@@ -161,13 +170,15 @@ def knn(dataset, k, block_size, materialize_distances, train_vs_train, method, d
                                "drop --method")
     if train_path is None and any((query_path, train_labels, query_labels, out_path)):
         raise click.UsageError("--query, --train-labels, --query-labels and --out go with --train")
+    if query_labels and not train_labels:
+        raise click.UsageError("--query-labels scores predictions, which need --train-labels")
     if train_path is not None:
         if materialize_distances:
             raise click.UsageError("--materialize-distances works with --dataset only")
         try:
             with shardwren.default_executor(backend=backend, store=store, workers=workers) as ex:
                 _user_knn(ex, train_path, query_path, train_labels, query_labels, out_path, k,
-                          block_size, method)
+                          block_size, method, overwrite, vote_ties)
         except (ShardwrenError, FileNotFoundError, ValueError) as exc:
             raise click.ClickException(str(exc)) from None
         return
@@ -177,7 +188,8 @@ def knn(dataset, k, block_size, materialize_distances, train_vs_train, method, d
                f"{data[0].shape[1]} pixels, loaded in {time.perf_counter() - t:.2f} s")
     with shardwren.default_executor(backend=backend, store=store, workers=workers) as ex:
         click.echo(f"executor: {ex.backend.name}, {ex.parallelism} workers, store {ex.store.url}")
-        run_knn(ex, data, k, block_size, materialize_distances, train_vs_train, None, method)
+        run_knn(ex, data, k, block_size, materialize_distances, train_vs_train, None, method,
+                vote_ties)
         if plot_path:
             job_id, name, recs = max(ex.history, key=lambda h: len(h[2]))
             from . import plot
@@ -187,7 +199,8 @@ def knn(dataset, k, block_size, materialize_distances, train_vs_train, method, d
             click.echo(f"timeline of job {job_id} ({len(recs)} tasks) written to {plot_path}")
 
 
-def _matrix_input(path: str, name: str, ex: shardwren.Executor, block_size: int):
+def _matrix_input(path: str, name: str, ex: shardwren.Executor, block_size: int,
+                  option: str | None = None):
     """``(matrix, scratch)``: a stored whole-row-block matrix is used in place; any other
     source is streamed into the executor's store (``scratch``, deleted afterwards)."""
     from . import sources
@@ -205,7 +218,7 @@ def _matrix_input(path: str, name: str, ex: shardwren.Executor, block_size: int)
             pass
     click.echo(f"sharding {name} from {path} ...")
     m = sources.shard(path, scratch=f"cli-{name}", block_rows=block_size, store=ex.store,
-                      progress=True)
+                      progress=True, name=option or name)
     return m, m
 
 
@@ -218,16 +231,81 @@ def _labels(path: str, n: int, what: str) -> np.ndarray:
     return src.rows(0, n)[:, 0]
 
 
+def _local_path(path: str) -> str | None:
+    """The absolute local path of a plain path or ``file://`` URL; None for other URLs."""
+    if path.startswith("file://"):
+        return os.path.abspath(path[7:])
+    return None if "://" in path else os.path.abspath(path)
+
+
+def _nested(a: str, b: str, sep: str) -> bool:
+    """Whether ``a`` and ``b`` are the same location or one holds the other."""
+    a, b = a.rstrip(sep) or sep, b.rstrip(sep) or sep
+    return a == b or a.startswith(b.rstrip(sep) + sep) or b.startswith(a.rstrip(sep) + sep)
+
+
+def _check_out(out: str, overwrite: bool, inputs: dict[str, str | None]) -> str:
+    """Refuse an ``--out`` that would destroy something, before any work; the zarr mode
+    to write it with. ``inputs``: option name to path or URL (inputs, the store)."""
+    import fsspec
+
+    local = _local_path(out)
+    for name, path in inputs.items():
+        if path is None:
+            continue
+        other = _local_path(path)
+        same = (_nested(local, other, os.sep) if local is not None and other is not None
+                else _nested(out.rstrip("/"), path.rstrip("/"), "/"))
+        if same:
+            raise click.UsageError(f"--out {out} is {name} {path}, or holds it or lies inside "
+                                   "it: writing the result would destroy it. Choose a new path")
+    if local is not None:
+        fs, where = fsspec.filesystem("file"), local
+        parent = local
+        while not os.path.exists(parent):
+            parent = os.path.dirname(parent)
+        try:  # a real write: permission bits do not tell (root, read-only mounts, /proc)
+            with tempfile.TemporaryDirectory(dir=parent, prefix=".shardwren-probe-"):
+                pass
+        except OSError as exc:
+            raise click.UsageError(f"cannot write --out {out}: {parent} is not a writable "
+                                   f"folder ({exc.strerror})") from None
+    else:
+        fs, where = fsspec.core.url_to_fs(out)
+    if not fs.exists(where):
+        return "w-"
+    if fs.isdir(where) and not fs.ls(where):
+        return "w-"
+    is_group = fs.exists(f"{where}/zarr.json") or fs.exists(f"{where}/.zgroup")
+    if is_group and overwrite:
+        return "w"
+    if is_group:
+        raise click.UsageError(f"--out {out} exists (a zarr group: an earlier result?); pass "
+                               "--overwrite to replace it, or choose a new path")
+    raise click.UsageError(f"--out {out} exists and is not a zarr group: shardwren will not "
+                           "write into it or delete it. Choose a new path")
+
+
 def _user_knn(ex, train_path, query_path, train_labels, query_labels, out_path, k, block_size,
-              method) -> None:
+              method, overwrite: bool = False, vote_ties: str = "smallest") -> None:
     from .linalg import knn
     from .linalg.kernels import vote
 
     click.echo(f"executor: {ex.backend.name}, {ex.parallelism} workers, store {ex.store.url}")
-    T, t_tmp = _matrix_input(train_path, "train", ex, block_size)
-    Q, q_tmp = (T, None) if query_path is None else _matrix_input(query_path, "query", ex,
-                                                                  block_size)
+    mode = None
+    if out_path:
+        mode = _check_out(out_path, overwrite, {
+            "--train": train_path, "--query": query_path, "--train-labels": train_labels,
+            "--query-labels": query_labels,
+            "the store (--store)": ex.store.url if ex.store.scheme != "memory" else None})
+    T = Q = t_tmp = q_tmp = None
     try:
+        T, t_tmp = _matrix_input(train_path, "train", ex, block_size, "--train")
+        Q, q_tmp = (T, None) if query_path is None else _matrix_input(query_path, "query", ex,
+                                                                      block_size, "--query")
+        # Labels are checked before the job, so that a bad file does not waste it.
+        y = _labels(train_labels, T.shape[0], "--train-labels") if train_labels else None
+        truth = _labels(query_labels, Q.shape[0], "--query-labels") if query_labels else None
         timings: dict[str, Any] = {}
         t = time.perf_counter()
         dist, idx = knn(T, None if query_path is None else Q, k, executor=ex, method=method,
@@ -238,17 +316,15 @@ def _user_knn(ex, train_path, query_path, train_labels, query_labels, out_path, 
                    + (f", {timings['exact_per_query']:.1f} exact distances per query"
                       if "exact_per_query" in timings else ""))
         out = {"distances": dist, "indices": idx}
-        if train_labels:
-            y = _labels(train_labels, T.shape[0], "--train-labels")
-            out["predictions"] = vote(y[idx])
-            if query_labels:
-                truth = _labels(query_labels, Q.shape[0], "--query-labels")
+        if y is not None:
+            out["predictions"] = vote(y[idx], ties=vote_ties)
+            if truth is not None:
                 click.echo(f"accuracy {np.mean(out['predictions'] == truth):.4f} "
                            f"on {len(truth)} queries")
         if out_path:
             import zarr
 
-            group = zarr.open_group(out_path, mode="w")
+            group = zarr.open_group(out_path, mode="w" if mode == "w" else "w-")
             for name, arr in out.items():
                 group.create_array(name, data=arr)
             click.echo(f"wrote {', '.join(out)} to {out_path}")
@@ -345,19 +421,33 @@ def _url_matrix(url: str):
 @click.argument("b_url")
 @click.argument("out_url")
 @click.option("--dry-run", is_flag=True, help="Print the plan and stop.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing OUT (never A or B).")
 @_executor_options
-def matmul_cmd(a_url, b_url, out_url, dry_run, workers, backend, store) -> None:
+def matmul_cmd(a_url, b_url, out_url, dry_run, overwrite, workers, backend, store) -> None:
     """Multiply two stored matrices: OUT = A @ B.
 
     Each URL is a matrix's full URL, STORE_URL/KEY (e.g. file:///data/store/A or
     s3://bucket/prefix/A). Prints the plan (tasks, bytes, flops, memory per task)
-    before running it.
+    before running it. OUT must be new, unless --overwrite; it is never A or B.
     """
     from .linalg import matmul, plan
     from .matrix import ShardedMatrix
+    from .storage import open_store
 
     A, B = _url_matrix(a_url), _url_matrix(b_url)
     out_store, _, out_key = out_url.rstrip("/").rpartition("/")
+    try:
+        target = open_store(out_store)
+    except (ShardwrenError, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    for name, m in (("A", A), ("B", B)):
+        if m.store.url == target.url and _nested(m.key, out_key, "/"):
+            raise click.UsageError(f"OUT {out_url} is {name} ({m.key!r}), or holds it or lies "
+                                   "inside it: writing the product would destroy it. Choose "
+                                   "a new key")
+    if not overwrite and (target.exists(out_key) or target.list(out_key)):
+        raise click.UsageError(f"OUT {out_url} exists; pass --overwrite to replace it, or "
+                               "choose a new key")
     try:
         with shardwren.default_executor(backend=backend, store=store or out_store,
                                         workers=workers) as ex:

@@ -184,7 +184,7 @@ def check_free_space(store: Any, nbytes: int, what: str) -> None:
 
 def shard(source: Any, key: str | None = None, block_rows: int = 4000, store: Any = None,
           dtype: Any = None, executor: Any = None, progress: bool | None = None,
-          overwrite: bool = True, scratch: str | None = None):
+          overwrite: bool = True, scratch: str | None = None, name: str = "input"):
     """Write a source into a new ShardedMatrix of whole-row blocks, one block at a time.
 
     Parameters
@@ -206,6 +206,8 @@ def shard(source: Any, key: str | None = None, block_rows: int = 4000, store: An
     scratch : str, optional
         Instead of ``key``: a scratch matrix named after this, owned by this
         process (``shardwren store gc`` removes it if the process dies first).
+    name : str
+        What errors call the source (``"--query"``, ...).
 
     Returns
     -------
@@ -214,7 +216,7 @@ def shard(source: Any, key: str | None = None, block_rows: int = 4000, store: An
     from .matrix import ShardedMatrix, scratch_matrix
     from .storage import open_store
 
-    src = open_source(source)
+    src = open_source(source, name)
     dt = np.dtype(dtype) if dtype is not None else src.dtype
     if not np.can_cast(src.dtype, dt, "safe"):
         raise DTypeMismatchError(f"cannot store {src.dtype} data as {dt} without losing values")
