@@ -188,3 +188,42 @@ def test_stored_outcomes_go_by_age_and_only_when_asked(tmp_path):
     assert pickle.loads(blobs[1]).result(timeout=30) == 1  # the kept one still loads
     bad = runner.invoke(main, ["store", "gc", "--store", url, "--results-older-than", "-1"])
     assert bad.exit_code != 0 and "results-older-than" in bad.output
+
+
+def test_gc_from_another_pid_namespace_keeps_a_live_owner(tmp_path):
+    """gc run in a container sharing the host name and kernel (another PID namespace) took a
+    live driver for dead, its pid being invisible there, and removed its scratch."""
+    probe = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", "true"],
+                           capture_output=True)
+    if probe.returncode != 0:
+        pytest.skip("cannot create a PID namespace here (needs root or user namespaces)")
+    url = f"file://{tmp_path}/store"
+    proc, theirs = _start_driver(tmp_path, url)
+    try:
+        gc = subprocess.run(["unshare", "--pid", "--fork", "--mount-proc", sys.executable, "-m",
+                             "shardwren.cli", "store", "gc", "--store", url],
+                            capture_output=True, text=True, timeout=120)
+        assert gc.returncode == 0, gc.stderr
+        assert "nothing to remove" in gc.stdout, gc.stdout
+        assert shardwren.open_store(url).list(theirs)
+    finally:
+        proc.kill()
+        proc.wait(30)
+
+
+def test_the_pid_namespace_is_part_of_the_host_id(monkeypatch):
+    here = _owners.host_id()
+    monkeypatch.setattr(_owners, "_pid_namespace", lambda: "pid:[1]")
+    assert _owners.host_id() != here
+
+
+def test_a_key_of_ones_own_ending_in_partial_is_a_value(tmp_path):
+    """A user's key "reports/2024.partial" was hidden from list() and collected as an
+    abandoned temporary an hour later."""
+    store = shardwren.open_store(f"file://{tmp_path}")
+    store.put("reports/2024.partial", b"mine")
+    path = store.path("reports/2024.partial")
+    os.utime(path, (time.time() - 7200, time.time() - 7200))
+    assert store.list("reports") == ["reports/2024.partial"]
+    assert collect_garbage(store) == []
+    assert store.get("reports/2024.partial") == b"mine"

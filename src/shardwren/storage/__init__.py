@@ -16,6 +16,7 @@ from __future__ import annotations
 import errno
 import mmap
 import os
+import re
 import stat
 import threading
 import uuid
@@ -51,6 +52,15 @@ _READ_PIECE = 1 << 20
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)
 #: Suffix of a local value being written (``<key>.<owner tag>.<id>.partial``).
 PARTIAL = ".partial"
+#: The whole name of such a temporary (or an older shardwren's, ``<key>.<32 hex>.partial``):
+#: a user's own key that merely ends in ``.partial`` is a value like any other.
+_TEMPORARY = re.compile(r"\.(?:o[0-9a-f]{8}p[0-9]+s[0-9a-z]+\.[0-9a-f]{12}|[0-9a-f]{32})"
+                        + re.escape(PARTIAL) + "$")
+
+
+def is_temporary(name: str) -> bool:
+    """Whether a key or file name is a temporary of an interrupted or ongoing write."""
+    return _TEMPORARY.search(name) is not None
 
 # protocol -> the optional library implementing it (shardwren._optional names its extra)
 _NEEDS = {"s3": "s3fs", "s3a": "s3fs"}
@@ -303,7 +313,7 @@ class Store:
         # Only keys strictly under the prefix: object-store listings may also return
         # the prefix itself (a "directory" created meanwhile) or siblings sharing it.
         return sorted(k for k in (self.fs._strip_protocol(f)[cut:] for f in found)
-                      if k.startswith(under) and not k.endswith(PARTIAL))
+                      if k.startswith(under) and not is_temporary(k))
 
     def temporaries(self) -> builtins.list[tuple[str, float, int]]:
         """``(key, modified time, size)`` of every ``.partial`` temporary: values a
@@ -314,7 +324,7 @@ class Store:
         cut = len(self.root.rstrip("/")) + 1
         for dirpath, _, files in os.walk(self.root):
             for name in files:
-                if name.endswith(PARTIAL):
+                if is_temporary(name):
                     full = os.path.join(dirpath, name)
                     try:
                         info = os.stat(full)

@@ -5,8 +5,9 @@ store, and a process killed mid-write its ``.partial`` temporaries. Both names c
 the writer's *owner tag*, so :func:`shardwren.storage.collect_garbage` can tell what a
 live process still needs from what nobody will ever come back for:
 
-* an owner on this machine is alive exactly when its process is (pid *and* start
-  time match: a recycled pid is not mistaken for the owner);
+* an owner on this machine (same host, boot and PID namespace) is alive exactly when
+  its process is (pid *and* start time match: a recycled pid is not mistaken for the
+  owner);
 * an owner on another machine is alive while its *lease* in the store,
   ``_shardwren/owners/<tag>.json``, renewed every :data:`RENEW_S` seconds by a
   daemon thread of the owning process, is younger than :data:`LEASE_TTL_S`.
@@ -57,10 +58,20 @@ def _base36(n: int) -> str:
             return out
 
 
+def _pid_namespace() -> str:
+    try:
+        return os.readlink("/proc/self/ns/pid")
+    except OSError:
+        return ""
+
+
 def host_id() -> str:
     """8 hex digits naming this machine *since its last boot* (after a reboot no
-    process of before is alive, and the pids start over)."""
-    return hashlib.sha1(f"{socket.gethostname()}|{_boot_id()}".encode()).hexdigest()[:8]
+    process of before is alive, and the pids start over) *and this PID namespace*:
+    containers sharing a host name and kernel (``--uts=host``, pods) cannot see each
+    other's processes, so to each other they are other machines, known by their leases."""
+    ident = f"{socket.gethostname()}|{_boot_id()}|{_pid_namespace()}"
+    return hashlib.sha1(ident.encode()).hexdigest()[:8]
 
 
 def process_start(pid: int) -> int | None:
