@@ -170,3 +170,30 @@ def test_cli_knn_on_user_files(tmp_path, mnist):
     assert not [k for k in left if k.count("/") >= 2]  # scratch matrices removed (a group node may stay)
     bad = CliRunner().invoke(cli.main, ["knn", "--train", str(tmp_path / "nope.npy")])
     assert bad.exit_code != 0 and "no such file" in bad.output
+
+
+def test_damaged_and_empty_sources_get_errors_that_name_them(tmp_path):
+    store = f"file://{tmp_path}/store"
+    imgs = np.arange(50 * 4 * 4, dtype=np.uint8).reshape(50, 4, 4)
+    whole = _idx_bytes(imgs)
+    (tmp_path / "t-ubyte").write_bytes(whole[:-100])
+    (tmp_path / "t-ubyte.gz").write_bytes(gzip.compress(whole[:-100]))
+    with pytest.raises(ValueError, match=r"t-ubyte is truncated: its header promises 50 items"):
+        sources.shard(str(tmp_path / "t-ubyte"), "t", block_rows=10, store=store)
+    with pytest.raises(ValueError, match=r"t-ubyte.gz is truncated"):
+        sources.shard(str(tmp_path / "t-ubyte.gz"), "tgz", block_rows=10, store=store)
+    assert not shardwren.open_store(store).list("tgz")  # no half-written matrix is left
+    np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
+    with pytest.raises(ValueError, match=r"--query: .*obj.npy' is not a numeric .npy array"):
+        sources.shard(str(tmp_path / "obj.npy"), "o", store=store, name="--query")
+    da = pytest.importorskip("dask.array")
+    x = da.from_array(np.arange(10.0).reshape(5, 2), chunks=(2, 2))
+    with pytest.raises(ShapeMismatchError, match="compute_chunk_sizes"):
+        sources.open_source(x[x[:, 0] > 3])
+    # no rows: an empty matrix, read back as such (it had no block to read)
+    empty = sources.shard(np.zeros((0, 5), np.float32), "empty", store=store)
+    assert empty.numpy().shape == (0, 5)
+    import zarr
+
+    zarr.create_array(str(tmp_path / "store" / "z0"), shape=(0, 4), chunks=(2, 2), dtype="f4")
+    assert ShardedMatrix("z0", store=store).numpy().shape == (0, 4)  # zarr-python's, in place

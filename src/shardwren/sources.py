@@ -15,7 +15,7 @@ import gzip
 import os
 import shutil
 import struct
-from typing import Any, Iterator, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -39,6 +39,9 @@ class ArraySource:
     def __init__(self, array: Any, name: str = "array"):
         self.array = array
         self.name = name
+        if any(isinstance(s, float) and s != s for s in array.shape):  # dask: NaN = unknown
+            raise ShapeMismatchError(f"{name} has unknown chunk sizes (shape {array.shape}); "
+                                     "compute them first: array.compute_chunk_sizes()")
         shape = tuple(int(s) for s in array.shape)
         if len(shape) == 1:
             shape = (shape[0], 1)
@@ -74,10 +77,18 @@ class IdxSource:
             if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] not in self._TYPES:
                 raise ValueError(f"{self.path} is not an IDX file (bad magic number {head!r})")
             dims = struct.unpack(f">{head[3]}I", fh.read(4 * head[3]))
+        if len(dims) != head[3]:
+            raise ValueError(f"{self.path} is truncated: its IDX header is cut short")
         self._offset = 4 + 4 * len(dims)
         self.dtype = np.dtype(self._TYPES[head[2]]).newbyteorder("=")
         self._raw_dtype = np.dtype(self._TYPES[head[2]])
         self.shape = (int(dims[0]), int(np.prod(dims[1:], dtype=np.int64)) if len(dims) > 1 else 1)
+        if not self._gz:
+            need = self._offset + self.shape[0] * self.shape[1] * self._raw_dtype.itemsize
+            have = os.path.getsize(self.path)
+            if have < need:
+                raise ValueError(f"{self.path} is truncated: its header promises {self.shape[0]} "
+                                 f"items ({need:,} bytes), the file has {have:,} bytes")
         self._mm = None if self._gz else np.memmap(self.path, dtype=self._raw_dtype, mode="r",
                                                    offset=self._offset, shape=self.shape)
         self._fh: Any = None
@@ -99,6 +110,9 @@ class IdxSource:
         if r0 > self._next:
             self._fh.seek((r0 - self._next) * width, os.SEEK_CUR)
         data = self._fh.read((r1 - r0) * width)
+        if len(data) < (r1 - r0) * width:
+            raise ValueError(f"{self.path} is truncated: its header promises {self.shape[0]} "
+                             f"items, the data ends within item {r0 + len(data) // max(width, 1)}")
         self._next = r1
         return np.frombuffer(data, dtype=self._raw_dtype).reshape(r1 - r0, -1).astype(self.dtype)
 
@@ -128,9 +142,16 @@ def open_source(obj: Any, name: str = "input", **storage_options: Any) -> Source
         if local and not os.path.exists(lpath):
             raise FileNotFoundError(f"{name}: no such file or folder {path!r}")
         if lpath.endswith(".npy"):
-            src: Source = ArraySource(np.load(lpath, mmap_mode="r", allow_pickle=False), name)
+            try:
+                arr = np.load(lpath, mmap_mode="r", allow_pickle=False)
+            except ValueError as exc:  # object arrays, a damaged header: say which file
+                raise ValueError(f"{name}: {path!r} is not a numeric .npy array ({exc})") from None
+            src: Source = ArraySource(arr, name)
         elif any(lpath.endswith(s) for s in ("-ubyte", "-ubyte.gz", ".idx", ".idx.gz")):
-            src = IdxSource(lpath)
+            try:
+                src = IdxSource(lpath)
+            except (ValueError, struct.error, EOFError, OSError) as exc:
+                raise ValueError(f"{name}: {exc}") from None
         else:
             import zarr
 
@@ -148,12 +169,6 @@ def open_source(obj: Any, name: str = "input", **storage_options: Any) -> Source
     if src.dtype.kind not in "biuf":
         raise DTypeMismatchError(f"{name} must be numeric (int or float), got dtype {src.dtype}")
     return src
-
-
-def row_blocks(n: int, rows: int) -> Iterator[tuple[int, int]]:
-    """``(r0, r1)`` of each block row of ``rows`` rows."""
-    for r0 in range(0, n, rows):
-        yield r0, min(n, r0 + rows)
 
 
 def human_bytes(n: float) -> str:
@@ -234,15 +249,15 @@ def shard(source: Any, key: str | None = None, block_rows: int = 4000, store: An
     try:
         _write_rows(source, src, M, dt, executor, progress)
     except BaseException:
-        if scratch is not None:
-            M.delete()
+        M.delete()  # no half-written matrix: a reader would find blocks missing
         raise
     return M
 
 
 def _write_rows(source: Any, src: Source, M: Any, dt: np.dtype, executor: Any,
                 progress: bool | None) -> None:
-    spans = list(row_blocks(M.shape[0], M.shard_sizes[0]))
+    # The matrix's own block rows: a matrix of 0 rows still has one (empty) block.
+    spans = [M.block_range(i, 0)[0] for i in range(M.grid[0])]
     if executor is not None and isinstance(source, (str, os.PathLike)):
         from .futures import get_all_results
 
