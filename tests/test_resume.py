@@ -313,3 +313,30 @@ def test_matmul_resume_with_the_inner_dimension_split(executor):
     ran = tasks(lambda: matmul(Am, Bm, out=C, executor=executor, resume=True))
     assert 0 < ran <= 8 + 7  # one block: its partial products and their sums
     np.testing.assert_allclose(C.numpy(), A @ B, rtol=1e-12, atol=1e-12)
+
+
+def test_inputs_written_by_zarr_python_are_digested_only_when_resuming(executor, tmp_path):
+    """Fingerprinting a zarr-python array reads its chunks whole: a call without resume
+    does not pay for that, so only a job started with resume=True can be resumed."""
+    import zarr
+
+    from shardwren.errors import ResumeMismatchError
+    from shardwren.linalg._common import JOB_RECORD
+
+    X = np.random.default_rng(2).random((30, 4))
+    z = zarr.create_array(str(tmp_path / "zx"), shape=X.shape, chunks=(10, 4), dtype="f8")
+    z[:] = X
+    Z = ShardedMatrix("zx", store=f"file://{tmp_path}")
+    assert Z.layout.codec == "zarr"
+    D = pairwise_sq_euclidean(Z, Z, executor=executor, key="zres/D")
+    assert not executor.store.exists(f"zres/D/{JOB_RECORD}")
+    D.delete_block(0, 0)
+    with pytest.raises(ResumeMismatchError, match="only with resume=True"):
+        pairwise_sq_euclidean(Z, Z, executor=executor, key="zres/D", resume=True)
+    D.delete()
+    pairwise_sq_euclidean(Z, Z, executor=executor, key="zres/D", resume=True)  # records
+    D = ShardedMatrix("zres/D", store=executor.store)
+    D.delete_block(2, 1)
+    pairwise_sq_euclidean(Z, Z, executor=executor, key="zres/D", resume=True)
+    assert len(executor.history[-1][2]) == 1
+    np.testing.assert_allclose(D.numpy(), ((X[:, None] - X[None]) ** 2).sum(-1))

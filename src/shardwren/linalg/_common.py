@@ -119,6 +119,16 @@ def check_output(out: ShardedMatrix, **inputs: Any) -> None:
                 "Write the result to another key")
 
 
+def _digest_is_cheap(value: Any) -> bool:
+    """Whether fingerprinting ``value`` reads a few bytes per block (shardwren's own
+    matrices store each block's checksum) rather than whole chunks (zarr-python's)."""
+    if isinstance(value, ShardedMatrix):
+        return value.layout.codec != "zarr"
+    if isinstance(value, (list, tuple)):
+        return all(_digest_is_cheap(v) for v in value)
+    return True
+
+
 #: Beside an output's blocks: the fingerprint of the job writing them (own key of the
 #: matrix, so deleting the matrix removes it; zarr readers ignore it).
 JOB_RECORD = "shardwren-job.json"
@@ -130,26 +140,36 @@ def todo(out: ShardedMatrix, idxs: list, resume: bool, job: str,
     ``out`` lacks.
 
     Each call records the job (``job`` and a ``fingerprint`` of its inputs and
-    parameters, as for :func:`run_resumable`) beside ``out``'s blocks. A resumed call
+    parameters, as for :func:`run_resumable`) beside ``out``'s blocks; without
+    ``resume`` only when that is cheap (no input written by zarr-python, whose
+    chunks would have to be read whole to be digested). A resumed call
     reuses the existing blocks only when that record is this job's: blocks written
     from other inputs are refused with :class:`ResumeMismatchError`, never returned
     as this job's answer. A block that exists is complete (block writes are atomic)
     and its checksum is verified whenever it is read, so skipping it loses nothing.
     """
-    desc, digest = job_fingerprint(job, fingerprint)
     record = f"{out.key}/{JOB_RECORD}"
-    mine = json.dumps({"digest": digest, "job": desc}, indent=1).encode()
     if not resume:
-        out.store.put(record, mine)
+        if _digest_is_cheap(list(fingerprint.values())):
+            desc, digest = job_fingerprint(job, fingerprint)
+            out.store.put(record, json.dumps({"digest": digest, "job": desc}, indent=1).encode())
+        else:  # digesting zarr-python's chunks means reading them whole: not unasked
+            out.store.delete(record, missing_ok=True)
         return list(idxs)
+    desc, digest = job_fingerprint(job, fingerprint)
     have = set(out.block_idxs_exist)
     try:
         saved = json.loads(out.store.get(record))
         why = None if saved["digest"] == digest else _differences(saved.get("job", {}), desc)
     except KeyNotFoundError:
-        why = "no record of the job that wrote them" if have else None
-        if why is None:
-            out.store.put(record, mine)
+        why = None
+        if have:
+            why = ("no record of the job that wrote them; a call on matrices that zarr-python "
+                   "wrote records its inputs only with resume=True, digesting them means "
+                   "reading them whole" if not _digest_is_cheap(list(fingerprint.values()))
+                   else "no record of the job that wrote them")
+        else:
+            out.store.put(record, json.dumps({"digest": digest, "job": desc}, indent=1).encode())
     except (ValueError, KeyError, TypeError):
         why = f"{record} is unreadable"
     if why is not None:
