@@ -120,9 +120,19 @@ def test_knn_out_never_deletes_what_is_there(runner, tmp_path):
     other = tmp_path / "other"
     other.mkdir()
     (other / "keep.txt").write_text("mine")
-    for flags in ([], ["--overwrite"]):  # not a zarr group: never written into
-        r = _user_knn(runner, tmp_path, "--out", str(other), *flags)
-        assert r.exit_code != 0 and "is not a zarr group" in r.output, r.output
+    import shardwren
+    from shardwren.matrix import ShardedMatrix
+
+    ShardedMatrix.from_numpy(np.ones((4, 4)), "precious", (2, 2), store=f"file://{tmp_path}/s2")
+    (tmp_path / "link").symlink_to(tmp_path)
+    for target in (other, tmp_path / "s2", tmp_path / "s2" / "precious"):
+        for flags in ([], ["--overwrite"]):  # not a k-NN result: never written into
+            r = _user_knn(runner, tmp_path, "--out", str(target), *flags)
+            assert r.exit_code != 0 and "is not a k-NN result" in r.output, r.output
+    # the store named through a symlink is still the store
+    r = _user_knn(runner, tmp_path, "--out", str(tmp_path / "link" / "store"), "--overwrite")
+    assert r.exit_code != 0 and "the store" in r.output, r.output
+    assert shardwren.open_store(f"file://{tmp_path}/s2").list("precious")
     assert (other / "keep.txt").read_text() == "mine"
     assert (tmp_path / "notes.txt").read_text() == "mine" and (tmp_path / "X.npy").exists()
     out = tmp_path / "res.zarr"
@@ -137,6 +147,11 @@ def test_knn_out_never_deletes_what_is_there(runner, tmp_path):
     assert _user_knn(runner, tmp_path, "--out", str(tmp_path / "empty")).exit_code == 0
     r = _user_knn(runner, tmp_path, "--out", "/proc/nope/r.zarr")
     assert r.exit_code != 0 and "not a writable folder" in r.output
+    r = _user_knn(runner, tmp_path, "--out", str(tmp_path / "notes.txt"))
+    assert r.exit_code != 0 and "is a file" in r.output
+    r = _user_knn(runner, tmp_path, "--out", f"file://{tmp_path}/new/dir/r.zarr")
+    assert r.exit_code == 0, r.output  # a file:// URL to a folder not made yet
+    assert zarr.open_group(str(tmp_path / "new/dir/r.zarr"), mode="r")["indices"].shape == (40, 1)
 
 
 def test_knn_inputs_are_checked_before_the_job(runner, tmp_path):

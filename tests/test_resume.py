@@ -321,7 +321,6 @@ def test_inputs_written_by_zarr_python_are_digested_only_when_resuming(executor,
     import zarr
 
     from shardwren.errors import ResumeMismatchError
-    from shardwren.linalg._common import JOB_RECORD
 
     X = np.random.default_rng(2).random((30, 4))
     z = zarr.create_array(str(tmp_path / "zx"), shape=X.shape, chunks=(10, 4), dtype="f8")
@@ -329,7 +328,7 @@ def test_inputs_written_by_zarr_python_are_digested_only_when_resuming(executor,
     Z = ShardedMatrix("zx", store=f"file://{tmp_path}")
     assert Z.layout.codec == "zarr"
     D = pairwise_sq_euclidean(Z, Z, executor=executor, key="zres/D")
-    assert not executor.store.exists(f"zres/D/{JOB_RECORD}")
+    assert not executor.store.exists(D.job_record_key)
     D.delete_block(0, 0)
     with pytest.raises(ResumeMismatchError, match="only with resume=True"):
         pairwise_sq_euclidean(Z, Z, executor=executor, key="zres/D", resume=True)
@@ -340,3 +339,69 @@ def test_inputs_written_by_zarr_python_are_digested_only_when_resuming(executor,
     pairwise_sq_euclidean(Z, Z, executor=executor, key="zres/D", resume=True)
     assert len(executor.history[-1][2]) == 1
     np.testing.assert_allclose(D.numpy(), ((X[:, None] - X[None]) ** 2).sum(-1))
+
+
+def test_a_rerun_interrupted_midway_never_leaves_old_blocks_under_its_record(executor):
+    """A non-resuming rerun wrote its record first and left the old job's blocks: killed
+    after one block, its resume returned the old data's distances for the rest."""
+    from shardwren.linalg._common import todo
+
+    rng = np.random.default_rng(8)
+    A1, A2, B = rng.random((30, 4)), rng.random((30, 4)), rng.random((20, 4))
+    Bm = ShardedMatrix.from_numpy(B, "mid/B", (10, 4), store=executor.store)
+    A1m = ShardedMatrix.from_numpy(A1, "mid/A1", (10, 4), store=executor.store)
+    A2m = ShardedMatrix.from_numpy(A2, "mid/A2", (10, 4), store=executor.store)
+    D = pairwise_sq_euclidean(A1m, Bm, executor=executor, key="mid/D")
+    # the rerun on A2 as far as its plan: then it is killed before writing any block
+    todo(D, D.block_idxs, False, "pairwise_sq_euclidean", {"A": A2m, "B": Bm})
+    assert D.block_idxs_exist == []
+    D = pairwise_sq_euclidean(A2m, Bm, executor=executor, key="mid/D", resume=True)
+    np.testing.assert_allclose(D.numpy(), ((A2[:, None] - B[None]) ** 2).sum(-1))
+    # a record of another job over no blocks is simply replaced
+    todo(D, D.block_idxs, False, "pairwise_sq_euclidean", {"A": A1m, "B": Bm})
+    D = pairwise_sq_euclidean(A2m, Bm, executor=executor, key="mid/D", resume=True)
+    np.testing.assert_allclose(D.numpy(), ((A2[:, None] - B[None]) ** 2).sum(-1))
+
+
+def test_other_writers_invalidate_the_record(executor):
+    """gram (no resume) and from_numpy wrote into a recorded output and left the record:
+    a resume then took their blocks as its own."""
+    from shardwren.errors import ResumeMismatchError
+    from shardwren.linalg import gram
+
+    rng = np.random.default_rng(9)
+    A = rng.random((20, 20))
+    D = pairwise_sq_euclidean(A, A, executor=executor, key="inv/D", block_size=10)
+    gram(rng.random((20, 5)), out=D, executor=executor, block_size=10)
+    with pytest.raises(ResumeMismatchError):
+        pairwise_sq_euclidean(A, A, executor=executor, key="inv/D", block_size=10, resume=True)
+    D = pairwise_sq_euclidean(A, A, executor=executor, key="inv/D", block_size=10)
+    ShardedMatrix.from_numpy(np.zeros((20, 20)), "inv/D", (10, 10), store=executor.store)
+    with pytest.raises(ResumeMismatchError, match="no record"):
+        pairwise_sq_euclidean(A, A, executor=executor, key="inv/D", block_size=10, resume=True)
+
+
+def test_map_blocks_records_which_function_it_applied(executor):
+    """Every partial (and every lambda) had the same name: a resume mixed the blocks of
+    two different functions. Complex scalars were refused even without resume."""
+    import functools
+
+    from shardwren.errors import ResumeMismatchError
+    from shardwren.linalg import map_blocks
+
+    X = np.arange(400.0).reshape(20, 20)
+    A = ShardedMatrix.from_numpy(X, "fn/A", (10, 10), store=executor.store)
+    C = map_blocks(np.multiply, A, 2j, out_dtype="c16", executor=executor, key="fn/C")
+    np.testing.assert_array_equal(C.numpy(), X * 2j)
+    out = ShardedMatrix("fn/P", shape=(20, 20), shard_sizes=(10, 10), dtype="f8",
+                        store=executor.store)
+    map_blocks(functools.partial(np.multiply, 2), A, out=out, executor=executor, resume=True)
+    out.delete_block(0, 0)
+    with pytest.raises(ResumeMismatchError, match="fn"):
+        map_blocks(functools.partial(np.multiply, -100), A, out=out, executor=executor,
+                   resume=True)
+    factor = 3.0
+    with pytest.raises(ResumeMismatchError):
+        map_blocks(lambda a: a * factor, A, out=out, executor=executor, resume=True)
+    map_blocks(functools.partial(np.multiply, 2), A, out=out, executor=executor, resume=True)
+    np.testing.assert_array_equal(out.numpy(), 2 * X)

@@ -183,6 +183,9 @@ def test_damaged_and_empty_sources_get_errors_that_name_them(tmp_path):
     with pytest.raises(ValueError, match=r"t-ubyte.gz is truncated"):
         sources.shard(str(tmp_path / "t-ubyte.gz"), "tgz", block_rows=10, store=store)
     assert not shardwren.open_store(store).list("tgz")  # no half-written matrix is left
+    (tmp_path / "h-ubyte").write_bytes(whole[:6])  # cut inside the header
+    with pytest.raises(ValueError, match="header is cut short"):
+        sources.open_source(str(tmp_path / "h-ubyte"))
     np.save(tmp_path / "obj.npy", np.array([{"a": 1}], dtype=object))
     with pytest.raises(ValueError, match=r"--query: .*obj.npy' is not a numeric .npy array"):
         sources.shard(str(tmp_path / "obj.npy"), "o", store=store, name="--query")
@@ -197,3 +200,13 @@ def test_damaged_and_empty_sources_get_errors_that_name_them(tmp_path):
 
     zarr.create_array(str(tmp_path / "store" / "z0"), shape=(0, 4), chunks=(2, 2), dtype="f4")
     assert ShardedMatrix("z0", store=store).numpy().shape == (0, 4)  # zarr-python's, in place
+
+
+def test_a_failed_shard_keeps_the_matrix_that_was_there(tmp_path):
+    store = f"file://{tmp_path}/store"
+    data = np.arange(50 * 16, dtype=np.uint8).reshape(50, 16)
+    sources.shard(data, "x_train", block_rows=10, store=store)
+    (tmp_path / "t-ubyte.gz").write_bytes(gzip.compress(_idx_bytes(data.reshape(50, 4, 4))[:-100]))
+    with pytest.raises(ValueError, match="truncated"):
+        sources.shard(str(tmp_path / "t-ubyte.gz"), "x_train", block_rows=10, store=store)
+    assert ShardedMatrix("x_train", store=store).numpy().shape == (50, 16)  # still readable

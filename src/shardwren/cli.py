@@ -232,10 +232,15 @@ def _labels(path: str, n: int, what: str) -> np.ndarray:
 
 
 def _local_path(path: str) -> str | None:
-    """The absolute local path of a plain path or ``file://`` URL; None for other URLs."""
+    """The real local path (symlinks resolved) of a plain path or ``file://`` URL; None
+    for other URLs."""
     if path.startswith("file://"):
-        return os.path.abspath(path[7:])
-    return None if "://" in path else os.path.abspath(path)
+        path = path[7:]
+        if path.startswith("localhost/"):
+            path = path[9:]
+    elif "://" in path:
+        return None
+    return os.path.realpath(path)
 
 
 def _nested(a: str, b: str, sep: str) -> bool:
@@ -244,9 +249,15 @@ def _nested(a: str, b: str, sep: str) -> bool:
     return a == b or a.startswith(b.rstrip(sep) + sep) or b.startswith(a.rstrip(sep) + sep)
 
 
-def _check_out(out: str, overwrite: bool, inputs: dict[str, str | None]) -> str:
-    """Refuse an ``--out`` that would destroy something, before any work; the zarr mode
-    to write it with. ``inputs``: option name to path or URL (inputs, the store)."""
+#: What ``knn --out`` writes: a group holding only these can be replaced (--overwrite).
+RESULT_MEMBERS = {"distances", "indices", "predictions"}
+_ZARR_META = {"zarr.json", ".zgroup", ".zattrs", ".zmetadata"}
+
+
+def _check_out(out: str, overwrite: bool, inputs: dict[str, str | None]) -> tuple[str, str]:
+    """Refuse an ``--out`` that would destroy something, before any work. Returns where
+    to write it (a local path for local outputs) and the zarr mode. ``inputs``: option
+    name to path or URL (inputs, the store)."""
     import fsspec
 
     local = _local_path(out)
@@ -264,26 +275,33 @@ def _check_out(out: str, overwrite: bool, inputs: dict[str, str | None]) -> str:
         parent = local
         while not os.path.exists(parent):
             parent = os.path.dirname(parent)
-        try:  # a real write: permission bits do not tell (root, read-only mounts, /proc)
-            with tempfile.TemporaryDirectory(dir=parent, prefix=".shardwren-probe-"):
-                pass
-        except OSError as exc:
-            raise click.UsageError(f"cannot write --out {out}: {parent} is not a writable "
-                                   f"folder ({exc.strerror})") from None
+        if os.path.isdir(parent):
+            try:  # a real write: permission bits do not tell (root, read-only mounts, /proc)
+                with tempfile.TemporaryDirectory(dir=parent, prefix=".shardwren-probe-"):
+                    pass
+            except OSError as exc:
+                raise click.UsageError(f"cannot write --out {out}: {parent} is not a writable "
+                                       f"folder ({exc.strerror})") from None
     else:
         fs, where = fsspec.core.url_to_fs(out)
+    target = local if local is not None else out
     if not fs.exists(where):
-        return "w-"
-    if fs.isdir(where) and not fs.ls(where):
-        return "w-"
-    is_group = fs.exists(f"{where}/zarr.json") or fs.exists(f"{where}/.zgroup")
-    if is_group and overwrite:
-        return "w"
-    if is_group:
-        raise click.UsageError(f"--out {out} exists (a zarr group: an earlier result?); pass "
-                               "--overwrite to replace it, or choose a new path")
-    raise click.UsageError(f"--out {out} exists and is not a zarr group: shardwren will not "
-                           "write into it or delete it. Choose a new path")
+        return target, "w-"
+    if not fs.isdir(where):
+        raise click.UsageError(f"--out {out} exists and is a file: shardwren will not replace "
+                               "it. Choose a new path")
+    members = {p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(where, detail=False)}
+    if not members:
+        return target, "w-"
+    ours = bool(members & {"zarr.json", ".zgroup"}) and members <= RESULT_MEMBERS | _ZARR_META
+    if ours and overwrite:
+        return target, "w"
+    if ours:
+        raise click.UsageError(f"--out {out} holds an earlier k-NN result; pass --overwrite to "
+                               "replace it, or choose a new path")
+    raise click.UsageError(f"--out {out} exists and is not a k-NN result of shardwren (it holds "
+                           f"{', '.join(sorted(members)[:5])}{', ...' if len(members) > 5 else ''})"
+                           ": shardwren will not write into it or delete it. Choose a new path")
 
 
 def _user_knn(ex, train_path, query_path, train_labels, query_labels, out_path, k, block_size,
@@ -292,9 +310,9 @@ def _user_knn(ex, train_path, query_path, train_labels, query_labels, out_path, 
     from .linalg.kernels import vote
 
     click.echo(f"executor: {ex.backend.name}, {ex.parallelism} workers, store {ex.store.url}")
-    mode = None
+    target = mode = None
     if out_path:
-        mode = _check_out(out_path, overwrite, {
+        target, mode = _check_out(out_path, overwrite, {
             "--train": train_path, "--query": query_path, "--train-labels": train_labels,
             "--query-labels": query_labels,
             "the store (--store)": ex.store.url if ex.store.scheme != "memory" else None})
@@ -324,7 +342,9 @@ def _user_knn(ex, train_path, query_path, train_labels, query_labels, out_path, 
         if out_path:
             import zarr
 
-            group = zarr.open_group(out_path, mode="w" if mode == "w" else "w-")
+            if target is not None and _local_path(out_path) is not None:
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+            group = zarr.open_group(target or out_path, mode="w" if mode == "w" else "w-")
             for name, arr in out.items():
                 group.create_array(name, data=arr)
             click.echo(f"wrote {', '.join(out)} to {out_path}")
@@ -669,6 +689,8 @@ def plan_knn(train_rows, query_rows, features, k, method, workers, block_size, i
         except TypeError as exc:
             raise click.BadParameter(f"{dtype!r} is not a numpy dtype ({exc})",
                                      param_hint="--dtype") from None
+        if dt.kind not in "biuf":
+            raise click.BadParameter(f"{dtype!r} is not a numeric dtype", param_hint="--dtype")
         if itemsize is not None and itemsize != dt.itemsize:
             raise click.UsageError(f"--itemsize {itemsize} contradicts --dtype {dtype} "
                                    f"({dt.itemsize} bytes): give one of them")

@@ -74,11 +74,13 @@ class IdxSource:
         self._gz = self.path.endswith(".gz")
         with self._open() as fh:
             head = fh.read(4)
-            if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] not in self._TYPES:
+            if len(head) < 4 or head[:2] != b"\x00\x00" or head[2] not in self._TYPES \
+                    or head[3] == 0:
                 raise ValueError(f"{self.path} is not an IDX file (bad magic number {head!r})")
-            dims = struct.unpack(f">{head[3]}I", fh.read(4 * head[3]))
-        if len(dims) != head[3]:
+            sizes = fh.read(4 * head[3])
+        if len(sizes) < 4 * head[3]:
             raise ValueError(f"{self.path} is truncated: its IDX header is cut short")
+        dims = struct.unpack(f">{head[3]}I", sizes)
         self._offset = 4 + 4 * len(dims)
         self.dtype = np.dtype(self._TYPES[head[2]]).newbyteorder("=")
         self._raw_dtype = np.dtype(self._TYPES[head[2]])
@@ -239,17 +241,21 @@ def shard(source: Any, key: str | None = None, block_rows: int = 4000, store: An
     n, d = src.shape
     check_free_space(st, n * d * dt.itemsize, f"sharding a {n} x {d} {dt} matrix")
     blocks = (max(1, min(block_rows, max(n, 1))), max(d, 1))
+    created = True
     if scratch is not None:
         M = scratch_matrix(st, scratch, (n, d), blocks, dt)
     elif key is not None:
+        created = not st.exists(f"{key}/zarr.json") and not st.exists(f"{key}/.zarray")
         M = ShardedMatrix(key, shape=(n, d), shard_sizes=blocks, dtype=dt, store=st,
                           overwrite=overwrite)
     else:
         raise TypeError("shard() needs key= or scratch=")
     try:
+        M.store.delete(M.job_record_key, missing_ok=True)  # no block operation wrote these
         _write_rows(source, src, M, dt, executor, progress)
     except BaseException:
-        M.delete()  # no half-written matrix: a reader would find blocks missing
+        if created:  # no half-written matrix of its own (one that was there is kept)
+            M.delete()
         raise
     return M
 

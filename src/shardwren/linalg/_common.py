@@ -129,55 +129,69 @@ def _digest_is_cheap(value: Any) -> bool:
     return True
 
 
-#: Beside an output's blocks: the fingerprint of the job writing them (own key of the
-#: matrix, so deleting the matrix removes it; zarr readers ignore it).
-JOB_RECORD = "shardwren-job.json"
-
-
 def todo(out: ShardedMatrix, idxs: list, resume: bool, job: str,
          fingerprint: dict[str, Any]) -> list:
     """The output blocks still to compute: all of them, or with ``resume`` those
     ``out`` lacks.
 
     Each call records the job (``job`` and a ``fingerprint`` of its inputs and
-    parameters, as for :func:`run_resumable`) beside ``out``'s blocks; without
-    ``resume`` only when that is cheap (no input written by zarr-python, whose
-    chunks would have to be read whole to be digested). A resumed call
-    reuses the existing blocks only when that record is this job's: blocks written
-    from other inputs are refused with :class:`ResumeMismatchError`, never returned
-    as this job's answer. A block that exists is complete (block writes are atomic)
-    and its checksum is verified whenever it is read, so skipping it loses nothing.
+    parameters, as for :func:`run_resumable`) beside ``out``'s blocks
+    (:attr:`ShardedMatrix.job_record_key`); without ``resume`` only when that is cheap
+    (no input written by zarr-python, whose chunks would have to be read whole to be
+    digested) and possible (every ingredient describable). A call that is not resuming
+    first removes blocks that another (or an unknown) job wrote, so that a run
+    interrupted midway never leaves them under its own record. A resumed call reuses
+    the existing blocks only when the record is this job's: blocks written from
+    other inputs are refused with :class:`ResumeMismatchError`, never returned as this
+    job's answer. A block that exists is complete (block writes are atomic) and its
+    checksum is verified whenever it is read, so skipping it loses nothing.
     """
-    record = f"{out.key}/{JOB_RECORD}"
-    if not resume:
-        if _digest_is_cheap(list(fingerprint.values())):
+    record = out.job_record_key
+    digest = desc = None
+    if resume or _digest_is_cheap(list(fingerprint.values())):
+        try:
             desc, digest = job_fingerprint(job, fingerprint)
-            out.store.put(record, json.dumps({"digest": digest, "job": desc}, indent=1).encode())
-        else:  # digesting zarr-python's chunks means reading them whole: not unasked
-            out.store.delete(record, missing_ok=True)
-        return list(idxs)
-    desc, digest = job_fingerprint(job, fingerprint)
-    have = set(out.block_idxs_exist)
+        except TypeError:
+            if resume:
+                raise
     try:
         saved = json.loads(out.store.get(record))
-        why = None if saved["digest"] == digest else _differences(saved.get("job", {}), desc)
+        saved_digest, saved_job = saved["digest"], saved.get("job", {})
     except KeyNotFoundError:
-        why = None
-        if have:
-            why = ("no record of the job that wrote them; a call on matrices that zarr-python "
-                   "wrote records its inputs only with resume=True, digesting them means "
-                   "reading them whole" if not _digest_is_cheap(list(fingerprint.values()))
-                   else "no record of the job that wrote them")
-        else:
-            out.store.put(record, json.dumps({"digest": digest, "job": desc}, indent=1).encode())
+        saved_digest, saved_job = None, None
     except (ValueError, KeyError, TypeError):
+        saved_digest, saved_job = "unreadable", None
+    have = set(out.block_idxs_exist)
+    mine = None if digest is None else json.dumps({"digest": digest, "job": desc},
+                                                  indent=1).encode()
+    if not resume:
+        if have and (digest is None or saved_digest != digest):
+            out.store.delete(record, missing_ok=True)  # first: no record over mixed blocks
+            for ij in sorted(have):
+                out.delete_block(*ij)
+        if mine is None:
+            out.store.delete(record, missing_ok=True)
+        else:
+            out.store.put(record, mine)
+        return list(idxs)
+    assert mine is not None and desc is not None
+    if saved_digest == digest or not have:  # this job's blocks, or none to reuse
+        if saved_digest != digest:
+            out.store.put(record, mine)
+        return [ij for ij in idxs if tuple(ij[:2]) not in have]
+    if saved_digest is None:
+        why = "no record of the job that wrote them"
+        if not _digest_is_cheap(list(fingerprint.values())):
+            why += ("; a call on matrices that zarr-python wrote records its inputs only with "
+                    "resume=True, digesting them means reading them whole")
+    elif saved_job is None:
         why = f"{record} is unreadable"
-    if why is not None:
-        raise ResumeMismatchError(
-            f"the blocks of {out.key!r} in {out.store.url} were written by a different job "
-            f"({why}); they are not reused. Write to another key, pass resume=False to "
-            "compute every block again, or delete the matrix")
-    return [ij for ij in idxs if tuple(ij[:2]) not in have]
+    else:
+        why = _differences(saved_job, desc)
+    raise ResumeMismatchError(
+        f"the blocks of {out.key!r} in {out.store.url} were written by a different job "
+        f"({why}); they are not reused. Write to another key, pass resume=False to "
+        "compute every block again, or delete the matrix")
 
 
 # --- resumable maps: task results kept in the store as plain arrays -------------------------
@@ -268,8 +282,12 @@ def _describe(value: Any, what: str) -> Any:
         value = value.item()
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
+    if isinstance(value, complex):
+        return {"complex": [value.real, value.imag]}
     if isinstance(value, (tuple, list)):
         return [_describe(v, what) for v in value]
+    if isinstance(value, dict) and all(isinstance(k, str) for k in value):
+        return {k: _describe(v, what) for k, v in sorted(value.items())}
     raise TypeError(f"fingerprint ingredient {what!r} is a {type(value).__name__}; use "
                     "matrices, arrays, numbers, strings or tuples of them")
 

@@ -7,6 +7,8 @@ executor's ``memory_limit`` (proposing a block size that fits), then runs it.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
 import uuid
 from dataclasses import dataclass, field
@@ -322,6 +324,7 @@ def gram(X: Any, out: ShardedMatrix | None = None, executor: Executor | None = N
         check_output(C, X=X_m)
         g, inner = X_m.grid
         pairs = [(i, j) for i in range(g) for j in range(i, g)]
+        todo(C, pairs, False, "gram", {"X": X_m})  # records the job (no resume here)
         get_all_results(ex.starmap(lambda i, j: _gram_block(X_m, C, i, j, inner), pairs),
                         progress=progress)
         return C
@@ -380,7 +383,13 @@ def map_blocks(fn: Callable[..., Any], A: ShardedMatrix, *others: Any, out: Shar
         C = _output(out, key or _unique("map"), A.shape, A.shard_sizes,
                     np.dtype(out_dtype or A.dtype), ex)
         check_output(C, A=A, **{f"operand {n + 2}": o for n, o in enumerate(others)})
-        job = {"fn": _function_name(fn), "dtype": C.dtype.str if C.dtype else None,
+        try:
+            fn_id = _function_id(fn)
+        except TypeError:
+            if resume:
+                raise
+            fn_id = None
+        job = {"fn": fn_id, "dtype": C.dtype.str if C.dtype else None,
                "operands": [A, *others]}
         get_all_results(ex.starmap(lambda i, j: _apply(fn, C, i, j, A, *others),
                                    todo(C, A.block_idxs, resume, "map_blocks", job)),
@@ -388,10 +397,31 @@ def map_blocks(fn: Callable[..., Any], A: ShardedMatrix, *others: Any, out: Shar
         return C
 
 
-def _function_name(fn: Callable[..., Any]) -> str:
-    """A function's module and qualified name (a resumed map_blocks must apply the
-    same one; a function changed under the same name is not noticed)."""
-    return f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', type(fn).__name__)}"
+def _code_digest(code: Any) -> str:
+    """A digest of a code object (nested ones included, never their addresses)."""
+    h = hashlib.sha256(code.co_code + repr(code.co_names).encode())
+    for c in code.co_consts:
+        h.update(_code_digest(c).encode() if hasattr(c, "co_code") else repr(c).encode())
+    return h.hexdigest()[:16]
+
+
+def _function_id(fn: Callable[..., Any]) -> Any:
+    """What a resumed ``map_blocks`` compares its function by: module and name, with the
+    code and captured values of Python functions (every lambda has the same name), and
+    a partial's arguments. A callable the job record cannot describe raises TypeError:
+    such a call is not recorded, and cannot be resumed."""
+    if isinstance(fn, functools.partial):
+        return {"partial": _function_id(fn.func), "args": list(fn.args),
+                "keywords": sorted([k, v] for k, v in fn.keywords.items())}
+    name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', None)}"
+    code = getattr(fn, "__code__", None)
+    if code is not None:
+        cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())]
+        return {"function": name, "code": _code_digest(code), "captured": cells,
+                "defaults": list(getattr(fn, "__defaults__", None) or ())}
+    if getattr(fn, "__qualname__", None) is None:  # an instance of a callable class
+        raise TypeError(f"map_blocks cannot record the callable {fn!r}: pass a function")
+    return name  # a builtin or numpy ufunc: its name is its identity
 
 
 map_blocks.plan = plan_map_blocks  # type: ignore[attr-defined]

@@ -70,6 +70,10 @@ def _fill_scalar(fill: Any) -> Any:
     return fill
 
 
+#: The job record's name inside a matrix's tree (:attr:`ShardedMatrix.job_record_key`).
+JOB_RECORD = "shardwren-job.json"
+
+
 class ShardedMatrix:
     """A 2-D matrix stored as blocks (a Zarr v3 array) in a store.
 
@@ -273,6 +277,13 @@ class ShardedMatrix:
         """Every block index ``(i, j)``, row-major."""
         g0, g1 = self.grid
         return list(itertools.product(range(g0), range(g1)))
+
+    @property
+    def job_record_key(self) -> str:
+        """The key, inside the matrix's tree, of the record of the block operation that
+        writes it (``shardwren.linalg``: what a resumed call checks its inputs against).
+        Writing the matrix otherwise (:meth:`shard_matrix`) removes it."""
+        return f"{self.key}/{JOB_RECORD}"
 
     @property
     def block_idxs_exist(self) -> list[tuple[int, int]]:
@@ -571,6 +582,7 @@ class ShardedMatrix:
             raise DTypeMismatchError(f"cannot shard data of non-numeric dtype {X.dtype} into "
                                      f"matrix {self.key!r}")
         self._ensure_dtype(X.dtype)
+        self.store.delete(self.job_record_key, missing_ok=True)  # no operation wrote these
 
         def write(ij):
             (r0, r1), (c0, c1) = self.block_range(*ij)
