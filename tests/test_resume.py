@@ -405,3 +405,13 @@ def test_map_blocks_records_which_function_it_applied(executor):
         map_blocks(lambda a: a * factor, A, out=out, executor=executor, resume=True)
     map_blocks(functools.partial(np.multiply, 2), A, out=out, executor=executor, resume=True)
     np.testing.assert_array_equal(out.numpy(), 2 * X)
+
+
+def test_content_digest_reads_object_stores_in_parallel_and_agrees(s3_url, tmp_path):
+    """The digest a job record keeps is the same however its blocks are fetched."""
+    X = np.random.default_rng(4).random((50, 3))
+    on_s3 = ShardedMatrix.from_numpy(X, "dig/X", (5, 3), store=s3_url)
+    on_disk = ShardedMatrix.from_numpy(X, "dig/X", (5, 3), store=f"file://{tmp_path}")
+    assert on_s3.content_digest() == on_disk.content_digest()
+    on_s3.put_block(7, 0, X[35:40] + 1)
+    assert on_s3.content_digest() != on_disk.content_digest()

@@ -486,12 +486,17 @@ class ShardedMatrix:
              _layout.fill_attr(L.fill), L.codec, L.compressor, self._transposed]).encode())
         chunks = sorted((ij, k) for k in self.store.list(L.chunk_listing)
                         if (ij := L.parse_chunk_key(k)) is not None)
-        for ij, key in chunks:
+
+        def tail(key: str) -> bytes:
             if L.codec == "zarr":
-                tail = hashlib.blake2b(self.store.get(key), digest_size=16).digest()
-            else:
-                tail = self.store.get_range(key, -4)
-            h.update(f"{ij[0]},{ij[1]}:".encode() + tail)
+                return hashlib.blake2b(self.store.get(key), digest_size=16).digest()
+            return self.store.get_range(key, -4)
+
+        # One small request per block: on object stores, many at once (latency, not bytes).
+        remote = not self.store.is_local and self.store.scheme != "memory"
+        tails = self._map_blocks(tail, [k for _, k in chunks], 16 if remote else 1)
+        for (ij, _), t in zip(chunks, tails):
+            h.update(f"{ij[0]},{ij[1]}:".encode() + t)
         return h.hexdigest()
 
     # -- whole-matrix operations --------------------------------------------------
@@ -502,7 +507,7 @@ class ShardedMatrix:
         view._array = self._array
         return view
 
-    def _map_blocks(self, fn, idxs: Iterable[tuple[int, int]], n_jobs: int) -> list:
+    def _map_blocks(self, fn, idxs: Iterable[Any], n_jobs: int) -> list:
         idxs = list(idxs)
         if n_jobs <= 1 or len(idxs) <= 1:
             return [fn(ij) for ij in idxs]
