@@ -152,3 +152,19 @@ def test_an_output_that_is_an_input_is_refused(executor, op):
     with pytest.raises(OutputAliasError, match="is the input"):
         run(S)
     np.testing.assert_array_equal(S.numpy(), X)  # untouched
+
+
+def test_the_alias_check_sees_one_matrix_under_two_store_roots(executor, tmp_path):
+    """Store file:///d with key s/S and store file:///d/s with key S are one matrix."""
+    from shardwren.errors import OutputAliasError
+    from shardwren.linalg import matmul
+
+    X = np.random.default_rng(3).standard_normal((20, 20))
+    S = ShardedMatrix.from_numpy(X, "s/S", (10, 10), store=f"file://{tmp_path}")
+    same = ShardedMatrix("S", store=f"file://{tmp_path}/s")
+    (tmp_path / "link").symlink_to(tmp_path / "s")
+    through_link = ShardedMatrix("S", store=f"file://{tmp_path}/link")
+    for out in (same, through_link):
+        with pytest.raises(OutputAliasError):
+            matmul(S, S, out=out, executor=executor)
+    np.testing.assert_array_equal(S.numpy(), X)
