@@ -386,3 +386,25 @@ def test_knn_on_integral_float_pixels_is_exact_both_ways(executor, mnist):
         for method in ("brute", "pruned"):
             assert_exact(knn(train, query, 3, executor=executor, block_size=1000,
                              method=method), train, query, 3)
+
+
+@pytest.mark.parametrize("magnitude", [1e-300, 1e-160, 1e154, 1e200, 1e300])
+@pytest.mark.parametrize("method", ["brute", "pruned", "auto"])
+def test_values_near_float64s_limits(executor, magnitude, method):
+    """Spreads below 2**-500 overflowed a Python float (OverflowError); values near 1e200
+    broke the pruned fit (float32 estimates overflowed: LinAlgError); and distances that
+    overflow float64 tie at inf, which the reference breaks by index."""
+    rng = np.random.default_rng(int(np.log10(magnitude)) + 400)
+    train = rng.standard_normal((1200, 12)) * magnitude
+    query = rng.standard_normal((40, 12)) * magnitude
+    with np.errstate(over="ignore"):
+        assert_exact(knn(train, query, 3, executor=executor, method=method, block_size=400),
+                     train, query, 3)
+
+
+def test_distances_that_overflow_tie_to_the_smaller_index(executor):
+    train = np.array([[3e154], [1.5e154], [2e154]])  # squared distances to 0 all overflow
+    query = np.zeros((1, 1))
+    for method in ("brute", "pruned"):
+        d, i = knn(train, query, 2, executor=executor, method=method)
+        assert np.isinf(d).all() and i.tolist() == [[0, 1]]

@@ -218,6 +218,11 @@ def _window(kth: np.ndarray, norms: np.ndarray, other_max: float, rest: np.ndarr
     thr += 8 * U64 * np.abs(thr)  # the rounding of this float64 arithmetic itself
     out = ceil_f32(thr)
     out[~(norms <= WIDE)] = np.inf
+    # A k-th distance that may overflow float64 (in real units) ties, at inf, with every
+    # farther one: the reference then ranks them by index, so all are candidates.
+    with np.errstate(over="ignore", under="ignore"):
+        near_overflow = np.float64(np.finfo(np.float64).max / 4) * np.float64(prep.scale) ** 2
+    out[thr >= near_overflow] = np.inf
     return out
 
 
@@ -309,7 +314,9 @@ def prepare(T: ShardedMatrix, executor: Executor, progress: bool | None = None) 
     mu = mean[kept]
     spread = np.maximum(hi[kept] - mu, mu - lo[kept]).max(initial=0.0)
     # A power of two, so that scaling is exact: s * spread < 1.
-    scale = float(np.ldexp(1.0, -int(np.frexp(spread)[1]))) if spread > 0 else 1.0
+    # At most 2**500, so that s**2 stays a finite float64 (a spread below 2**-500 gets
+    # smaller scaled values, which the absolute error terms cover).
+    scale = float(np.ldexp(1.0, min(500, -int(np.frexp(spread)[1])))) if spread > 0 else 1.0
     return Prep(None if not const.any() else kept, np.flatnonzero(const), lo[const], mu,
                 scale, error_constant(len(kept)), new_token())
 

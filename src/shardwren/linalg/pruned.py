@@ -203,20 +203,31 @@ def augment_train(X: np.ndarray, mean: np.ndarray, P: np.ndarray, C: float,
 # --- fit ------------------------------------------------------------------------------------
 
 
-def _scale_for(sample: np.ndarray, mean: np.ndarray) -> float:
-    """A power of two bringing the sample's centred values into [-1, 1] (within 2**+-500,
-    so that its square stays a finite float64)."""
+def _centred_extent(sample: np.ndarray, mean: np.ndarray) -> float:
+    """``max |x - mean|`` over the sample (inf when that overflows float64)."""
     if not len(sample):
-        return 1.0
+        return 0.0
     # max |x - mean| per column is at the column's max or min (subtracting a constant,
     # rounded, is monotonic): no full-size float64 temporaries, which cost first-touch
     # time on virtual machines.
-    hi = np.subtract(sample.max(axis=0), mean, dtype=np.float64)
-    lo = np.subtract(mean, sample.min(axis=0), dtype=np.float64)
-    spread = float(max(hi.max(initial=0.0), lo.max(initial=0.0)))
+    with np.errstate(over="ignore"):
+        hi = np.subtract(sample.max(axis=0), mean, dtype=np.float64)
+        lo = np.subtract(mean, sample.min(axis=0), dtype=np.float64)
+    return float(max(hi.max(initial=0.0), lo.max(initial=0.0)))
+
+
+def _power_of_two_below(spread: float, limit: int = 1100) -> float:
+    """``2**-e`` with ``spread * 2**-e`` in [0.5, 1), ``e`` clipped to ``+-limit``."""
     if not spread > 0:
         return 1.0
-    return float(np.ldexp(1.0, int(np.clip(-np.frexp(spread)[1], -500, 500))))
+    e = np.frexp(spread)[1] if np.isfinite(spread) else 1025
+    return float(np.ldexp(1.0, int(np.clip(-e, -limit, limit))))
+
+
+def _scale_for(sample: np.ndarray, mean: np.ndarray) -> float:
+    """A power of two bringing the sample's centred values into [-1, 1] (within 2**+-500,
+    so that its square stays a finite float64)."""
+    return _power_of_two_below(_centred_extent(sample, mean), 500)
 
 
 def _sample_rows(T: ShardedMatrix, rows: int, seed: int = 0) -> np.ndarray:
@@ -418,8 +429,13 @@ def _for_estimates(sample: np.ndarray, mean: np.ndarray,
     spread = 1.0 / scale
     if sample.dtype == np.float32 and 1e-10 < spread < 1e10:
         return sample, mean
-    out = np.subtract(sample, mean, dtype=np.float64)
-    out *= scale
+    # Its own scale, not clipped like the bounds' one: values near float64's limits
+    # (1e300) still come into float32's range. Scaled before the subtraction, which
+    # could overflow otherwise.
+    est = _power_of_two_below(_centred_extent(sample, mean))
+    with np.errstate(under="ignore"):
+        out = np.multiply(sample, est, dtype=np.float64)
+        out -= mean * est
     return out.astype(np.float32), np.zeros_like(mean)
 
 
