@@ -59,7 +59,9 @@ def compute_sq_distances(query: np.ndarray, train: np.ndarray, rows: int = 512) 
 def reference_knn(train, query, k, exclude_self=False):
     """Float64 brute force k-NN, ties to the smaller index: (distances, indices)."""
     D = sq_distances(query, train)
-    if exclude_self:
-        np.fill_diagonal(D, np.inf)
-    idx = np.array([np.lexsort((np.arange(len(row)), row))[:k] for row in D]).reshape(len(D), -1)
-    return np.take_along_axis(D, idx, 1), idx
+    cols = np.arange(D.shape[1])
+    # Leaving a point out ranks it after every other one (an inf on the diagonal would tie
+    # with distances that overflow to inf, and win by index).
+    own = (lambda r: cols == r) if exclude_self else (lambda r: np.zeros(len(cols), bool))
+    idx = np.array([np.lexsort((cols, row, own(r)))[:k] for r, row in enumerate(D)])
+    return np.take_along_axis(D, idx.reshape(len(D), -1), 1), idx.reshape(len(D), -1)

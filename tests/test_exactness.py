@@ -388,18 +388,34 @@ def test_knn_on_integral_float_pixels_is_exact_both_ways(executor, mnist):
                              method=method), train, query, 3)
 
 
-@pytest.mark.parametrize("magnitude", [1e-300, 1e-160, 1e154, 1e200, 1e300])
+@pytest.mark.parametrize("magnitude", [1e-320, 1e-300, 1e-160, 1e154, 1e200, 1e300, "max"])
 @pytest.mark.parametrize("method", ["brute", "pruned", "auto"])
 def test_values_near_float64s_limits(executor, magnitude, method):
     """Spreads below 2**-500 overflowed a Python float (OverflowError); values near 1e200
-    broke the pruned fit (float32 estimates overflowed: LinAlgError); and distances that
-    overflow float64 tie at inf, which the reference breaks by index."""
-    rng = np.random.default_rng(int(np.log10(magnitude)) + 400)
-    train = rng.standard_normal((1200, 12)) * magnitude
-    query = rng.standard_normal((40, 12)) * magnitude
-    with np.errstate(over="ignore"):
+    and subnormal ones broke the pruned fit (LinAlgError), and so did columns whose sum
+    overflows; distances that overflow tie at inf, and subnormal ones round into ties,
+    which the reference breaks by index."""
+    rng = np.random.default_rng(7)
+    if magnitude == "max":
+        values = np.array([-1.7e308, 0.0, 1.7e308])
+        train, query = rng.choice(values, (1200, 3)), rng.choice(values, (40, 3))
+    else:
+        train = rng.standard_normal((1200, 12)) * magnitude
+        query = rng.standard_normal((40, 12)) * magnitude
+    with np.errstate(over="ignore", invalid="ignore"):
         assert_exact(knn(train, query, 3, executor=executor, method=method, block_size=400),
                      train, query, 3)
+        assert_exact(knn(train[:600], None, 2, executor=executor, method=method,
+                         block_size=200, exclude_self=True),
+                     train[:600], train[:600], 2, exclude_self=True)
+
+
+def test_distances_that_round_together_below_float64s_normals_tie(executor):
+    train = np.array([[1.0001e-160], [1e-160], [5e-160]])  # 1e-320 both: a tie
+    query = np.zeros((1, 1))
+    for method in ("brute", "pruned"):
+        d, i = knn(train, query, 1, executor=executor, method=method)
+        assert d.tolist() == [[1e-320]] and i.tolist() == [[0]]
 
 
 def test_distances_that_overflow_tie_to_the_smaller_index(executor):

@@ -37,6 +37,14 @@ def gamma(n: int, u: float = U32) -> float:
     return n * u / (1 - n * u)
 
 
+def subnormal_slack(d: int) -> float:
+    """How far apart (absolutely, in float64's units) two exact distances over ``d``
+    features may be and still come out equal: below float64's normal range every
+    square and every sum rounds to a multiple of 2**-1074 (half of that off at most),
+    which relative error bounds miss. A candidate within it of the k-th may tie."""
+    return (2 * d + 2) * 2.0 ** -1074
+
+
 def ceil_f32(x: np.ndarray) -> np.ndarray:
     """The smallest float32 values not below ``x`` (float64): comparing a float32
     quantity against them never drops one that is at most ``x``."""

@@ -83,6 +83,7 @@ from .kernels import (
     gemm_nt,
     merge,
     narrow_integers,
+    subnormal_slack,
     topk_rows,
     tree_merge,
     vote,
@@ -214,7 +215,9 @@ def _window(kth: np.ndarray, norms: np.ndarray, other_max: float, rest: np.ndarr
     E = prep.C * (norms + other_max) ** 2 + absolute_error(d_kept, norms + other_max)
     # float64's rounding of the exact distances, measured on the k-th's upper bound.
     d_full = np.abs(kth) + E + norms ** 2 + prep.scale ** 2 * rest
-    thr = kth + 2 * E + 2 * gamma(d_kept + len(prep.const_idx) + 2, U64) * d_full
+    d_all = d_kept + len(prep.const_idx)
+    thr = kth + 2 * E + 2 * gamma(d_all + 2, U64) * d_full
+    thr += subnormal_slack(d_all) * prep.scale ** 2  # distances below float64's normals
     thr += 8 * U64 * np.abs(thr)  # the rounding of this float64 arithmetic itself
     out = ceil_f32(thr)
     out[~(norms <= WIDE)] = np.inf

@@ -71,6 +71,7 @@ from .kernels import (
     group_min,
     narrow_integers,
     sq_norms,
+    subnormal_slack,
     takes_integer_path,
 )
 from .knn import check_finite
@@ -216,12 +217,26 @@ def _centred_extent(sample: np.ndarray, mean: np.ndarray) -> float:
     return float(max(hi.max(initial=0.0), lo.max(initial=0.0)))
 
 
-def _power_of_two_below(spread: float, limit: int = 1100) -> float:
-    """``2**-e`` with ``spread * 2**-e`` in [0.5, 1), ``e`` clipped to ``+-limit``."""
+def _power_of_two_below(spread: float, limit: int = 1023) -> float:
+    """``2**-e`` with ``spread * 2**-e`` in [0.5, 1), ``e`` clipped to ``+-limit`` (and
+    to float64's range: 2**1023 is its largest power of two, 2**-1074 its smallest)."""
     if not spread > 0:
         return 1.0
     e = np.frexp(spread)[1] if np.isfinite(spread) else 1025
-    return float(np.ldexp(1.0, int(np.clip(-e, -limit, limit))))
+    return float(np.ldexp(1.0, int(np.clip(-e, max(-limit, -1074), min(limit, 1023)))))
+
+
+def _column_means(X: np.ndarray) -> np.ndarray:
+    """Column means in float64, summed at a power-of-two scale (exact) so that values
+    near float64's largest do not overflow the sum."""
+    if not X.size:
+        return np.zeros(X.shape[1])
+    big = max(float(np.abs(X.max(axis=0)).max()), float(np.abs(X.min(axis=0)).max()))
+    if big * len(X) < np.finfo(np.float64).max / 4:  # no overflow: no float64 copy either
+        return X.mean(axis=0, dtype=np.float64)
+    s = _power_of_two_below(big)
+    with np.errstate(under="ignore"):
+        return np.multiply(X, s, dtype=np.float64).mean(axis=0) / s
 
 
 def _scale_for(sample: np.ndarray, mean: np.ndarray) -> float:
@@ -385,7 +400,7 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
     narrow = narrow_integers(sample).dtype
     penalty = GATHER_PENALTY_INT if takes_integer_path(narrow, narrow, d) else GATHER_PENALTY
     # Any shift keeps the bound valid; the sample's mean is as good as the full one.
-    mean = sample.mean(axis=0, dtype=np.float64)
+    mean = _column_means(sample)
     scale = _scale_for(sample, mean)
     sample, smean = _for_estimates(sample, mean, scale)
     t_sample = time.perf_counter()
@@ -394,7 +409,7 @@ def fit(T: ShardedMatrix, executor: Executor, k: int = 1, m: int | None = None,
         # A quarter of the sample is enough to reject data where bounds are hopeless
         # (random data models at hundreds of times brute force), before the full fit.
         quick = sample[: max(len(sample) // 4, 4 * k + 256)]
-        qmean = quick.mean(axis=0, dtype=np.float64)
+        qmean = _column_means(quick)
         qm, qinfo = choose_m(quick, qmean, _principal(quick, qmean, d, None), n, k,
                              blocks=T.grid[0], gather_penalty=penalty)
         if qm is not None and min(qinfo["cost_vs_brute"].values()) > QUICK_REJECT:
@@ -500,6 +515,8 @@ def _range_task(index: PrunedIndex, Q: ShardedMatrix, q0: int, q1: int, blocks: 
     a, q_raw = _queries(index, Q, q0, q1)
     n = q1 - q0
     s2 = index.scale ** 2  # bounds are in scaled units, exact distances are not
+    # A row whose distance rounds (below float64's normals) to the k-th's may tie with it.
+    slack = subnormal_slack(index.train.shape[1])
     tau = np.full(n, np.inf) if tau0 is None else np.array(tau0, dtype=np.float64)
     best_d = np.full((n, k), np.inf)
     best_i = np.full((n, k), PAD_INDEX, dtype=np.int64)
@@ -518,12 +535,12 @@ def _range_task(index: PrunedIndex, Q: ShardedMatrix, q0: int, q1: int, blocks: 
             gm = group_min(lb, 1)
             # First the block's most promising rows (k smallest group minima): their
             # exact distances lower tau before the threshold is applied.
-            rows, cols = promising(lb, gm, k, ceil_f32(tau[c0:c1] * s2))
+            rows, cols = promising(lb, gm, k, ceil_f32((tau[c0:c1] + slack) * s2))
             exact += fold_exact(rows, cols, c0, lo, q_raw, raw, best_d, best_i, tau, k,
                              exclude_self, q0)
             done = rows * nb + cols
             # Then every row whose bound is at most the (lowered) tau.
-            rows, cols = below(lb, ceil_f32(tau[c0:c1] * s2), gm=gm)
+            rows, cols = below(lb, ceil_f32((tau[c0:c1] + slack) * s2), gm=gm)
             if len(done):
                 keep = ~np.isin(rows * nb + cols, done)
                 rows, cols = rows[keep], cols[keep]
