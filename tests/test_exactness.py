@@ -424,3 +424,29 @@ def test_distances_that_overflow_tie_to_the_smaller_index(executor):
     for method in ("brute", "pruned"):
         d, i = knn(train, query, 2, executor=executor, method=method)
         assert np.isinf(d).all() and i.tolist() == [[0, 1]]
+
+
+def test_parameters_and_inputs_the_kernels_cannot_take_are_refused(executor):
+    """block_size=0 silently meant the default and -1 or True one-row blocks; extended
+    precision (1e400 is finite there, inf in float64) and masked entries were accepted."""
+    from shardwren.errors import DTypeMismatchError, InvalidParameterError, ShardwrenError
+
+    X = np.random.default_rng(0).random((30, 3))
+    for bad in (0, -1, True, "3", 2.5):
+        with pytest.raises(InvalidParameterError, match="block_size"):
+            knn(X, X[:2], 1, executor=executor, block_size=bad)
+    for kw in ({"k": 0}, {"k": 31}, {"k": 1.0}, {"method": "fast"}):
+        with pytest.raises(InvalidParameterError):
+            knn(X, X[:2], **{"k": 1, **kw}, executor=executor)
+    with pytest.raises(InvalidParameterError, match="exclude_self"):
+        knn(X, X[:2], 1, executor=executor, exclude_self=True)
+    with pytest.raises(ShardwrenError, match="empty input"):
+        knn(X[:0], X[:2], 1, executor=executor)
+    with pytest.raises(DTypeMismatchError, match="extended precision"):
+        knn(X.astype(np.longdouble), X[:2], 1, executor=executor)
+    masked = np.ma.masked_array(X, mask=np.zeros_like(X, bool))
+    masked.mask[3, 1] = True
+    with pytest.raises(NonFiniteInputError, match="masked"):
+        knn(masked, X[:2], 1, executor=executor)
+    # a mask with nothing masked is just an array
+    assert_exact(knn(np.ma.masked_array(X), X[:2], 1, executor=executor), X, X[:2], 1)

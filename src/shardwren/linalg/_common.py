@@ -17,7 +17,9 @@ import numpy as np
 
 from ..errors import (
     DTypeMismatchError,
+    InvalidParameterError,
     KeyNotFoundError,
+    NonFiniteInputError,
     OutputAliasError,
     ResumeMismatchError,
     ShapeMismatchError,
@@ -40,17 +42,30 @@ def executor_for(executor: Executor | None) -> Iterator[Executor]:
 
 
 def check_k(k: Any, name: str = "k") -> int:
-    """``k`` as an int: a TypeError for non-integers (1.5, "3", True), ValueError below 1."""
+    """``k`` as an int. :class:`InvalidParameterError` (a TypeError and a ValueError) for
+    non-integers (1.5, "3", True) and for values below 1."""
     if isinstance(k, bool) or not isinstance(k, numbers.Integral):
-        raise TypeError(f"{name} must be an integer, got {k!r} of type {type(k).__name__}")
+        raise InvalidParameterError(
+            f"{name} must be an integer, got {k!r} of type {type(k).__name__}")
     if k < 1:
-        raise ValueError(f"{name} must be at least 1, got {k}")
+        raise InvalidParameterError(f"{name} must be at least 1, got {k}")
     return int(k)
 
 
 def check_numeric(X: Any, name: str) -> None:
+    """Refuse what the exact kernels cannot take as it is: non-numeric dtypes, extended
+    precision (float64 is the reference's arithmetic) and masked entries."""
     if X.dtype is not None and np.dtype(X.dtype).kind not in "biuf":
         raise DTypeMismatchError(f"{name} must be numeric (int or float), got dtype {X.dtype}")
+    if X.dtype is not None and np.dtype(X.dtype).kind == "f" and np.dtype(X.dtype).itemsize > 8:
+        raise DTypeMismatchError(
+            f"{name} is {np.dtype(X.dtype)} (extended precision); distances are float64's: "
+            "convert it with np.asarray(X, np.float64) (values beyond float64's range, which "
+            "would become inf, need rescaling first)")
+    if isinstance(X, np.ma.MaskedArray) and np.ma.is_masked(X):
+        raise NonFiniteInputError(
+            f"{name} has masked (missing) entries: fill them (X.filled(value)) or drop "
+            "those rows first")
 
 
 class Inputs:
@@ -62,7 +77,7 @@ class Inputs:
 
     def __init__(self, executor: Executor, block_rows: int | None = None):
         self.executor = executor
-        self.block_rows = block_rows
+        self.block_rows = None if block_rows is None else check_k(block_rows, "block_size")
         self._scratch: list[ShardedMatrix] = []
 
     def __enter__(self) -> Inputs:
@@ -80,6 +95,8 @@ class Inputs:
             check_numeric(X, name)
             require_shared(X.store, self.executor)
             return X
+        if isinstance(X, np.ma.MaskedArray):
+            check_numeric(X, name)  # before asarray, which drops the mask
         X = np.asarray(X)
         if X.ndim != 2:
             raise ShapeMismatchError(f"{name} must be a 2-D matrix (samples x features), got shape {X.shape}")

@@ -58,7 +58,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from ..errors import NonFiniteInputError
+from ..errors import InvalidParameterError, NonFiniteInputError, ShapeMismatchError
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
@@ -390,7 +390,7 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
     k = check_k(k)
     symmetric = query is None or query is train
     if exclude_self and not symmetric:
-        raise ValueError("exclude_self=True needs train-vs-train (leave query=None)")
+        raise InvalidParameterError("exclude_self=True needs train-vs-train (leave query=None)")
     timings = timings if timings is not None else {}
     with executor_for(executor) as ex, Inputs(ex, block_size) as inputs:
         t0 = time.perf_counter()
@@ -399,12 +399,14 @@ def knn(train: Any, query: Any = None, k: int = 1, executor: Executor | None = N
         check_features(T, Q, "train and query")
         n_train = T.shape[0] - (1 if exclude_self else 0)
         if T.shape[0] == 0 or Q.shape[0] == 0:
-            raise ValueError(f"empty input: train has shape {T.shape}, query {Q.shape}")
+            raise ShapeMismatchError(f"empty input: train has shape {T.shape}, query {Q.shape}")
         if k > n_train:
-            raise ValueError(f"k={k} is larger than the {n_train} training points available")
+            raise InvalidParameterError(
+                f"k={k} is larger than the {n_train} training points available")
         t1 = time.perf_counter()
         if method not in ("brute", "pruned", "auto"):
-            raise ValueError(f"method must be 'brute', 'pruned' or 'auto', got {method!r}")
+            raise InvalidParameterError(
+                f"method must be 'brute', 'pruned' or 'auto', got {method!r}")
         if method != "brute":
             from . import pruned
 
