@@ -143,10 +143,11 @@ def run_knn(ex: shardwren.Executor, data: tuple, k: int, block_size: int,
               help="True labels of the queries: the accuracy is printed.")
 @click.option("--out", "out_path", default=None, metavar="ZARR_PATH_OR_URL",
               help="Write distances, indices (and predictions) there as a new zarr group. "
-                   "An existing path is refused, unless it is a zarr group and --overwrite "
-                   "is given; an input or the store never is.")
+                   "An existing path is refused, unless it holds an earlier k-NN result and "
+                   "--overwrite is given; an input or the store never is.")
 @click.option("--overwrite", is_flag=True,
-              help="Replace an existing --out that is a zarr group (an earlier result).")
+              help="Replace an existing --out that holds an earlier k-NN result (a zarr group "
+                   "of distances, indices and predictions only).")
 @click.option("--vote-ties", type=click.Choice(["smallest", "nearest"]), default="smallest",
               show_default=True,
               help="Predictions: a tied vote goes to the smallest label (scikit-learn's rule, "
@@ -234,19 +235,10 @@ def _labels(path: str, n: int, what: str) -> np.ndarray:
 def _local_path(path: str) -> str | None:
     """The real local path (symlinks resolved) of a plain path or ``file://`` URL; None
     for other URLs."""
-    if path.startswith("file://"):
-        path = path[7:]
-        if path.startswith("localhost/"):
-            path = path[9:]
-    elif "://" in path:
-        return None
-    return os.path.realpath(path)
+    from .storage import location_of
 
-
-def _nested(a: str, b: str, sep: str) -> bool:
-    """Whether ``a`` and ``b`` are the same location or one holds the other."""
-    a, b = a.rstrip(sep) or sep, b.rstrip(sep) or sep
-    return a == b or a.startswith(b.rstrip(sep) + sep) or b.startswith(a.rstrip(sep) + sep)
+    where = location_of(path)
+    return where[len("file://"):] if where.startswith("file://") else None
 
 
 #: What ``knn --out`` writes: a group holding only these can be replaced (--overwrite).
@@ -260,14 +252,11 @@ def _check_out(out: str, overwrite: bool, inputs: dict[str, str | None]) -> tupl
     name to path or URL (inputs, the store)."""
     import fsspec
 
+    from .storage import location_of, overlaps
+
     local = _local_path(out)
     for name, path in inputs.items():
-        if path is None:
-            continue
-        other = _local_path(path)
-        same = (_nested(local, other, os.sep) if local is not None and other is not None
-                else _nested(out.rstrip("/"), path.rstrip("/"), "/"))
-        if same:
+        if path is not None and overlaps(location_of(out), location_of(path)):
             raise click.UsageError(f"--out {out} is {name} {path}, or holds it or lies inside "
                                    "it: writing the result would destroy it. Choose a new path")
     if local is not None:
@@ -342,8 +331,9 @@ def _user_knn(ex, train_path, query_path, train_labels, query_labels, out_path, 
         if out_path:
             import zarr
 
-            if target is not None and _local_path(out_path) is not None:
-                os.makedirs(os.path.dirname(target), exist_ok=True)
+            local = _local_path(out_path)
+            if local is not None:  # zarr's local store makes no parent folders
+                os.makedirs(os.path.dirname(local), exist_ok=True)
             group = zarr.open_group(target or out_path, mode="w" if mode == "w" else "w-")
             for name, arr in out.items():
                 group.create_array(name, data=arr)
@@ -452,7 +442,7 @@ def matmul_cmd(a_url, b_url, out_url, dry_run, overwrite, workers, backend, stor
     """
     from .linalg import matmul, plan
     from .matrix import ShardedMatrix
-    from .storage import open_store
+    from .storage import open_store, overlaps
 
     A, B = _url_matrix(a_url), _url_matrix(b_url)
     out_store, _, out_key = out_url.rstrip("/").rpartition("/")
@@ -461,7 +451,7 @@ def matmul_cmd(a_url, b_url, out_url, dry_run, overwrite, workers, backend, stor
     except (ShardwrenError, ValueError) as exc:
         raise click.ClickException(str(exc)) from None
     for name, m in (("A", A), ("B", B)):
-        if m.store.url == target.url and _nested(m.key, out_key, "/"):
+        if overlaps(m.store.location(m.key), target.location(out_key)):
             raise click.UsageError(f"OUT {out_url} is {name} ({m.key!r}), or holds it or lies "
                                    "inside it: writing the product would destroy it. Choose "
                                    "a new key")

@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from .errors import DTypeMismatchError, ShapeMismatchError, StoreWriteError
+from .errors import DTypeMismatchError, ShapeMismatchError, ShardwrenError, StoreWriteError
 
 
 class Source(Protocol):
@@ -245,7 +245,11 @@ def shard(source: Any, key: str | None = None, block_rows: int = 4000, store: An
     if scratch is not None:
         M = scratch_matrix(st, scratch, (n, d), blocks, dt)
     elif key is not None:
-        created = not st.exists(f"{key}/zarr.json") and not st.exists(f"{key}/.zarray")
+        try:  # one that is there already is kept if this fails
+            ShardedMatrix(key, store=st)
+            created = False
+        except ShardwrenError:
+            pass
         M = ShardedMatrix(key, shape=(n, d), shard_sizes=blocks, dtype=dt, store=st,
                           overwrite=overwrite)
     else:

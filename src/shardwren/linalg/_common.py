@@ -7,7 +7,6 @@ import hashlib
 import io
 import json
 import numbers
-import os
 import uuid
 import zipfile
 from collections.abc import Callable
@@ -27,6 +26,7 @@ from ..errors import (
 )
 from ..executor import Executor, default_executor
 from ..matrix import ShardedMatrix, scratch_from_numpy, scratch_matrix
+from ..storage import overlaps
 
 DEFAULT_BLOCK = 4000
 
@@ -126,18 +126,9 @@ class Inputs:
 def check_output(out: ShardedMatrix, **inputs: Any) -> None:
     """Refuse an output that is one of the inputs, or lies inside one's tree (or holds
     one in its own): tasks would overwrite blocks other tasks still read."""
-    def where(m: ShardedMatrix) -> str:  # one spelling of a location, whatever the store root
-        path = m.store.url_for(m.key).rstrip("/")
-        if path.startswith("file://"):
-            path = "file://" + os.path.realpath(path[7:])
-        return path
-
-    a = where(out)
     for name, m in inputs.items():
-        if not isinstance(m, ShardedMatrix):
-            continue
-        b = where(m)
-        if a == b or a.startswith(b + "/") or b.startswith(a + "/"):
+        if isinstance(m, ShardedMatrix) and overlaps(out.store.location(out.key),
+                                                     m.store.location(m.key)):
             raise OutputAliasError(
                 f"the output {out.key!r} in {out.store.url} is the input {name} ({m.key!r}) or "
                 "inside it: its blocks would be overwritten while other tasks read them. "

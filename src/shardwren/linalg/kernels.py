@@ -37,6 +37,16 @@ def gamma(n: int, u: float = U32) -> float:
     return n * u / (1 - n * u)
 
 
+def power_of_two_scale(extent: float, lowest: int = -1074, highest: int = 1023) -> float:
+    """``2**e`` with ``extent * 2**e`` in [0.5, 1): scaling by it is exact. ``e`` is kept
+    within ``[lowest, highest]`` (float64 holds 2**-1074 to 2**1023); an infinite extent
+    (an overflowed spread) counts as 2**1025, 1.0 is returned for no extent at all."""
+    if not extent > 0:
+        return 1.0
+    e = -int(np.frexp(extent)[1]) if np.isfinite(extent) else -1025
+    return float(np.ldexp(1.0, int(np.clip(e, max(lowest, -1074), min(highest, 1023)))))
+
+
 def subnormal_slack(d: int) -> float:
     """How far apart (absolutely, in float64's units) two exact distances over ``d``
     features may be and still come out equal: below float64's normal range every

@@ -83,6 +83,7 @@ from .kernels import (
     gemm_nt,
     merge,
     narrow_integers,
+    power_of_two_scale,
     subnormal_slack,
     topk_rows,
     tree_merge,
@@ -316,10 +317,10 @@ def prepare(T: ShardedMatrix, executor: Executor, progress: bool | None = None) 
     kept = np.flatnonzero(~const)
     mu = mean[kept]
     spread = np.maximum(hi[kept] - mu, mu - lo[kept]).max(initial=0.0)
-    # A power of two, so that scaling is exact: s * spread < 1.
-    # At most 2**500, so that s**2 stays a finite float64 (a spread below 2**-500 gets
-    # smaller scaled values, which the absolute error terms cover).
-    scale = float(np.ldexp(1.0, min(500, -int(np.frexp(spread)[1])))) if spread > 0 else 1.0
+    # A power of two, so that scaling is exact: s * spread < 1. At most 2**500, so that
+    # s**2 stays a finite float64 (a spread below 2**-500 gets smaller scaled values,
+    # which the absolute error terms cover).
+    scale = power_of_two_scale(spread, highest=500)
     return Prep(None if not const.any() else kept, np.flatnonzero(const), lo[const], mu,
                 scale, error_constant(len(kept)), new_token())
 

@@ -220,10 +220,10 @@ def matmul(A: Any, B: Any, out: ShardedMatrix | None = None, executor: Executor 
         C = _output(out, key or _unique("matmul"), out_shape, out_blocks, dt, ex)
         check_output(C, A=A_m, B=B_m)
         need = [tuple(ij) for ij in todo(C, C.block_idxs, resume, "matmul", {"A": A_m, "B": B_m})]
-        groups = _groups(len(need), inner, ex.parallelism)
-        token = new_token()
         if not need:
             return C
+        groups = _groups(len(need), inner, ex.parallelism)
+        token = new_token()
         if groups == 1:
             fs = ex.starmap(lambda i, j: _matmul_block(A_m, B_m, C, i, j, range(inner), token),
                             need)
@@ -416,7 +416,10 @@ def _function_id(fn: Callable[..., Any]) -> Any:
     name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', None)}"
     code = getattr(fn, "__code__", None)
     if code is not None:
-        cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())]
+        try:
+            cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())]
+        except ValueError:  # a cell not filled yet: nothing to describe it by
+            raise TypeError(f"map_blocks cannot record {name}: a captured name is unset") from None
         return {"function": name, "code": _code_digest(code), "captured": cells,
                 "defaults": list(getattr(fn, "__defaults__", None) or ())}
     if getattr(fn, "__qualname__", None) is None:  # an instance of a callable class

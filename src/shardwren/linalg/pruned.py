@@ -70,6 +70,7 @@ from .kernels import (
     gemm,
     group_min,
     narrow_integers,
+    power_of_two_scale,
     sq_norms,
     subnormal_slack,
     takes_integer_path,
@@ -217,15 +218,6 @@ def _centred_extent(sample: np.ndarray, mean: np.ndarray) -> float:
     return float(max(hi.max(initial=0.0), lo.max(initial=0.0)))
 
 
-def _power_of_two_below(spread: float, limit: int = 1023) -> float:
-    """``2**-e`` with ``spread * 2**-e`` in [0.5, 1), ``e`` clipped to ``+-limit`` (and
-    to float64's range: 2**1023 is its largest power of two, 2**-1074 its smallest)."""
-    if not spread > 0:
-        return 1.0
-    e = np.frexp(spread)[1] if np.isfinite(spread) else 1025
-    return float(np.ldexp(1.0, int(np.clip(-e, max(-limit, -1074), min(limit, 1023)))))
-
-
 def _column_means(X: np.ndarray) -> np.ndarray:
     """Column means in float64, summed at a power-of-two scale (exact) so that values
     near float64's largest do not overflow the sum."""
@@ -234,7 +226,7 @@ def _column_means(X: np.ndarray) -> np.ndarray:
     big = max(float(np.abs(X.max(axis=0)).max()), float(np.abs(X.min(axis=0)).max()))
     if big * len(X) < np.finfo(np.float64).max / 4:  # no overflow: no float64 copy either
         return X.mean(axis=0, dtype=np.float64)
-    s = _power_of_two_below(big)
+    s = power_of_two_scale(big)
     with np.errstate(under="ignore"):
         return np.multiply(X, s, dtype=np.float64).mean(axis=0) / s
 
@@ -242,7 +234,7 @@ def _column_means(X: np.ndarray) -> np.ndarray:
 def _scale_for(sample: np.ndarray, mean: np.ndarray) -> float:
     """A power of two bringing the sample's centred values into [-1, 1] (within 2**+-500,
     so that its square stays a finite float64)."""
-    return _power_of_two_below(_centred_extent(sample, mean), 500)
+    return power_of_two_scale(_centred_extent(sample, mean), -500, 500)
 
 
 def _sample_rows(T: ShardedMatrix, rows: int, seed: int = 0) -> np.ndarray:
@@ -447,7 +439,7 @@ def _for_estimates(sample: np.ndarray, mean: np.ndarray,
     # Its own scale, not clipped like the bounds' one: values near float64's limits
     # (1e300) still come into float32's range. Scaled before the subtraction, which
     # could overflow otherwise.
-    est = _power_of_two_below(_centred_extent(sample, mean))
+    est = power_of_two_scale(_centred_extent(sample, mean))
     with np.errstate(under="ignore"):
         out = np.multiply(sample, est, dtype=np.float64)
         out -= mean * est

@@ -70,6 +70,24 @@ _EXCLUSIVE = {"file", "memory", "s3", "s3a"}
 _MEMORY_LOCK = threading.Lock()
 
 
+def location_of(url_or_path: str) -> str:
+    """:meth:`Store.location` of any URL or local path (plain paths and ``file://``
+    URLs come back as ``file://`` URLs of their real path)."""
+    if url_or_path.startswith("file://"):
+        url_or_path = url_or_path[len("file://"):]
+        if url_or_path.startswith("localhost/"):
+            url_or_path = url_or_path[len("localhost"):]
+    elif "://" in url_or_path:
+        return url_or_path.rstrip("/")
+    return "file://" + os.path.realpath(url_or_path)
+
+
+def overlaps(a: str, b: str) -> bool:
+    """Whether two locations are the same or one lies inside the other."""
+    a, b = a.rstrip("/"), b.rstrip("/")
+    return a == b or a.startswith(b + "/") or b.startswith(a + "/")
+
+
 def default_store_url() -> str:
     """The store used when none is given: setting ``store``, else ``~/.shardwren/store``."""
     url = config.load()["store"] or DEFAULT_STORE
@@ -157,6 +175,11 @@ class Store:
     def url_for(self, key: str) -> str:
         """Full URL of ``key``, usable by zarr, dask or fsspec directly."""
         return f"{self.url}/{_check_key(key)}"
+
+    def location(self, key: str = "") -> str:
+        """One spelling of where ``key`` lives, whatever the store's root: its URL, with
+        symlinks resolved on local disk (compare two with :func:`overlaps`)."""
+        return location_of(self.url_for(key) if key else self.url)
 
     def _missing(self, key: str) -> KeyNotFoundError:
         return KeyNotFoundError(f"key {key!r} not found in store {self.url}")
@@ -520,4 +543,4 @@ def open_store(store: Store | str | None = None, **options: Any) -> Store:
 from ._gc import Garbage, collect_garbage  # noqa: E402  (needs Store)
 
 __all__ = ["Store", "open_store", "default_store_url", "DEFAULT_STORE", "MAP_MIN_BYTES",
-           "collect_garbage", "Garbage", "write_error"]
+           "collect_garbage", "Garbage", "write_error", "location_of", "overlaps"]
