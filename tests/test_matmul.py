@@ -154,6 +154,29 @@ def test_an_output_that_is_an_input_is_refused(executor, op):
     np.testing.assert_array_equal(S.numpy(), X)  # untouched
 
 
+@pytest.mark.parametrize("op", ["matmul", "gram", "pairwise", "map_blocks"])
+def test_a_key_naming_an_input_is_refused_before_anything_is_written(executor, op):
+    """key="A" created the output (replacing A: its blocks deleted, its metadata the
+    result's shape) before the alias check refused it."""
+    from shardwren.errors import OutputAliasError
+    from shardwren.linalg import gram, map_blocks, matmul, pairwise_sq_euclidean
+
+    key = f"keyalias-{op}/A"
+    X = np.random.default_rng(1).standard_normal((30, 20))
+    blocks = (10, 20) if op == "pairwise" else (10, 10)  # distances need whole rows
+    A = ShardedMatrix.from_numpy(X, key, blocks, store=executor.store)
+    run = {"matmul": lambda: matmul(A, A.T, key=key, executor=executor),
+           "gram": lambda: gram(A, key=key, executor=executor),
+           "pairwise": lambda: pairwise_sq_euclidean(A, A, key=key, executor=executor),
+           "map_blocks": lambda: map_blocks(np.negative, A, key=key,
+                                            out_dtype="float32", executor=executor)}[op]
+    with pytest.raises(OutputAliasError, match="is the input"):
+        run()
+    again = ShardedMatrix(key, store=executor.store)
+    assert again.shape == (30, 20) and again.shard_sizes == blocks
+    np.testing.assert_array_equal(again.numpy(), X)  # untouched
+
+
 def test_the_alias_check_sees_one_matrix_under_two_store_roots(executor, tmp_path):
     """Store file:///d with key s/S and store file:///d/s with key S are one matrix."""
     from shardwren.errors import OutputAliasError
@@ -168,3 +191,37 @@ def test_the_alias_check_sees_one_matrix_under_two_store_roots(executor, tmp_pat
         with pytest.raises(OutputAliasError):
             matmul(S, S, out=out, executor=executor)
     np.testing.assert_array_equal(S.numpy(), X)
+
+
+@pytest.mark.parametrize("shapes", [((0, 5), (5, 3)), ((4, 5), (5, 0)), ((0, 0), (0, 0)),
+                                    ((4, 0), (0, 3))])
+def test_matmul_with_an_empty_dimension_is_numpys(executor, shapes):
+    """(0, k) @ (k, n) failed inside BLAS with a bare ValueError; numpy returns an empty
+    (or all-zero) product."""
+    from shardwren.linalg import matmul
+
+    A, B = np.ones(shapes[0]), np.ones(shapes[1])
+    C = matmul(A, B, executor=executor)
+    assert C.shape == (A @ B).shape
+    np.testing.assert_array_equal(C.numpy(), A @ B)
+
+
+def test_float16_products_are_summed_in_float32_like_numpy(executor):
+    """Each block product was rounded to float16, so a partial sum could overflow to inf
+    (then nan) where numpy's float16 matmul, which sums in float32, gives a finite answer."""
+    from shardwren.linalg import gram, matmul
+
+    A = np.array([[256, 256, -256, -256]] * 2, dtype=np.float16)
+    B = np.full((4, 2), 256, dtype=np.float16)
+    assert np.array_equal(A @ B, np.zeros((2, 2), np.float16))  # the referee
+    for blocks in (2, 1):  # one group per output block, and the inner dimension split
+        C = matmul(A, B, executor=executor, block_size=blocks)
+        assert C.dtype == np.float16
+        np.testing.assert_array_equal(C.numpy(), A @ B)
+    # Off the diagonal the total cancels to 0 while each 2-column partial overflows.
+    X = np.array([[200, 200, 200, 200], [200, 200, -200, -200]], dtype=np.float16)
+    with np.errstate(over="ignore"):  # the diagonal (160000) overflows float16 in both
+        ref = X @ X.T
+        G = gram(X, executor=executor, block_size=2).numpy()
+    assert ref[0, 1] == 0 and np.isinf(ref[0, 0])
+    np.testing.assert_array_equal(G, ref)

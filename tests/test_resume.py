@@ -315,6 +315,29 @@ def test_matmul_resume_with_the_inner_dimension_split(executor):
     np.testing.assert_allclose(C.numpy(), A @ B, rtol=1e-12, atol=1e-12)
 
 
+def test_matmul_resume_refuses_blocks_written_in_the_other_orientation(executor):
+    """Blocks written through C hold A @ B; resumed through C.T they would be read as its
+    transpose and mixed with new ones: the record now notes the orientation."""
+    from shardwren.errors import ResumeMismatchError
+    from shardwren.linalg import matmul
+
+    rng = np.random.default_rng(6)
+    A, B = rng.standard_normal((8, 8)), rng.standard_normal((8, 8))
+    Am = ShardedMatrix.from_numpy(A, "orient/A", (4, 4), store=executor.store)
+    Bm = ShardedMatrix.from_numpy(B, "orient/B", (4, 4), store=executor.store)
+    C = ShardedMatrix("orient/C", shape=(8, 8), shard_sizes=(4, 4), dtype="float64",
+                      store=executor.store)
+    matmul(Am, Bm, out=C, executor=executor)
+    C.delete_block(0, 1)  # an interrupted run
+    with pytest.raises(ResumeMismatchError, match="out_orientation"):
+        matmul(Am, Bm, out=C.T, executor=executor, resume=True)
+    matmul(Am, Bm, out=C.T, executor=executor)  # not resuming: every block again
+    np.testing.assert_allclose(C.numpy().T, A @ B, rtol=1e-12, atol=1e-12)
+    C.delete_block(1, 0)
+    matmul(Am, Bm, out=C.T, executor=executor, resume=True)  # its own blocks: resumed
+    np.testing.assert_allclose(C.numpy().T, A @ B, rtol=1e-12, atol=1e-12)
+
+
 def test_inputs_written_by_zarr_python_are_digested_only_when_resuming(executor, tmp_path):
     """Fingerprinting a zarr-python array reads its chunks whole: a call without resume
     does not pay for that, so only a job started with resume=True can be resumed."""

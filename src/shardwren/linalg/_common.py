@@ -126,13 +126,35 @@ class Inputs:
 def check_output(out: ShardedMatrix, **inputs: Any) -> None:
     """Refuse an output that is one of the inputs, or lies inside one's tree (or holds
     one in its own): tasks would overwrite blocks other tasks still read."""
+    _refuse_alias(out.store, out.key, inputs)
+
+
+def _refuse_alias(store: Any, key: str, inputs: dict[str, Any]) -> None:
     for name, m in inputs.items():
-        if isinstance(m, ShardedMatrix) and overlaps(out.store.location(out.key),
+        if isinstance(m, ShardedMatrix) and overlaps(store.location(key),
                                                      m.store.location(m.key)):
             raise OutputAliasError(
-                f"the output {out.key!r} in {out.store.url} is the input {name} ({m.key!r}) or "
+                f"the output {key!r} in {store.url} is the input {name} ({m.key!r}) or "
                 "inside it: its blocks would be overwritten while other tasks read them. "
                 "Write the result to another key")
+
+
+def output_matrix(out: ShardedMatrix | None, key: str, shape: tuple[int, int],
+                  blocks: tuple[int, int], dtype: Any, store: Any,
+                  **inputs: Any) -> ShardedMatrix:
+    """A blockwise call's output: ``out``, checked against the result's shape and
+    blocks, or a new matrix ``key`` in ``store``. Either way it is refused
+    (:class:`OutputAliasError`) when it is one of ``inputs`` or overlaps one, and
+    before anything is created: a new matrix replaces what is at its key."""
+    if out is None:
+        _refuse_alias(store, key, inputs)
+        return ShardedMatrix(key, shape=shape, shard_sizes=blocks, dtype=dtype, store=store)
+    if tuple(out.shape) != tuple(shape) or tuple(out.shard_sizes) != tuple(blocks):
+        raise ShapeMismatchError(
+            f"out has shape {out.shape} in blocks of {out.shard_sizes}; this result needs shape "
+            f"{tuple(shape)} in blocks of {tuple(blocks)}")
+    check_output(out, **inputs)
+    return out
 
 
 def _digest_is_cheap(value: Any) -> bool:
@@ -163,6 +185,10 @@ def todo(out: ShardedMatrix, idxs: list, resume: bool, job: str,
     checksum is verified whenever it is read, so skipping it loses nothing.
     """
     record = out.job_record_key
+    if out.transposed:
+        # Blocks written through C and through C.T hold each other's transposes: the
+        # orientation is part of the job (only when transposed, so older records still match).
+        fingerprint = {**fingerprint, "out_orientation": "transposed"}
     digest = desc = None
     if resume or _digest_is_cheap(list(fingerprint.values())):
         try:

@@ -7,11 +7,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ShapeMismatchError
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
-from ._common import Inputs, check_features, check_output, executor_for, require_shared, todo
+from ._common import Inputs, check_features, executor_for, output_matrix, require_shared, todo
 from .kernels import sq_dist_tile
 from .knn import check_finite
 
@@ -70,18 +69,11 @@ def pairwise_sq_euclidean(A: Any, B: Any, out: ShardedMatrix | None = None,
         check_features(A_m, B_m)
         shape = (A_m.shape[0], B_m.shape[0])
         blocks = (A_m.shard_sizes[0], B_m.shard_sizes[0])
-        if out is None:
-            if resume and not key:
-                raise ValueError("resume=True needs the output's name: pass key= or out=")
-            out = ShardedMatrix(key or f"distances-{uuid.uuid4().hex[:10]}", shape=shape,
-                                shard_sizes=blocks, dtype=distance_dtype(A_m, B_m),
-                                store=ex.store)
-        elif out.shape != shape or tuple(out.shard_sizes) != blocks:
-            raise ShapeMismatchError(
-                f"out has shape {out.shape} and blocks {out.shard_sizes}; the distance matrix "
-                f"needs shape {shape} and blocks {blocks}")
+        if out is None and resume and not key:
+            raise ValueError("resume=True needs the output's name: pass key= or out=")
+        out = output_matrix(out, key or f"distances-{uuid.uuid4().hex[:10]}", shape, blocks,
+                            distance_dtype(A_m, B_m), ex.store, A=A_m, B=B_m)
         require_shared(out.store, ex)
-        check_output(out, A=A_m, B=B_m)
         need = todo(out, out.block_idxs, resume, "pairwise_sq_euclidean", {"A": A_m, "B": B_m})
         # One pickled closure per map: the handles inside it are small (never data).
         fs = ex.starmap(lambda i, j: _distance_block(A_m, B_m, out, i, j), need)

@@ -21,7 +21,7 @@ from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
 from ._cache import CACHE
-from ._common import Inputs, check_output, executor_for, new_token, todo
+from ._common import Inputs, executor_for, new_token, output_matrix, todo
 
 
 @dataclass
@@ -152,6 +152,8 @@ def _gemm_acc(acc: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
     """
     from scipy.linalg import blas
 
+    if acc.size == 0 or a.shape[1] == 0:
+        return  # nothing to add (BLAS refuses empty operands)
     gemm = {np.dtype(np.float32): blas.sgemm, np.dtype(np.float64): blas.dgemm}.get(acc.dtype)
     if gemm is None or not acc.flags.c_contiguous:
         acc += a @ b
@@ -160,10 +162,17 @@ def _gemm_acc(acc: np.ndarray, a: np.ndarray, b: np.ndarray) -> None:
          overwrite_c=True)
 
 
+def work_dtype(dt: Any) -> np.dtype:
+    """The dtype products are accumulated in: float16 sums in float32, as numpy's
+    float16 matmul does (a partial sum may overflow float16 when the total does not)."""
+    dt = np.dtype(dt)
+    return np.dtype(np.float32) if dt == np.float16 else dt
+
+
 def _matmul_block(A: ShardedMatrix, B: ShardedMatrix, C: ShardedMatrix, i: int, j: int,
                   ls: range, token: str = "") -> int:
     """One output block: the sum over l of A[i, l] @ B[l, j], accumulated in place."""
-    dt = C.dtype or np.result_type(A.dtype, B.dtype)
+    dt = work_dtype(C.dtype or np.result_type(A.dtype, B.dtype))
     acc = np.zeros(C.block_shape(i, j), dtype=dt)
     for l in ls:
         # Mapped reads (copy=False) share the page cache: no fresh memory per block.
@@ -174,12 +183,18 @@ def _matmul_block(A: ShardedMatrix, B: ShardedMatrix, C: ShardedMatrix, i: int, 
         b = CACHE.get(("matmul", token, "B", l, j),
                         lambda: B.get_block(l, j, copy=False).astype(dt, copy=False))
         _gemm_acc(acc, a, b)
-    C.put_block(i, j, acc)
+    C.put_block(i, j, _rounded(acc, C))
     return 0
 
 
+def _rounded(block: np.ndarray, out: ShardedMatrix) -> np.ndarray:
+    """A block summed in its work dtype, rounded once to ``out``'s (float32 -> float16)."""
+    return block if out.dtype is None else block.astype(out.dtype, copy=False)
+
+
 def _add_blocks(P: ShardedMatrix, Q: ShardedMatrix, out: ShardedMatrix, i: int, j: int) -> int:
-    out.put_block(i, j, P.get_block(i, j, copy=False) + Q.get_block(i, j, copy=False))
+    out.put_block(i, j, _rounded(P.get_block(i, j, copy=False) + Q.get_block(i, j, copy=False),
+                                 out))
     return 0
 
 
@@ -217,8 +232,8 @@ def matmul(A: Any, B: Any, out: ShardedMatrix | None = None, executor: Executor 
         out_shape, out_blocks, grid, inner = _matmul_geometry(A_m.shape, A_m.shard_sizes,
                                                               B_m.shape, B_m.shard_sizes)
         dt = np.result_type(A_m.dtype, B_m.dtype)
-        C = _output(out, key or _unique("matmul"), out_shape, out_blocks, dt, ex)
-        check_output(C, A=A_m, B=B_m)
+        C = output_matrix(out, key or _unique("matmul"), out_shape, out_blocks, dt, ex.store,
+                          A=A_m, B=B_m)
         need = [tuple(ij) for ij in todo(C, C.block_idxs, resume, "matmul", {"A": A_m, "B": B_m})]
         if not need:
             return C
@@ -230,7 +245,8 @@ def matmul(A: Any, B: Any, out: ShardedMatrix | None = None, executor: Executor 
             get_all_results(fs, progress=progress)
             return C
         size = -(-inner // groups)
-        parts = [inputs.scratch(out_shape, out_blocks, f"partial{g}", dt) for g in range(groups)]
+        parts = [inputs.scratch(out_shape, out_blocks, f"partial{g}", work_dtype(dt))
+                 for g in range(groups)]
         tasks = [(i, j, g) for g in range(groups) for i, j in need]
         fs = ex.starmap(lambda i, j, g: _matmul_block(A_m, B_m, parts[g], i, j,
                                                        range(g * size, min(inner, (g + 1) * size)),
@@ -252,23 +268,13 @@ def _tree_sum(parts: list[ShardedMatrix], C: ShardedMatrix, ex: Executor,
         get_all_results(fs, progress=progress)
         parts = targets + ([parts[-1]] if len(parts) % 2 else [])
     if parts[0] is not C:
-        fs = ex.starmap(lambda i, j: C.put_block(i, j, parts[0].get_block(i, j, copy=False)),
-                        blocks)
+        fs = ex.starmap(lambda i, j: C.put_block(i, j, _rounded(parts[0].get_block(i, j, copy=False),
+                                                                C)), blocks)
         get_all_results(fs, progress=progress)
 
 
 def _unique(op: str) -> str:
     return f"{op}-{uuid.uuid4().hex[:10]}"
-
-
-def _output(out: ShardedMatrix | None, key: str, shape, blocks, dtype, ex: Executor) -> ShardedMatrix:
-    if out is None:
-        return ShardedMatrix(key, shape=shape, shard_sizes=blocks, dtype=dtype, store=ex.store)
-    if tuple(out.shape) != tuple(shape) or tuple(out.shard_sizes) != tuple(blocks):
-        raise ShapeMismatchError(
-            f"out has shape {out.shape} in blocks of {out.shard_sizes}; this result needs shape "
-            f"{tuple(shape)} in blocks of {tuple(blocks)}")
-    return out
 
 
 matmul.plan = plan_matmul  # type: ignore[attr-defined]
@@ -294,8 +300,10 @@ def plan_gram(X: Any, executor: Executor | None = None, block_size: int | None =
 
 def _gram_block(X: ShardedMatrix, C: ShardedMatrix, i: int, j: int, inner: int) -> int:
     acc = tmp = None
+    dt = work_dtype(X.dtype or np.float64)
     for l in range(inner):
-        a, b = X.get_block(i, l, copy=False), X.get_block(j, l, copy=False)
+        a = X.get_block(i, l, copy=False).astype(dt, copy=False)
+        b = X.get_block(j, l, copy=False).astype(dt, copy=False)
         if acc is None:
             acc = a @ b.T
             tmp = np.empty_like(acc)
@@ -306,6 +314,7 @@ def _gram_block(X: ShardedMatrix, C: ShardedMatrix, i: int, j: int, inner: int) 
     if i == j:  # BLAS rounds (r, c) and (c, r) differently: mirror the upper triangle
         lower = np.tril_indices_from(acc, -1)
         acc[lower] = acc.T[lower]
+    acc = _rounded(acc, C)
     C.put_block(i, j, acc)
     if i != j:
         C.put_block(j, i, acc.T)  # mirrored: written, never recomputed
@@ -320,8 +329,7 @@ def gram(X: Any, out: ShardedMatrix | None = None, executor: Executor | None = N
         plan = plan_gram(X, ex, block_size)
         X_m = inputs.matrix(X, "X", rows=plan.out_blocks[0], cols=plan.out_blocks[1])
         n, b = X_m.shape[0], X_m.shard_sizes[0]
-        C = _output(out, key or _unique("gram"), (n, n), (b, b), X_m.dtype, ex)
-        check_output(C, X=X_m)
+        C = output_matrix(out, key or _unique("gram"), (n, n), (b, b), X_m.dtype, ex.store, X=X_m)
         g, inner = X_m.grid
         pairs = [(i, j) for i in range(g) for j in range(i, g)]
         todo(C, pairs, False, "gram", {"X": X_m})  # records the job (no resume here)
@@ -380,9 +388,9 @@ def map_blocks(fn: Callable[..., Any], A: ShardedMatrix, *others: Any, out: Shar
         plan = plan_map_blocks(A, *others, out_dtype=out_dtype)
         _check_memory(plan, ex, [A.shape], A.dtype or np.dtype(np.float64),
                       operands=len(others) + 2)
-        C = _output(out, key or _unique("map"), A.shape, A.shard_sizes,
-                    np.dtype(out_dtype or A.dtype), ex)
-        check_output(C, A=A, **{f"operand {n + 2}": o for n, o in enumerate(others)})
+        C = output_matrix(out, key or _unique("map"), A.shape, A.shard_sizes,
+                          np.dtype(out_dtype or A.dtype), ex.store, A=A,
+                          **{f"operand {n + 2}": o for n, o in enumerate(others)})
         try:
             fn_id = _function_id(fn)
         except TypeError:

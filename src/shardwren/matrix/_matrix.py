@@ -13,6 +13,7 @@ other array's through zarr-python reading the same Store.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import itertools
 import json
@@ -400,8 +401,12 @@ class ShardedMatrix:
         codec pipeline, reading through the same Store."""
         try:
             return np.asarray(self.zarr.blocks[bi, bj]).astype(self._layout.dtype, copy=False)
+        except KeyIsPrefixError:
+            raise self._corrupt(i, j, "its chunk key is a folder, not a chunk") from None
+        except gzip.BadGzipFile as exc:  # an OSError, but a decoding failure
+            raise self._corrupt(i, j, f"zarr cannot decode it (gzip: {exc})") from None
         except OSError:
-            raise
+            raise  # the store's I/O errors keep their own type
         except Exception as exc:  # noqa: BLE001 - any decoding failure is a corrupt chunk
             raise self._corrupt(i, j, f"zarr cannot decode it ({type(exc).__name__}: {exc})") \
                 from None
@@ -500,6 +505,11 @@ class ShardedMatrix:
         return h.hexdigest()
 
     # -- whole-matrix operations --------------------------------------------------
+    @property
+    def transposed(self) -> bool:
+        """Whether this is a transposed view (:attr:`T`) of the stored matrix."""
+        return self._transposed
+
     @property
     def T(self) -> ShardedMatrix:
         """Transposed view: ``T.get_block(i, j)`` is ``get_block(j, i).T``. No copy."""
