@@ -225,3 +225,51 @@ def test_float16_products_are_summed_in_float32_like_numpy(executor):
         G = gram(X, executor=executor, block_size=2).numpy()
     assert ref[0, 1] == 0 and np.isinf(ref[0, 0])
     np.testing.assert_array_equal(G, ref)
+
+
+def test_map_blocks_never_truncates_into_the_output_dtype(executor):
+    """The output kept A's dtype and blocks were cast with astype: sqrt of uint8 gave
+    [1 1 14], scale(uint8 200, 2.0) gave 144."""
+    from shardwren.errors import DTypeMismatchError
+    from shardwren.linalg import map_blocks, scale
+
+    X = np.array([[2, 3, 200, 7]], dtype=np.uint8)
+    A = ShardedMatrix.from_numpy(X, "trunc/A", (1, 2), store=executor.store)
+    with pytest.raises(DTypeMismatchError, match="out_dtype='float16'"):  # numpy's sqrt(uint8)
+        map_blocks(np.sqrt, A, executor=executor)
+    np.testing.assert_array_equal(map_blocks(np.sqrt, A, out_dtype="f2", executor=executor)
+                                  .numpy(), np.sqrt(X))
+    S = scale(A, 2.0, executor=executor)
+    assert S.dtype == (X * 2.0).dtype
+    np.testing.assert_array_equal(S.numpy(), X * 2.0)
+    F = ShardedMatrix.from_numpy(X.astype(np.float32), "trunc/F", (1, 2), store=executor.store)
+    assert scale(F, 0.5, executor=executor).dtype == np.float32  # numpy keeps float32 here
+    np.testing.assert_array_equal(map_blocks(np.negative, A, executor=executor).numpy(), -X)
+
+
+def test_map_blocks_refuses_array_operands(executor):
+    """A (2, 2) array operand was applied to every block of a (4, 4) matrix alike."""
+    from shardwren.errors import InvalidParameterError
+    from shardwren.linalg import map_blocks
+
+    A = ShardedMatrix.from_numpy(np.ones((4, 4)), "arrop/A", (2, 2), store=executor.store)
+    with pytest.raises(InvalidParameterError, match="shard it first"):
+        map_blocks(np.add, A, np.eye(2), executor=executor)
+    np.testing.assert_array_equal(map_blocks(np.add, A, np.float64(2), executor=executor)
+                                  .numpy(), np.full((4, 4), 3.0))
+
+
+def test_pairwise_distances_refuse_an_integer_output(executor):
+    """An int16 out= failed inside every task with numpy's 'not inexact'."""
+    from shardwren.errors import DTypeMismatchError
+    from shardwren.linalg import pairwise_sq_euclidean
+
+    D = ShardedMatrix("intout/D", shape=(1, 1), shard_sizes=(1, 1), dtype="int16",
+                      store=executor.store)
+    with pytest.raises(DTypeMismatchError, match="floating point"):
+        pairwise_sq_euclidean(np.ones((1, 3)), np.zeros((1, 3)), out=D, executor=executor)
+    # arrays are sharded in blocks no longer than themselves: a (1, 1) output fits
+    D = ShardedMatrix("intout/F", shape=(1, 1), shard_sizes=(1, 1), dtype="float64",
+                      store=executor.store)
+    pairwise_sq_euclidean(np.ones((1, 3)), np.zeros((1, 3)), out=D, executor=executor)
+    assert D.numpy()[0, 0] == 3.0

@@ -430,6 +430,51 @@ def test_map_blocks_records_which_function_it_applied(executor):
     np.testing.assert_array_equal(out.numpy(), 2 * X)
 
 
+FACTOR = 2.0
+
+
+def _times_factor(a):
+    return a * FACTOR
+
+
+def _through_helper(a, *, offset=0.0):
+    return _times_factor(a) + offset
+
+
+def test_map_blocks_records_the_globals_and_helpers_its_function_reads(executor):
+    """A resume compared the function's code and captured values but not the module
+    globals it reads: after FACTOR changed, the output mixed 2x and 10x blocks."""
+    import functools
+
+    from shardwren.errors import ResumeMismatchError
+    from shardwren.linalg import map_blocks
+
+    global FACTOR
+    X = np.arange(400.0).reshape(20, 20)
+    A = ShardedMatrix.from_numpy(X, "glob/A", (10, 10), store=executor.store)
+    for n, fn in enumerate([_times_factor, _through_helper,
+                            functools.partial(_through_helper, offset=0.0)]):
+        FACTOR = 2.0
+        out = ShardedMatrix(f"glob/C{n}", shape=(20, 20), shard_sizes=(10, 10), dtype="f8",
+                            store=executor.store)
+        map_blocks(fn, A, out=out, executor=executor, resume=True)
+        out.delete_block(1, 1)
+        FACTOR = 10.0
+        with pytest.raises(ResumeMismatchError, match="fn"):
+            map_blocks(fn, A, out=out, executor=executor, resume=True)
+        FACTOR = 2.0
+        map_blocks(fn, A, out=out, executor=executor, resume=True)  # the same job: resumed
+        np.testing.assert_array_equal(out.numpy(), 2 * X)
+    _through_helper.__kwdefaults__ = {"offset": 1.0}
+    try:
+        out = ShardedMatrix("glob/C1", store=executor.store)
+        out.delete_block(0, 0)
+        with pytest.raises(ResumeMismatchError, match="fn"):
+            map_blocks(_through_helper, A, out=out, executor=executor, resume=True)
+    finally:
+        _through_helper.__kwdefaults__ = {"offset": 0.0}
+
+
 def test_content_digest_reads_object_stores_in_parallel_and_agrees(s3_url, tmp_path):
     """The digest a job record keeps is the same however its blocks are fetched."""
     X = np.random.default_rng(4).random((50, 3))

@@ -104,7 +104,7 @@ class Inputs:
         # The dtype is kept (uint8 pixels stay 4x smaller than float32): the kernels
         # convert blocks as they need, exactly, and never through a narrower type.
         require_shared(self.executor.store, self.executor)
-        rows = rows or self.block_rows or DEFAULT_BLOCK
+        rows = min(rows or self.block_rows or DEFAULT_BLOCK, max(1, X.shape[0]))  # not past the end
         cols = cols or X.shape[1]
         # Owned by this process: if it dies, `shardwren store gc` removes it.
         m = scratch_from_numpy(X, self.executor.store, name, (max(1, rows), max(1, cols)))
@@ -310,7 +310,7 @@ def _decode_result(data: bytes) -> tuple[str, Any]:
         raise ValueError(f"not a saved part ({type(exc).__name__}: {exc})") from None
 
 
-def _describe(value: Any, what: str) -> Any:
+def describe(value: Any, what: str) -> Any:
     """A JSON description of one ingredient of a job's fingerprint."""
     if isinstance(value, ShardedMatrix):
         return {"matrix": {"shape": list(value.shape), "blocks": list(value.shard_sizes),
@@ -327,16 +327,16 @@ def _describe(value: Any, what: str) -> Any:
     if isinstance(value, complex):
         return {"complex": [value.real, value.imag]}
     if isinstance(value, (tuple, list)):
-        return [_describe(v, what) for v in value]
+        return [describe(v, what) for v in value]
     if isinstance(value, dict) and all(isinstance(k, str) for k in value):
-        return {k: _describe(v, what) for k, v in sorted(value.items())}
+        return {k: describe(v, what) for k, v in sorted(value.items())}
     raise TypeError(f"fingerprint ingredient {what!r} is a {type(value).__name__}; use "
                     "matrices, arrays, numbers, strings or tuples of them")
 
 
 def job_fingerprint(name: str, fingerprint: dict[str, Any]) -> tuple[dict[str, Any], str]:
     """The description (JSON) and digest of what produces a resumable map's results."""
-    desc = {"task": name, **{k: _describe(v, k) for k, v in sorted(fingerprint.items())}}
+    desc = {"task": name, **{k: describe(v, k) for k, v in sorted(fingerprint.items())}}
     return desc, hashlib.sha256(json.dumps(desc, sort_keys=True).encode()).hexdigest()
 
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ..errors import DTypeMismatchError
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
@@ -61,7 +62,8 @@ def pairwise_sq_euclidean(A: Any, B: Any, out: ShardedMatrix | None = None,
         integer inputs and float64 for float64 and wider integers (numpy's promotion
         with float32). Every entry is within the relative error of summing
         ``sum((a - b)**2)`` directly in that type (``gamma_{d+2}``, about ``(d + 2) u``),
-        whatever the data's offset or scale: see
+        whatever the data's offset or scale, of the inputs as that type holds them
+        (integers beyond 2**53 are rounded to float64 first, as numpy's would be): see
         :func:`shardwren.linalg.kernels.sq_dist_tile`.
     """
     with executor_for(executor) as ex, Inputs(ex, block_size) as inputs:
@@ -71,6 +73,10 @@ def pairwise_sq_euclidean(A: Any, B: Any, out: ShardedMatrix | None = None,
         blocks = (A_m.shard_sizes[0], B_m.shard_sizes[0])
         if out is None and resume and not key:
             raise ValueError("resume=True needs the output's name: pass key= or out=")
+        if out is not None and out.dtype is not None and out.dtype.kind != "f":
+            raise DTypeMismatchError(
+                f"out has dtype {out.dtype}; squared distances are computed and stored in "
+                f"floating point: give out dtype {distance_dtype(A_m, B_m)} (or leave out=None)")
         out = output_matrix(out, key or f"distances-{uuid.uuid4().hex[:10]}", shape, blocks,
                             distance_dtype(A_m, B_m), ex.store, A=A_m, B=B_m)
         require_shared(out.store, ex)

@@ -10,18 +10,19 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import types
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import MemoryPlanError, ShapeMismatchError
+from ..errors import DTypeMismatchError, InvalidParameterError, MemoryPlanError, ShapeMismatchError
 from ..executor import Executor
 from ..futures import get_all_results
 from ..matrix import ShardedMatrix
 from ._cache import CACHE
-from ._common import Inputs, executor_for, new_token, output_matrix, todo
+from ._common import Inputs, describe, executor_for, new_token, output_matrix, todo
 
 
 @dataclass
@@ -356,6 +357,11 @@ def _apply(fn: Callable, out: ShardedMatrix, i: int, j: int, *ms: Any) -> int:
         raise ShapeMismatchError(
             f"map_blocks: fn changed block ({i}, {j})'s shape from {out.block_shape(i, j)} to "
             f"{block.shape}; it must work elementwise")
+    if out.dtype is not None and not np.can_cast(block.dtype, out.dtype, "same_kind"):
+        # e.g. floats into an integer output: astype would truncate or wrap them silently
+        raise DTypeMismatchError(
+            f"map_blocks: fn returned {block.dtype} for block ({i}, {j}) and the output is "
+            f"{out.dtype}, which cannot hold it; pass out_dtype={str(block.dtype)!r}")
     out.put_block(i, j, block.astype(out.dtype, copy=False) if out.dtype is not None else block)
     return 0
 
@@ -376,10 +382,18 @@ def map_blocks(fn: Callable[..., Any], A: ShardedMatrix, *others: Any, out: Shar
                progress: bool | None = None, resume: bool = False) -> ShardedMatrix:
     """Apply an elementwise ``fn(block_of_A, block_of_other, ...)`` to every block.
 
-    Other operands are ShardedMatrices of A's shape and blocks, or scalars. With
-    ``resume``, blocks ``out`` already has are not computed again.
+    Other operands are ShardedMatrices of A's shape and blocks, or scalars (an array
+    is refused: it would be applied to every block alike). The output's dtype is
+    ``out_dtype``, by default A's; a block ``fn`` returns in a kind the output
+    cannot hold (floats into integers) is refused with :class:`DTypeMismatchError`,
+    never truncated. With ``resume``, blocks ``out`` already has are not computed again.
     """
     for o in others:
+        if not isinstance(o, ShardedMatrix) and np.ndim(o) != 0:
+            raise InvalidParameterError(
+                f"map_blocks operands are ShardedMatrices of A's shape and blocks, or scalars; "
+                f"got a {type(o).__name__} of shape {np.shape(o)}, which would be applied to every "
+                "block alike: shard it first (ShardedMatrix.from_numpy with A's shard_sizes)")
         if isinstance(o, ShardedMatrix) and (o.shape != A.shape or o.shard_sizes != A.shard_sizes):
             raise ShapeMismatchError(
                 f"operands must share shape and blocks: {A.shape}/{A.shard_sizes} vs "
@@ -413,26 +427,72 @@ def _code_digest(code: Any) -> str:
     return h.hexdigest()[:16]
 
 
-def _function_id(fn: Callable[..., Any]) -> Any:
+def _function_id(fn: Callable[..., Any], _seen: set[int] | None = None) -> Any:
     """What a resumed ``map_blocks`` compares its function by: module and name, with the
-    code and captured values of Python functions (every lambda has the same name), and
-    a partial's arguments. A callable the job record cannot describe raises TypeError:
-    such a call is not recorded, and cannot be resumed."""
+    code, captured values, defaults and the module-level values it reads of Python
+    functions (every lambda has the same name; a changed global or helper changes the
+    blocks), and a partial's arguments. Functions it reads are described the same way.
+    A callable the job record cannot describe raises TypeError: such a call is not
+    recorded, and cannot be resumed."""
+    seen = set() if _seen is None else _seen
     if isinstance(fn, functools.partial):
-        return {"partial": _function_id(fn.func), "args": list(fn.args),
-                "keywords": sorted([k, v] for k, v in fn.keywords.items())}
+        return {"partial": _function_id(fn.func, seen),
+                "args": [_value_id(v, seen) for v in fn.args],
+                "keywords": sorted([k, _value_id(v, seen)] for k, v in fn.keywords.items())}
     name = f"{getattr(fn, '__module__', None)}.{getattr(fn, '__qualname__', None)}"
     code = getattr(fn, "__code__", None)
     if code is not None:
+        if id(fn) in seen:  # recursion: described once, higher up
+            return {"function": name}
+        seen.add(id(fn))
         try:
             cells = [c.cell_contents for c in (getattr(fn, "__closure__", None) or ())]
         except ValueError:  # a cell not filled yet: nothing to describe it by
             raise TypeError(f"map_blocks cannot record {name}: a captured name is unset") from None
-        return {"function": name, "code": _code_digest(code), "captured": cells,
-                "defaults": list(getattr(fn, "__defaults__", None) or ())}
+        return {"function": name, "code": _code_digest(code),
+                "captured": [_value_id(c, seen) for c in cells],
+                "defaults": [_value_id(d, seen) for d in getattr(fn, "__defaults__", None) or ()],
+                "kwdefaults": sorted([k, _value_id(v, seen)] for k, v in
+                                     (getattr(fn, "__kwdefaults__", None) or {}).items()),
+                "globals": _globals_read(fn, code, seen)}
     if getattr(fn, "__qualname__", None) is None:  # an instance of a callable class
         raise TypeError(f"map_blocks cannot record the callable {fn!r}: pass a function")
     return name  # a builtin or numpy ufunc: its name is its identity
+
+
+def _value_id(value: Any, seen: set[int]) -> Any:
+    """A value a function uses, as the job record describes it: functions by
+    :func:`_function_id`, everything else as it is (described by the record)."""
+    if isinstance(value, (functools.partial, types.FunctionType, types.BuiltinFunctionType,
+                          np.ufunc)):
+        return {"callable": _function_id(value, seen)}
+    return value
+
+
+def _names_read(code: Any) -> set[str]:
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if hasattr(c, "co_code"):
+            names |= _names_read(c)
+    return names
+
+
+def _globals_read(fn: Any, code: Any, seen: set[int]) -> dict[str, Any]:
+    """The module-level values ``fn`` reads that the record can describe (numbers,
+    strings, arrays, matrices, functions, and containers of them). Modules and other
+    objects (a model instance, say) are left out: they cannot be compared."""
+    namespace = getattr(fn, "__globals__", None) or {}
+    out: dict[str, Any] = {}
+    for name in sorted(_names_read(code)):
+        if name not in namespace or isinstance(namespace[name], types.ModuleType):
+            continue
+        value = _value_id(namespace[name], seen)
+        try:
+            describe(value, name)
+        except TypeError:
+            continue
+        out[name] = value
+    return out
 
 
 map_blocks.plan = plan_map_blocks  # type: ignore[attr-defined]
@@ -453,8 +513,10 @@ def sub(A: ShardedMatrix, B: ShardedMatrix, **kw: Any) -> ShardedMatrix:
 
 
 def scale(A: ShardedMatrix, alpha: float, **kw: Any) -> ShardedMatrix:
-    """alpha * A, blockwise (A's dtype is kept)."""
-    return map_blocks(lambda a, s: a * s, A, alpha, out_dtype=kw.pop("out_dtype", A.dtype), **kw)
+    """alpha * A, blockwise, in the dtype numpy gives ``A * alpha`` (float32 stays float32;
+    integers times a float become float64)."""
+    dt = np.result_type(A.dtype or np.float64, alpha)
+    return map_blocks(lambda a, s: a * s, A, alpha, out_dtype=kw.pop("out_dtype", dt), **kw)
 
 
 def plan(op: Callable[..., Any] | str, *args: Any, **kwargs: Any) -> Plan:
