@@ -265,3 +265,44 @@ def test_zarr_adapter_round_trip(store):
     again = zarr.open_array(store.zarr_store("zz"), mode="r")
     np.testing.assert_array_equal(again[:], np.arange(25).reshape(5, 5))
     assert "zz/zarr.json" in store.list("zz")
+
+
+def test_delete_never_reads_a_key_as_a_glob_pattern(store):
+    """On s3:// and memory://, fsspec's rm expanded 'data*' into data_important and
+    dataset/part0, and deleting matrix 'exp[12]' wiped matrices exp1 and exp2."""
+    from shardwren.matrix import ShardedMatrix
+
+    keys = ["data*", "data_important", "dataset/part0", "q?", "qx", "r[ab]", "ra", "rb"]
+    for k in keys:
+        store.put(k, k.encode())
+    for k in ("data*", "q?", "r[ab]"):
+        store.delete(k)
+    assert store.list() == ["data_important", "dataset/part0", "qx", "ra", "rb"]
+    for name in ("exp1", "exp2", "exp[12]", "runA", "run*"):
+        ShardedMatrix.from_numpy(np.ones((4, 2)), f"m/{name}", (2, 2), store=store)
+    ShardedMatrix("m/exp[12]", store=store).delete()
+    ShardedMatrix("m/run*", store=store).delete()
+    for name in ("exp1", "exp2", "runA"):
+        np.testing.assert_array_equal(ShardedMatrix(f"m/{name}", store=store).numpy(),
+                                      np.ones((4, 2)))
+    assert not any(k.startswith(("m/exp[12]", "m/run*")) for k in store.list())
+    with pytest.raises(KeyNotFoundError):
+        store.delete("nothing*")
+
+
+def test_an_unreachable_object_store_is_named_not_taken_for_empty():
+    """exists() answered False (fsspec's isfile swallows every error) and reads raised
+    botocore's EndpointConnectionError, which is not even an OSError."""
+    pytest.importorskip("s3fs")
+    from shardwren.errors import StoreUnavailableError
+
+    from dask_cluster import free_port  # nothing listens there
+
+    st = shardwren.open_store("s3://bucket/p", endpoint_url=f"http://127.0.0.1:{free_port()}",
+                              key="testing", secret="testing")
+    for call in (lambda: st.exists("k"), lambda: st.get("k"), lambda: st.list()):
+        with pytest.raises(StoreUnavailableError, match="cannot reach the store") as info:
+            call()
+        assert isinstance(info.value, ConnectionError)  # retried by the executor's policy
+    with pytest.raises(StoreUnavailableError):
+        st.put("k", b"x")

@@ -104,6 +104,15 @@ class StoreWriteError(ShardwrenError, OSError):
     """The store refused a write: read-only, full, or out of quota."""
 
 
+class StoreUnavailableError(ShardwrenError, ConnectionError):
+    """The store could not be reached (endpoint down or frozen, network cut); a
+    ``ConnectionError``, so tasks that meet it are retried."""
+
+
+class StoreAccessError(ShardwrenError, PermissionError):
+    """The store refused to be read with these credentials."""
+
+
 class NonFiniteInputError(ShardwrenError, ValueError):
     """An input holds NaN or infinity where finite numbers are needed."""
 

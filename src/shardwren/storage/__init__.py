@@ -13,14 +13,17 @@ mapping a file into memory) is decided here, once.
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import glob
 import mmap
 import os
 import re
+import shutil
 import stat
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,9 +38,13 @@ from ..errors import (
     BackendNotInstalledError,
     KeyIsPrefixError,
     KeyNotFoundError,
+    ShardwrenError,
+    StoreAccessError,
+    StoreUnavailableError,
     StoreWriteError,
     UnknownSchemeError,
 )
+from ..policy import is_transient
 from ._owners import owner_tag
 
 DEFAULT_STORE = "~/.shardwren/store"
@@ -181,6 +188,29 @@ class Store:
         symlinks resolved on local disk (compare two with :func:`overlaps`)."""
         return location_of(self.url_for(key) if key else self.url)
 
+    @contextlib.contextmanager
+    def _talking(self, key: str, verb: str = "read") -> Iterator[None]:
+        """Name the store and the key when an object store cannot be reached or
+        refuses these credentials (its clients raise their own types: botocore's
+        EndpointConnectionError is not even an OSError)."""
+        try:
+            yield
+        except ShardwrenError:
+            raise
+        except PermissionError as exc:
+            if verb not in ("read", "list"):
+                raise  # a refused write or delete: StoreWriteError names it
+            raise StoreAccessError(
+                f"cannot read {key!r} in {self.url}: access denied ({exc}); check the "
+                "credentials (for S3: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or the store's "
+                "key=/secret= options) and the bucket's permissions") from exc
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
+            raise StoreUnavailableError(
+                f"cannot reach the store {self.url} to {verb} {key!r} ({type(exc).__name__}: "
+                f"{exc}); check its endpoint and the network, then retry") from exc
+
     def _missing(self, key: str) -> KeyNotFoundError:
         return KeyNotFoundError(f"key {key!r} not found in store {self.url}")
 
@@ -206,7 +236,8 @@ class Store:
         try:
             if start is not None and start < 0:
                 start = max(0, self.size(key) + start)
-            data = self.fs.cat_file(self.path(key), start=start, end=end)
+            with self._talking(key):
+                data = self.fs.cat_file(self.path(key), start=start, end=end)
         except IsADirectoryError:
             raise self._prefix(key) from None
         except (FileNotFoundError, NotADirectoryError):
@@ -279,7 +310,8 @@ class Store:
                 raise self._prefix(key)
             return info.st_size
         try:
-            info = self.fs.info(path)
+            with self._talking(key):
+                info = self.fs.info(path)
         except (FileNotFoundError, NotADirectoryError):
             raise self._missing(key) from None
         if info.get("type") == "directory":
@@ -296,7 +328,8 @@ class Store:
                 if stat.S_ISDIR(info_local.st_mode):
                     raise self._prefix(key)
                 return info_local.st_mtime
-            info = self.fs.info(path)
+            with self._talking(key):
+                info = self.fs.info(path)
         except (FileNotFoundError, NotADirectoryError):
             raise self._missing(key) from None
         if info.get("type") == "directory":
@@ -314,8 +347,9 @@ class Store:
         return None
 
     def exists(self, key: str) -> bool:
-        """Whether ``key`` holds a value."""
-        return self.fs.isfile(self.path(key))
+        """Whether ``key`` holds a value. A store that cannot be asked (unreachable,
+        credentials refused) raises its error rather than answering False."""
+        return self._is_file(self.path(key))
 
     def list(self, prefix: str = "") -> list[str]:
         """Sorted keys under ``prefix`` (all keys when empty), relative to the root.
@@ -328,7 +362,8 @@ class Store:
         # list it all (it lives in this process, and is small) and filter.
         base = self.path(prefix) if prefix and self.scheme != "memory" else self.root
         try:
-            found = self.fs.find(base)
+            with self._talking(prefix or "(all keys)", "list"):
+                found = self.fs.find(base)
         except (FileNotFoundError, NotADirectoryError):
             return []
         cut = len(self.root.rstrip("/")) + 1
@@ -382,7 +417,8 @@ class Store:
                 with _MEMORY_LOCK:
                     self.fs.pipe_file(path, b"".join(parts))
             else:
-                self.fs.pipe_file(path, b"".join(parts))
+                with self._talking(key, "write"):
+                    self.fs.pipe_file(path, b"".join(parts))
         except OSError as exc:
             raise write_error(exc, self.url, key) from exc
 
@@ -427,7 +463,8 @@ class Store:
                     self.fs.pipe_file(path, b"".join(parts))
             else:
                 try:
-                    self.fs.pipe_file(path, b"".join(parts), mode="create")
+                    with self._talking(key, "write"):
+                        self.fs.pipe_file(path, b"".join(parts), mode="create")
                 except FileExistsError:
                     return False
                 except TypeError:  # an fsspec implementation without mode=
@@ -455,15 +492,47 @@ class Store:
         return tmp
 
     def delete(self, key: str, missing_ok: bool = False) -> None:
-        """Remove ``key`` (or, when ``key`` is a prefix, everything under it)."""
+        """Remove ``key`` (or, when ``key`` is a prefix, everything under it).
+
+        Only that key or prefix: names are never read as glob patterns (fsspec's
+        ``rm`` expands ``*``, ``?`` and ``[...]``, so ``delete("run*")`` would also
+        remove ``runA``), and a delete the store refuses raises :class:`StoreWriteError`
+        (S3's bulk delete reports refusals per key, which fsspec ignores: what is left
+        is listed again and named).
+
+        Raises
+        ------
+        KeyNotFoundError
+            If nothing is at ``key`` (unless ``missing_ok``).
+        StoreWriteError
+            When the store refuses to delete something.
+        """
         path = self.path(key)
         try:
-            if not self.fs.exists(path):
-                if missing_ok:
-                    return
-                raise KeyNotFoundError(f"cannot delete {key!r}: not found in store {self.url}")
-            self.fs.rm(path, recursive=True)
-        except FileNotFoundError:
+            if self.is_local:
+                if os.path.isdir(path) and not os.path.islink(path):
+                    shutil.rmtree(path)
+                else:
+                    os.unlink(path)
+                return
+            if self._is_file(path):
+                with self._talking(key, "delete"):
+                    self.fs.rm_file(path)
+                return
+            with self._talking(key, "delete"):
+                found = [f for f in self.fs.find(path) if f.rstrip("/") != path]
+                if not found:
+                    raise FileNotFoundError(path)
+                if any(glob.has_magic(f) for f in found) or self.scheme == "memory":
+                    for f in found:
+                        self.fs.rm_file(f)
+                else:
+                    self.fs.rm(found)  # one bulk request per 1,000 keys on S3
+                left = [f for f in self.fs.find(path) if f.rstrip("/") != path]
+            if left:
+                raise PermissionError(errno.EACCES, f"the store kept {len(left)} of "
+                                                    f"{len(found)} keys under it, e.g. {left[0]!r}")
+        except (FileNotFoundError, NotADirectoryError):
             if not missing_ok:
                 raise KeyNotFoundError(
                     f"cannot delete {key!r}: not found in store {self.url}") from None
@@ -471,6 +540,17 @@ class Store:
             if isinstance(exc, KeyNotFoundError):
                 raise
             raise write_error(exc, self.url, key, "delete") from exc
+
+    def _is_file(self, path: str) -> bool:
+        """Whether ``path`` holds a value; a failure to ask (network, permission) is
+        raised, never taken for "no" (fsspec's ``isfile`` answers False to any error)."""
+        if self.is_local:
+            return os.path.isfile(path)
+        try:
+            with self._talking(path[len(self.root) + 1:]):
+                return self.fs.info(path).get("type") == "file"
+        except (FileNotFoundError, NotADirectoryError):
+            return False
 
     # -- zarr --------------------------------------------------------------------
     def zarr_store(self, key: str, read_only: bool = False):
@@ -492,8 +572,8 @@ def write_error(exc: OSError, url: str, key: str, verb: str = "write") -> OSErro
     """Name the problem when a store refuses a write: a :class:`StoreWriteError`
     (an ``OSError``) saying what was being written, where, and why; the store's own
     error stays attached as its cause (network errors remain retryable)."""
-    if isinstance(exc, StoreWriteError):
-        return exc
+    if isinstance(exc, (StoreWriteError, StoreUnavailableError)):
+        return exc  # already named; an unreachable store is not a full or read-only one
     reasons = {errno.ENOSPC: "the store is full (no space left on its device)",
                errno.EDQUOT: "the store's disk quota is exhausted",
                errno.EROFS: "the store is on a read-only file system",
@@ -517,8 +597,19 @@ def _filesystem(scheme: str, options: dict[str, Any]):
     if scheme in ("s3", "s3a"):
         # Listings must be fresh: other processes add blocks and metadata all the time.
         kwargs.setdefault("use_listings_cache", False)
+        # A frozen endpoint must fail, not block: botocore's defaults (60 s per read,
+        # 5 attempts) times s3fs's 5 retries held one read for 7 minutes. Now a read
+        # that gets no byte for 30 s is tried 2 x 2 times, about 2 minutes in all.
+        config = dict(kwargs.get("config_kwargs") or {})
+        config.setdefault("connect_timeout", 10)
+        config.setdefault("read_timeout", 30)
+        config.setdefault("retries", {"max_attempts": 2, "mode": "standard"})
+        kwargs["config_kwargs"] = config
     try:
-        return fsspec.filesystem(scheme, **kwargs)
+        fs = fsspec.filesystem(scheme, **kwargs)
+        if scheme in ("s3", "s3a") and "retries" not in options:
+            fs.retries = 2  # s3fs's own retries around botocore's (a class default of 5)
+        return fs
     except ImportError as exc:
         if scheme in _NEEDS:
             raise missing(f"store scheme {scheme}://", _NEEDS[scheme], exc,
