@@ -292,6 +292,31 @@ def test_a_pickled_future_whose_driver_died_fails_instead_of_hanging(tmp_path):
         fut.result(timeout=60)
 
 
+def test_outcome_records_of_two_tasks_cannot_be_swapped(tmp_path):
+    """Records were signed with a key per job: task 1's record copied over task 0's
+    made task 0 return task 1's value."""
+    from shardwren.errors import PayloadSignatureError
+    from shardwren.executor import RESULTS_PREFIX
+
+    ex = pywren.local_executor(store=f"file://{tmp_path}", workers=2, progress=False)
+    try:
+        fs = ex.map(lambda x: (time.sleep(0.5), x)[1], [0, 1])
+        blob = pickle.dumps(fs)
+        pywren.get_all_results(fs)
+        keys = [f"{RESULTS_PREFIX}/{f.job_id}/{f.index}" for f in fs]
+        deadline = time.time() + 10
+        while not all(ex.store.exists(k) for k in keys) and time.time() < deadline:
+            time.sleep(0.05)
+        a, b = (ex.store.get(k) for k in keys)
+        ex.store.put(keys[0], b)
+        ex.store.put(keys[1], a)
+        for f in pickle.loads(blob):
+            with pytest.raises(PayloadSignatureError, match=f"task {f.index} of job"):
+                f.result(timeout=30)
+    finally:
+        ex.shutdown()
+
+
 def test_outcome_in_store_is_signed(tmp_path):
     from shardwren.errors import PayloadSignatureError
     from shardwren.executor import RESULTS_PREFIX

@@ -96,6 +96,23 @@ def test_knn_resume_reuses_saved_tiles(executor):
         knn(T, Q, 1, executor=executor, resume=True)
 
 
+def test_knn_resume_recomputes_a_part_copied_over_another(executor):
+    """Parts carried the job's fingerprint but not which tile they answer: a part copied
+    over another was reused, and 79 of 300 queries got another tile's neighbours."""
+    rng = np.random.default_rng(8)
+    train, query = rng.random((300, 8)), rng.random((60, 8))
+    T = ShardedMatrix.from_numpy(train, "swp/T", (100, 8), store=executor.store)
+    Q = ShardedMatrix.from_numpy(query, "swp/Q", (30, 8), store=executor.store)
+    d1, i1 = knn(T, Q, 2, executor=executor, resume=True, key="swpjob")
+    parts = executor.store.list("swpjob/parts")
+    executor.store.put(parts[0], executor.store.get(parts[1]))
+    tm = {}
+    d2, i2 = knn(T, Q, 2, executor=executor, resume=True, key="swpjob", timings=tm)
+    assert tm["tasks"] >= 1  # the misplaced part was computed again
+    np.testing.assert_array_equal(i1, i2)
+    np.testing.assert_array_equal(d1, d2)
+
+
 def test_pruned_knn_resume_reuses_saved_parts(executor):
     from shardwren.linalg import pruned
 

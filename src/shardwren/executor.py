@@ -275,8 +275,8 @@ class Executor(cf.Executor):
         """Arrange for ``fut``'s outcome to be written to the store; say where.
 
         Called when a future is pickled before it finishes. The outcome is signed
-        with a key derived for its job (so the pickle, which carries that key,
-        can vouch for that job's results only) and written when the task ends,
+        with a key derived for this task of its job (so the pickle, which carries
+        that key, can vouch for this task's outcome only) and written when the task ends,
         whatever the end: a copy loaded elsewhere never waits forever.
         """
         import hashlib
@@ -288,7 +288,9 @@ class Executor(cf.Executor):
             if self._results_key is None:
                 self._results_key = os.urandom(32)
                 hold_lease(self.store)  # lets other machines see that this driver lives
-            mac = hmac.new(self._results_key, fut.job_id.encode(), hashlib.sha256).digest()
+            # One key per task: a record copied over another task's (same job) is refused.
+            mac = hmac.new(self._results_key, f"{fut.job_id}/{fut.index}".encode(),
+                           hashlib.sha256).digest()
             first = not fut._persisting
             fut._persisting = True
         key = f"{RESULTS_PREFIX}/{fut.job_id}/{fut.index}"

@@ -493,7 +493,10 @@ class _ResultPoller:
                 f"task {f.index} of job {f.job_id} will never report: the driver that ran it "
                 f"({owner}) ended without writing its outcome to {store.url}/{key}"), final=True)
             return
-        kind, data, stats, logs = pickle.loads(serialize.open_signed(mac, store.get(key), "result"))
+        kind, data, stats, logs = pickle.loads(serialize.open_signed(
+            mac, store.get(key), "result",
+            f"The record at {store.url}/{key} was not written for task {f.index} of job "
+            f"{f.job_id} by the driver that ran it; nothing from it was used"))
         f._logs = logs
         if kind == "ok":
             f.set_payload(data, stats)

@@ -119,8 +119,10 @@ def sign(key: bytes, data: bytes) -> bytes:
     return hmac.new(key, data, hashlib.sha256).digest() + data
 
 
-def open_signed(key: bytes, blob: bytes, what: str) -> bytes:
-    """The data inside a :func:`sign` blob, or PayloadSignatureError; never unpickles first."""
+def open_signed(key: bytes, blob: bytes, what: str, hint: str | None = None) -> bytes:
+    """The data inside a :func:`sign` blob, or PayloadSignatureError; never unpickles first.
+
+    ``hint`` says what to do about a mismatch (default: the cluster's shared secret)."""
     import hashlib
     import hmac
 
@@ -130,8 +132,8 @@ def open_signed(key: bytes, blob: bytes, what: str) -> bytes:
     if len(blob) < SIG_BYTES or not hmac.compare_digest(sig, hmac.new(key, data, hashlib.sha256).digest()):
         raise PayloadSignatureError(
             f"refusing to unpickle the task's {what}: its signature does not match, so it was not "
-            "made by this executor (or was altered on the way). On a cluster, give the driver and "
-            "every worker the same SHARDWREN_SECRET")
+            "made by this executor (or was altered on the way). " + (
+                hint or "On a cluster, give the driver and every worker the same SHARDWREN_SECRET"))
     return data
 
 

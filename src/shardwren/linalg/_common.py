@@ -244,12 +244,13 @@ def todo(out: ShardedMatrix, idxs: list, resume: bool, job: str,
 # the fingerprint of the job that made it (inputs' contents, k, method, ...), so a
 # part of a different job under the same key is refused, never returned.
 
-_TREE, _DIGEST = "__tree__", "__fingerprint__"
+_TREE, _DIGEST, _PART = "__tree__", "__fingerprint__", "__part__"
 
 
-def _encode_result(value: Any, digest: str) -> bytes:
+def _encode_result(value: Any, digest: str, part: str = "") -> bytes:
     """A task result as .npz bytes: its arrays, plus a JSON tree of the containers
-    (tuples, lists, str-keyed dicts) and plain scalars around them."""
+    (tuples, lists, str-keyed dicts) and plain scalars around them, the job's
+    fingerprint and the part's own name (a part copied over another is not its answer)."""
     arrays: dict[str, np.ndarray] = {}
 
     def tree(v: Any) -> Any:
@@ -277,17 +278,21 @@ def _encode_result(value: Any, digest: str) -> bytes:
                         f"{exc}: return arrays, numbers, strings and tuples/lists/dicts of them"
                         ) from None
     buf = io.BytesIO()
-    members: dict[str, Any] = {**arrays, _TREE: np.array(doc), _DIGEST: np.array(digest)}
+    members: dict[str, Any] = {**arrays, _TREE: np.array(doc), _DIGEST: np.array(digest),
+                               _PART: np.array(part)}
     np.savez(buf, **members)
     return buf.getvalue()
 
 
-def _decode_result(data: bytes) -> tuple[str, Any]:
-    """(fingerprint, value) of a part; ValueError if it is not one (never unpickles)."""
+def _decode_result(data: bytes, part: str = "") -> tuple[str, Any]:
+    """(fingerprint, value) of the part named ``part``; ValueError if it is not that
+    part (damaged, copied from another part, or older than part names: never unpickles)."""
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             arrays = {k: npz[k] for k in npz.files}
         doc, digest = json.loads(str(arrays.pop(_TREE))), str(arrays.pop(_DIGEST))
+        if str(arrays.pop(_PART)) != part:
+            raise ValueError("it was saved as another part")
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise ValueError(f"not a saved part ({type(exc).__name__}: {exc})") from None
 
@@ -359,7 +364,7 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
 def _keep(store: Any, part: str, digest: str, fn, *args):
     """Run a task and keep its result (plain arrays, fingerprinted) for a resumed job."""
     result = fn(*args)
-    store.put(part, _encode_result(result, digest))
+    store.put(part, _encode_result(result, digest, part.rsplit("/", 1)[-1]))
     return result
 
 
@@ -431,9 +436,9 @@ def run_resumable(ex: Executor, fn, items: list[tuple], key: str | None, name: s
             missing.append(n)
             continue
         try:
-            got, value = _decode_result(store.get(p))
+            got, value = _decode_result(store.get(p), p.rsplit("/", 1)[-1])
         except ValueError:
-            missing.append(n)  # damaged or an old pickled part: never unpickled, recomputed
+            missing.append(n)  # damaged, misplaced or old: never unpickled, recomputed
             continue
         if got != digest:
             raise _mismatch(store, key, name, f"part {p} carries another fingerprint")
