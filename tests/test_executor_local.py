@@ -176,3 +176,87 @@ def test_progress_bar_when_forced(executor, capsys):
     fs = executor.map(lambda x: x, range(30))
     shardwren.wait(fs, progress=True)
     assert "30/30" in capsys.readouterr().err
+
+
+EXIT_SCRIPT = """
+import sys, time, shardwren
+out = sys.argv[1]
+def work(i):
+    time.sleep(1.0)
+    open(f"{out}/{i}", "w").write("done")
+    return i
+if __name__ == "__main__":
+    ex = shardwren.default_executor(workers=2, store=sys.argv[3], progress=False)
+    ex.map(work, range(4))
+    if sys.argv[2] == "nowait":
+        ex.shutdown(wait=False)
+"""
+
+
+@pytest.mark.parametrize("how", ["nowait", "no-shutdown"])
+def test_the_program_waits_for_submitted_tasks_at_exit(tmp_path, how):
+    """concurrent.futures: the program does not exit until pending futures are done, with
+    shutdown(wait=False) or none at all. Every task was failed at exit instead: 0 of 4 ran."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "exit.py"
+    script.write_text(EXIT_SCRIPT)
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run([sys.executable, str(script), str(out), how, f"file://{tmp_path}/store"],
+                   check=True, timeout=120)
+    assert sorted(p.name for p in out.iterdir()) == ["0", "1", "2", "3"]
+
+
+def test_a_dropped_executor_releases_its_workers(tmp_path):
+    """Executors dropped without shutdown() kept their worker processes until the program
+    ended (a notebook calling default_executor() again and again piled them up)."""
+    import gc
+    import weakref
+
+    ex = shardwren.default_executor(workers=1, store=f"file://{tmp_path}", progress=False)
+    assert shardwren.get_all_results(ex.map(lambda x: x + 1, [1, 2])) == [2, 3]
+    pids = ex.backend.worker_pids()
+    ref = weakref.ref(ex)
+    del ex
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        gc.collect()
+        if ref() is None and not any(_alive(p) for p in pids):
+            break
+        time.sleep(0.2)
+    assert ref() is None, "the executor is still referenced"
+    assert not any(_alive(p) for p in pids), "its workers outlived it"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # a zombie is dead too
+    with open(f"/proc/{pid}/stat") as fh:
+        return fh.read().split(")")[-1].split()[0] != "Z"
+
+
+def test_an_executor_inherited_through_fork_refuses_work(tmp_path):
+    """In a forked child, submit was accepted and the task never ran (a hang)."""
+    from shardwren.errors import ExecutorBrokenError
+
+    ex = shardwren.default_executor(workers=1, store=f"file://{tmp_path}", progress=False)
+    try:
+        pid = os.fork()
+        if pid == 0:  # the child: report through the exit code only
+            try:
+                ex.call_async(abs, -1)
+            except ExecutorBrokenError:
+                os._exit(0)
+            except BaseException:  # noqa: BLE001
+                os._exit(2)
+            os._exit(1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert ex.call_async(abs, -1).result(timeout=60) == 1  # the parent's still works
+    finally:
+        ex.shutdown()

@@ -9,6 +9,7 @@ them to its :class:`~shardwren.backends.base.Backend`, and owns everything above
 
 from __future__ import annotations
 
+import atexit
 import concurrent.futures as cf
 import itertools
 import logging
@@ -16,6 +17,7 @@ import os
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
@@ -24,7 +26,13 @@ from . import config, policy, serialize
 from ._timers import Timers
 from .backends.base import Backend, backend_class
 from .backends.taskenv import KwCall, TaskEnv
-from .errors import ConfigError, ExecutorShutdownError, InvalidParameterError, NotIterableError
+from .errors import (
+    ConfigError,
+    ExecutorBrokenError,
+    ExecutorShutdownError,
+    InvalidParameterError,
+    NotIterableError,
+)
 from .futures import ALL_COMPLETED, Future, get_all_results, outcome_record, wait
 from .jobs import JobHistory, JobLog, JobRecord, as_table, format_summary, records, summarize
 from .storage import Store, open_store
@@ -137,6 +145,13 @@ class Executor(cf.Executor):
         self.abandon_on_cancel = False
         self._results_key: bytes | None = None  # signs outcomes stored for pickled futures
         self._stopper: threading.Thread | None = None
+        self._pid = os.getpid()  # its threads and workers belong to this process only
+        # Dropped without shutdown(): release the workers once it is garbage (as
+        # concurrent.futures' executors do), not at the program's end.
+        self._finalizer = weakref.finalize(self, _release_dropped, backend, self._timers,
+                                           self._joblog)
+        self._finalizer.atexit = False  # at exit, _finish_at_exit waits for the tasks first
+        _track(self)
 
     def __repr__(self) -> str:
         return f"<shardwren.Executor backend={self.backend.name} workers={self.parallelism} store={self.store.url}>"
@@ -201,6 +216,11 @@ class Executor(cf.Executor):
         ExecutorShutdownError
             After :meth:`shutdown`.
         """
+        if os.getpid() != self._pid:
+            raise ExecutorBrokenError(
+                f"this executor was created in process {self._pid}; its workers and threads "
+                f"did not come along into this forked process ({os.getpid()}), so no task "
+                "submitted here would ever run: create a new executor in this process")
         if more_iterables:
             raise InvalidParameterError(
                 "map() takes one iterable of task inputs (PyWren's map, which returns futures); "
@@ -532,6 +552,7 @@ class Executor(cf.Executor):
             if self._released:
                 return
             self._released = True
+        self._finalizer.detach()
         for fn, args in self._timers.close():  # reruns not submitted yet fail now
             fn(*args)
         self.backend.shutdown(wait=wait)
@@ -553,6 +574,55 @@ class Executor(cf.Executor):
             self.shutdown(wait=True)
         else:
             self.terminate()
+
+
+# -- lifetime at the program's end and when dropped -------------------------------------
+#
+# concurrent.futures: "the program will not exit until all pending futures are done
+# executing", with or without shutdown(wait=False). The backends' own exit handlers
+# (atexit) stop their workers at once, so the wait happens first, in threading's exit
+# hooks, which run before atexit and while threads may still be started.
+
+_LIVE: weakref.WeakSet[Executor] = weakref.WeakSet()
+_EXIT_HOOKED = False
+_HOOK_LOCK = threading.Lock()
+
+
+def _track(ex: Executor) -> None:
+    global _EXIT_HOOKED
+    _LIVE.add(ex)
+    with _HOOK_LOCK:
+        if _EXIT_HOOKED:
+            return
+        _EXIT_HOOKED = True
+    try:
+        threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):  # another Python; or already shutting down
+        atexit.register(_finish_at_exit)
+
+
+def _finish_at_exit() -> None:
+    """Run every executor's submitted tasks to their end, then release its workers."""
+    for ex in list(_LIVE):
+        if ex._released or ex._pid != os.getpid():
+            continue
+        try:
+            with ex._lock:
+                ex._closed = True
+            ex._finish_shutdown()
+        except Exception:  # noqa: BLE001 - the backends' atexit handlers still stop the workers
+            log.exception("could not finish %r at exit", ex)
+
+
+def _release_dropped(backend: Backend, timers: Timers, joblog: JobLog) -> None:
+    """An executor nobody holds any more (nor any of its unfinished futures): stop its
+    threads and workers, in a thread of their own (the collector may run in one of them)."""
+    def release() -> None:
+        timers.close()
+        backend.shutdown(wait=True)
+        joblog.close()
+
+    threading.Thread(target=release, name="shardwren-release", daemon=True).start()
 
 
 def _check_env(extra_env: Mapping[str, str] | None) -> dict[str, str]:
