@@ -280,6 +280,20 @@ class ExecutorConformance:
         f = ex.map(ghost, [0, 1])[1]
         with pytest.raises(ResultUnpicklingError, match=f"task 1 of job {f.job_id}.*shardwren_ghost"):
             f.result(timeout=60)
+        # concurrent.futures: exception() is None only when result() returns a value
+        assert isinstance(f.exception(), ResultUnpicklingError)
+        assert f.errored() and not f.succeeded()
+
+    def test_a_type_error_inside_the_callers_generator_is_its_own(self, ex):
+        def items():
+            yield 1
+            raise TypeError("bad item 2")
+
+        with pytest.raises(TypeError, match="bad item 2") as info:
+            ex.map(abs, items())
+        assert not isinstance(info.value, NotIterableError)
+        with pytest.raises(NotIterableError):
+            ex.map(abs, 5)
 
     def test_straggler_is_backed_up(self, ex, tmp_path):
         # The backup must really run (a fresh copy, not the original under another name) and

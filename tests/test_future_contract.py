@@ -143,7 +143,10 @@ def test_undecodable_payload_names_task_and_job():
             f.result()
         assert "ghost_module" in str(info.value)
         assert isinstance(info.value.__cause__, ModuleNotFoundError)
-    assert f.exception() is None  # the task itself succeeded
+    # exception() is None only when result() returns a value (concurrent.futures' reading):
+    # the task succeeded, but its value cannot be had here, which is this future's failure
+    assert isinstance(f.exception(), ResultUnpicklingError)
+    assert f.errored() and not f.succeeded()
 
 
 def _pickled_from_a_ghost_module() -> bytes:

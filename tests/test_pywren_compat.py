@@ -161,6 +161,45 @@ def test_extra_env_is_seen_by_the_task_only(anyex):
         anyex.call_async(len, "x", extra_env={"A": 1})
 
 
+def test_pywren_positional_arguments_keep_their_meaning(pwex):
+    """PyWren's call_async(func, data, extra_env, extra_meta) and map(func, iterdata,
+    extra_env, extra_meta, invoke_pool_threads, data_all_as_one, use_cached_runtime, ...):
+    the third positional argument was shardwren's extra_args, so call_async(f, x, env)
+    silently called f(x, 'FOO') with FOO unset; PyWren's other keywords were TypeErrors."""
+    env = {"SHARDWREN_TEST_PW": "bar"}
+
+    def getenv(_):
+        return os.environ.get("SHARDWREN_TEST_PW")
+
+    assert pwex.call_async(getenv, 1, env).result(timeout=60) == "bar"
+    assert pwex.call_async(getenv, 1, env, {"tag": "x"}).result(timeout=60) == "bar"
+    fs = pwex.map(getenv, [1, 2], env, {"tag": "x"}, 64, True, True, None, None)
+    assert pywren.get_all_results(fs) == ["bar", "bar"]
+    fs = pwex.map(getenv, [1], extra_env=env, extra_meta={}, invoke_pool_threads=8,
+                  data_all_as_one=False, use_cached_runtime=False, overwrite_invoke_args=None)
+    assert pywren.get_all_results(fs) == ["bar"]
+    assert pwex.reduce(len, fs, env, {"tag": "x"}).result(timeout=60) == 1
+    with pytest.raises(ValueError, match="starmap"):  # concurrent.futures' map(fn, xs, ys)
+        pwex.map(max, [1, 2], [3, 4])
+
+
+def test_pywren_result_check_only_and_throw_except(pwex):
+    """future.result(check_only=True) and result(throw_except=False) were TypeErrors; PyWren's
+    own wait() uses throw_except=False."""
+    slow = pwex.call_async(lambda _: (time.sleep(2), 5)[1], None)
+    assert slow.result(check_only=True) is None  # not done: None at once
+    assert slow.result(timeout=60) == 5
+    assert slow.result(check_only=True, storage_handler=object()) == 5  # done: its value
+    bad = pwex.call_async(lambda _: 1 / 0, None)
+    assert bad.result(timeout=60, throw_except=False) is None
+    with pytest.raises(ZeroDivisionError):
+        bad.result()
+    running = pwex.call_async(lambda _: time.sleep(3), None)
+    with pytest.raises(TimeoutError):  # not finished is not a failure of the task
+        running.result(timeout=0.1, throw_except=False)
+    assert running.result(timeout=60, throw_except=False) is None  # leaves the workers idle
+
+
 def test_exclude_modules(anyex):
     import shardwren_exclude_probe as probe  # a module of the tests folder (on PYTHONPATH)
 

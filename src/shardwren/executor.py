@@ -163,14 +163,21 @@ class Executor(cf.Executor):
 
     # -- submission -----------------------------------------------------------------
     def map(self, fn: Callable[..., Any], iterdata: Iterable[Any],  # type: ignore[override]  # PyWren map
-            *more_iterables: Any,
+            extra_env: Mapping[str, str] | None = None, extra_meta: Mapping[str, Any] | None = None,
+            invoke_pool_threads: int | None = None, data_all_as_one: bool | None = None,
+            use_cached_runtime: bool | None = None,
+            overwrite_invoke_args: Mapping[str, Any] | None = None,
+            exclude_modules: Sequence[str] | None = None, *,
             extra_args: Sequence[Any] | None = None, starmap: bool = False,
             retries: int | None = None,
             retry_on: Sequence[type[BaseException]] | None = None,
-            timeout: float | None = None, memory_limit: int | str | None = None,
-            extra_env: Mapping[str, str] | None = None,
-            exclude_modules: Sequence[str] | None = None) -> list[Future]:
+            timeout: float | None = None, memory_limit: int | str | None = None) -> list[Future]:
         """Run ``fn(item, *extra_args)`` for every item, in parallel.
+
+        The positional parameters are PyWren's ``map(func, iterdata, extra_env,
+        extra_meta, invoke_pool_threads, data_all_as_one, use_cached_runtime,
+        overwrite_invoke_args, exclude_modules)``, so PyWren calls keep their meaning;
+        shardwren's own options are keywords.
 
         Parameters
         ----------
@@ -178,6 +185,10 @@ class Executor(cf.Executor):
             Any function, lambda or closure (shipped with cloudpickle, once per map).
         iterdata : iterable
             One task per item.
+        extra_meta, invoke_pool_threads, data_all_as_one, use_cached_runtime, overwrite_invoke_args
+            PyWren's tuning of Lambda invocations (metadata, invoker threads, one data
+            object, runtime cache, injected arguments): accepted, and unused here,
+            where tasks are not Lambda invocations.
         extra_args : sequence, optional
             Extra positional arguments appended to every call.
         starmap : bool
@@ -221,18 +232,23 @@ class Executor(cf.Executor):
                 f"this executor was created in process {self._pid}; its workers and threads "
                 f"did not come along into this forked process ({os.getpid()}), so no task "
                 "submitted here would ever run: create a new executor in this process")
-        if more_iterables:
+        if extra_env is not None and not isinstance(extra_env, Mapping) and _iterable(extra_env):
             raise InvalidParameterError(
-                "map() takes one iterable of task inputs (PyWren's map, which returns futures); "
-                "extra arguments for every call go in extra_args=[...], and for concurrent."
-                "futures' map(fn, *iterables) use ex.starmap(fn, zip(*iterables))")
+                "map() takes one iterable of task inputs (PyWren's map, which returns futures; "
+                "its third argument is extra_env, a dict of environment variables); extra "
+                "arguments for every call go in extra_args=[...], and for concurrent.futures' "
+                "map(fn, *iterables) use ex.starmap(fn, zip(*iterables))")
+        if extra_meta is not None and not isinstance(extra_meta, Mapping):
+            raise InvalidParameterError(
+                f"extra_meta must be a dict (PyWren's metadata), got {type(extra_meta).__name__}")
         try:
-            items = list(iterdata)
+            source = iter(iterdata)
         except TypeError:
             raise NotIterableError(
                 f"map() needs an iterable of task inputs, got {type(iterdata).__name__}; "
                 "for a single call use call_async(fn, data)"
             ) from None
+        items = list(source)  # an error inside the caller's generator is its own
         if self.map_item_limit is not None and len(items) > self.map_item_limit:
             raise ConfigError(
                 f"map() of {len(items)} items exceeds map_item_limit={self.map_item_limit} "
@@ -412,11 +428,13 @@ class Executor(cf.Executor):
         return self.map(fn, iterdata, extra_args=extra_args, starmap=True)
 
     def call_async(self, fn: Callable[..., Any], data: Any,
-                   extra_args: Sequence[Any] | None = None,
                    extra_env: Mapping[str, str] | None = None,
+                   extra_meta: Mapping[str, Any] | None = None, *,
+                   extra_args: Sequence[Any] | None = None,
                    exclude_modules: Sequence[str] | None = None, **options: Any) -> Future:
-        """Run ``fn(data, *extra_args)`` as one task (options as for :meth:`map`)."""
-        return self.map(fn, [data], extra_args=extra_args, extra_env=extra_env,
+        """Run ``fn(data, *extra_args)`` as one task: PyWren's ``call_async(func, data,
+        extra_env, extra_meta)``; shardwren's options (as for :meth:`map`) are keywords."""
+        return self.map(fn, [data], extra_env, extra_meta, extra_args=extra_args,
                         exclude_modules=exclude_modules, **options)[0]
 
     def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
@@ -436,8 +454,11 @@ class Executor(cf.Executor):
         return self.reduce(reduce_fn, fs)
 
     def reduce(self, fn: Callable[[list[Any]], Any], futures: Sequence[cf.Future],
-               extra_env: Mapping[str, str] | None = None) -> Future:
-        """Run ``fn(list_of_results)`` as one task once ``futures`` are done (PyWren).
+               extra_env: Mapping[str, str] | None = None,
+               extra_meta: Mapping[str, Any] | None = None) -> Future:
+        """Run ``fn(list_of_results)`` as one task once ``futures`` are done (PyWren's
+        ``reduce(function, list_of_futures, extra_env, extra_meta)``; ``extra_meta`` is
+        accepted and unused, as in :meth:`map`).
 
         Returns the reduce task's future; it fails with the first failed input's
         exception if any input failed.
@@ -623,6 +644,14 @@ def _release_dropped(backend: Backend, timers: Timers, joblog: JobLog) -> None:
         joblog.close()
 
     threading.Thread(target=release, name="shardwren-release", daemon=True).start()
+
+
+def _iterable(x: Any) -> bool:
+    try:
+        iter(x)
+    except TypeError:
+        return False
+    return True
 
 
 def _check_env(extra_env: Mapping[str, str] | None) -> dict[str, str]:

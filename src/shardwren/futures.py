@@ -311,22 +311,35 @@ class Future(cf.Future):
         naming the task if it was cancelled.
         """
         try:
-            return super().exception(timeout)
-        except cf.CancelledError as exc:
-            if isinstance(exc, TaskCancelledError):
+            exc = super().exception(timeout)
+        except cf.CancelledError as err:
+            if isinstance(err, TaskCancelledError):
                 raise
             raise self._cancelled_error() from None
+        if exc is None and self._payload is not None:
+            try:  # a value that cannot be unpickled here is this future's failure too
+                self.result()
+            except ResultUnpicklingError as err:
+                return err
+        return exc
 
     # -- PyWren's status methods -------------------------------------------------
     def succeeded(self) -> bool:
-        """Whether the task finished and returned a value (PyWren)."""
+        """Whether the task finished and returned a value that can be read here (PyWren)."""
         with self._condition:
-            return self._state == FINISHED and self._exception is None
+            if self._state != FINISHED or self._exception is not None:
+                return False
+        return self.exception() is None
 
     def errored(self) -> bool:
-        """Whether the task finished with an exception (PyWren); cancelled is neither."""
+        """Whether the task finished with an exception, or with a value that cannot be
+        unpickled here (PyWren); cancelled is neither."""
         with self._condition:
-            return self._state == FINISHED and self._exception is not None
+            if self._state != FINISHED:
+                return False
+            if self._exception is not None:
+                return True
+        return self.exception() is not None
 
     @property
     def run_status(self) -> dict[str, Any] | None:
@@ -372,8 +385,14 @@ class Future(cf.Future):
 
     _remote: tuple[Any, ...] | None = None
 
-    def result(self, timeout: float | None = None) -> Any:
+    def result(self, timeout: float | None = None, check_only: bool = False,
+               throw_except: bool = True, storage_handler: Any = None) -> Any:
         """Return the task's value, waiting up to ``timeout`` seconds.
+
+        ``check_only``, ``throw_except`` and ``storage_handler`` are PyWren's: with
+        ``check_only`` an unfinished task gives ``None`` at once instead of a wait;
+        with ``throw_except=False`` a task that failed (or was cancelled) gives
+        ``None`` instead of raising; ``storage_handler`` is accepted and unused.
 
         Raises
         ------
@@ -385,6 +404,17 @@ class Future(cf.Future):
         Exception
             The task's own exception, with the remote traceback as ``__cause__``.
         """
+        if check_only and not self.done():
+            return None
+        if not throw_except:
+            try:
+                return self.result(timeout)
+            except TimeoutError:
+                if not self.done():
+                    raise  # not finished: that is no failure of the task's
+                return None
+            except Exception:  # noqa: BLE001 - PyWren's throw_except=False: None instead
+                return None
         try:
             value = super().result(timeout)
         except cf.CancelledError as exc:
