@@ -227,3 +227,15 @@ def test_a_key_of_ones_own_ending_in_partial_is_a_value(tmp_path):
     assert store.list("reports") == ["reports/2024.partial"]
     assert collect_garbage(store) == []
     assert store.get("reports/2024.partial") == b"mine"
+
+
+def test_a_clean_exit_removes_the_lease_on_s3(s3_url):
+    """The lease's removal ran in atexit, where concurrent.futures already refuses new work
+    and s3fs cannot resolve the endpoint: on S3 the lease stayed behind every clean exit."""
+    import subprocess
+    import sys
+
+    subprocess.run([sys.executable, "-c", "import sys; from shardwren.storage import _owners, "
+                    "open_store; _owners.hold_lease(open_store(sys.argv[1]))", s3_url],
+                   check=True, timeout=120)
+    assert shardwren.open_store(s3_url).list("_shardwren/owners") == []

@@ -616,6 +616,9 @@ def _track(ex: Executor) -> None:
         if _EXIT_HOOKED:
             return
         _EXIT_HOOKED = True
+    from .storage._owners import before_release
+
+    before_release(_finish_at_exit)  # whichever exit hook runs first waits; the other is a no-op
     try:
         threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]
     except (AttributeError, RuntimeError):  # another Python; or already shutting down

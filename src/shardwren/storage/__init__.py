@@ -105,7 +105,9 @@ def _split(url: str) -> tuple[str, str]:
     if "://" not in url:
         return "file", url
     scheme, rest = url.split("://", 1)
-    return scheme.lower(), rest
+    scheme = scheme.lower()
+    # fsspec's "local" is its "file": the same disk, with local stores' atomic writes
+    return ("file" if scheme == "local" else scheme), rest
 
 
 def _check_key(key: str) -> str:

@@ -23,7 +23,7 @@ import re
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from . import Store
@@ -168,7 +168,7 @@ class _Leases:
                 self.thread = threading.Thread(target=self._run, name="shardwren-lease",
                                                daemon=True)
                 self.thread.start()
-                atexit.register(self.release_all)
+                _at_exit(self.release_all)
         self._renew(store)  # before the caller creates anything the lease must cover
 
     def _renew(self, store: Store) -> None:
@@ -186,10 +186,13 @@ class _Leases:
                     pass
 
     def release_all(self, timeout: float = 2.0) -> None:
-        """Remove this process's leases (at exit). Bounded: an unreachable store must
+        """Remove this process's leases (at exit), after :func:`before_release`'s
+        callbacks (executors finishing their tasks). Bounded: an unreachable store must
         not hold up the interpreter's exit; `store gc` removes a lease left behind."""
         if os.getpid() != self.pid:
             return
+        for fn in list(_BEFORE_RELEASE):
+            fn()
         self.stop.set()
         with self.lock:
             stores, self.stores = list(self.stores.values()), {}
@@ -204,6 +207,26 @@ class _Leases:
         t = threading.Thread(target=remove, name="shardwren-lease-release", daemon=True)
         t.start()
         t.join(timeout)
+
+
+_BEFORE_RELEASE: list[Callable[[], None]] = []
+
+
+def before_release(fn: Callable[[], None]) -> None:
+    """Have the exit hook call ``fn`` before it removes this process's leases (an
+    executor's tasks still running at exit keep their scratch and need the lease)."""
+    if fn not in _BEFORE_RELEASE:
+        _BEFORE_RELEASE.append(fn)
+
+
+def _at_exit(fn: Callable[[], None]) -> None:
+    """Call ``fn`` as the program ends, while its threads still work: threading's exit
+    hooks run before ``atexit``, where concurrent.futures has already refused new work,
+    and with it the thread that resolves an S3 endpoint's name (the lease stayed)."""
+    try:
+        threading._register_atexit(fn)  # type: ignore[attr-defined]
+    except (AttributeError, RuntimeError):
+        atexit.register(fn)
 
 
 _leases: _Leases | None = None
