@@ -260,3 +260,51 @@ def test_an_executor_inherited_through_fork_refuses_work(tmp_path):
         assert ex.call_async(abs, -1).result(timeout=60) == 1  # the parent's still works
     finally:
         ex.shutdown()
+
+
+ENDINGS = """
+import os, sys, threading, time, shardwren
+out, how, store = sys.argv[1], sys.argv[2], sys.argv[3]
+def work(i):
+    time.sleep(2.0)
+    open(f"{out}/{i}", "w").write("done")
+    return i
+if __name__ == "__main__":
+    ex = shardwren.default_executor(workers=1, store=store, progress=False)
+    if how == "thread":  # the main thread ends; a non-daemon thread still uses the executor
+        def late():
+            time.sleep(0.5)
+            print("thread", shardwren.get_all_results(ex.map(work, [7])), flush=True)
+        threading.Thread(target=late).start()
+    elif how == "reduce":  # a reduce waiting for its inputs when the program ends
+        ex.reduce(lambda rs: open(f"{out}/sum", "w").write(str(sum(rs))), ex.map(work, [1, 2]))
+    else:  # the program ends on an uncaught exception: stop, do not wait for 3 x 2 s
+        ex.map(work, range(3))
+        raise KeyboardInterrupt
+"""
+
+
+@pytest.mark.parametrize("how", ["thread", "reduce", "interrupted"])
+def test_how_the_program_ends_with_tasks_submitted(tmp_path, how):
+    """The exit hook closed every executor before Python joined non-daemon threads (their
+    map raised ExecutorShutdownError), did not wait for a pending reduce, and made Ctrl-C
+    wait for every task submitted."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "endings.py"
+    script.write_text(ENDINGS)
+    out = tmp_path / "out"
+    out.mkdir()
+    run = subprocess.run([sys.executable, str(script), str(out), how, f"file://{tmp_path}/s"],
+                         capture_output=True, text=True, timeout=120)
+    if how == "thread":
+        assert run.returncode == 0, run.stderr
+        assert "thread [7]" in run.stdout
+    elif how == "reduce":
+        assert run.returncode == 0, run.stderr
+        assert (out / "sum").read_text() == "3"
+    else:
+        assert "KeyboardInterrupt" in run.stderr
+        time.sleep(3)  # a task left running would write its file by now
+        assert list(out.iterdir()) == []

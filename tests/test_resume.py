@@ -500,3 +500,27 @@ def test_content_digest_reads_object_stores_in_parallel_and_agrees(s3_url, tmp_p
     assert on_s3.content_digest() == on_disk.content_digest()
     on_s3.put_block(7, 0, X[35:40] + 1)
     assert on_s3.content_digest() != on_disk.content_digest()
+
+
+real = 1.0  # a global that shares its name with an attribute the function reads
+
+
+def test_map_blocks_does_not_take_attribute_names_for_globals(executor):
+    """co_names holds attribute names too: lambda a: a.real * 2 recorded the unrelated
+    global `real`, and changing it refused the resume."""
+    from shardwren.linalg import map_blocks
+
+    global real
+    X = np.arange(16.0).reshape(4, 4)
+    A = ShardedMatrix.from_numpy(X, "attr/A", (2, 2), store=executor.store)
+    out = ShardedMatrix("attr/C", shape=(4, 4), shard_sizes=(2, 2), dtype="f8",
+                        store=executor.store)
+    fn = lambda a: a.real * 2  # noqa: E731
+    map_blocks(fn, A, out=out, executor=executor, resume=True)
+    out.delete_block(0, 0)
+    real = 5.0
+    try:
+        map_blocks(fn, A, out=out, executor=executor, resume=True)
+    finally:
+        real = 1.0
+    np.testing.assert_array_equal(out.numpy(), 2 * X)

@@ -306,3 +306,19 @@ def test_an_unreachable_object_store_is_named_not_taken_for_empty():
         assert isinstance(info.value, ConnectionError)  # retried by the executor's policy
     with pytest.raises(StoreUnavailableError):
         st.put("k", b"x")
+
+
+def test_a_delete_the_object_store_ignores_is_an_error(s3_url, monkeypatch):
+    """S3's bulk delete answers 200 and lists refused keys in its body, which s3fs ignores:
+    deleting a prefix returned as if done while every key stayed."""
+    from shardwren.errors import StoreWriteError
+
+    st = shardwren.open_store(s3_url)
+    st.put("pre/a", b"1")
+    st.put("pre/b", b"2")
+    monkeypatch.setattr(st.fs, "rm", lambda *a, **k: None)  # refuses, silently
+    with pytest.raises(StoreWriteError, match="kept 2 of 2 keys"):
+        st.delete("pre")
+    monkeypatch.undo()
+    st.delete("pre")
+    assert st.list("pre") == []

@@ -9,11 +9,11 @@ them to its :class:`~shardwren.backends.base.Backend`, and owns everything above
 
 from __future__ import annotations
 
-import atexit
 import concurrent.futures as cf
 import itertools
 import logging
 import os
+import sys
 import threading
 import time
 import uuid
@@ -146,10 +146,11 @@ class Executor(cf.Executor):
         self._results_key: bytes | None = None  # signs outcomes stored for pickled futures
         self._stopper: threading.Thread | None = None
         self._pid = os.getpid()  # its threads and workers belong to this process only
+        self._reduces: set[Future] = set()  # reduce() futures whose inputs are not all done
         # Dropped without shutdown(): release the workers once it is garbage (as
         # concurrent.futures' executors do), not at the program's end.
-        self._finalizer = weakref.finalize(self, _release_dropped, backend, self._timers,
-                                           self._joblog)
+        self._finalizer = weakref.finalize(self, _release_dropped, self._pid, backend,
+                                           self._timers, self._joblog)
         self._finalizer.atexit = False  # at exit, _finish_at_exit waits for the tasks first
         _track(self)
 
@@ -284,7 +285,8 @@ class Executor(cf.Executor):
             f.set_retry_hook(job.retry)
             self._adopt(f)
         with self._lock:
-            if self._closed:
+            if self._closed and not (getattr(_SUBMITTED_EARLIER, "active", False)
+                                     and not self._released):
                 raise ExecutorShutdownError("cannot submit tasks: the executor was shut down")
             self._jobs[job_id] = job
         for f in fs:
@@ -473,11 +475,20 @@ class Executor(cf.Executor):
         out.set_running()
         remaining = [len(fs)]
         lock = threading.Lock()
+        with self._lock:
+            if self._closed:
+                raise ExecutorShutdownError("cannot submit a reduce: the executor was shut down")
+            self._reduces.add(out)  # shutdown (and the program's end) waits for it
+        out.add_done_callback(self._reduce_done)
 
         def start_reduce() -> None:
             try:
                 results = [f.result() for f in fs]
-                inner = self.call_async(reduce_fn, results, extra_env=env)
+                _SUBMITTED_EARLIER.active = True  # accepted before any shutdown
+                try:
+                    inner = self.call_async(reduce_fn, results, extra_env=env)
+                finally:
+                    _SUBMITTED_EARLIER.active = False
             except BaseException as exc:  # noqa: BLE001 - handed to the caller's future
                 out.set_failure(exc)
                 return
@@ -532,7 +543,8 @@ class Executor(cf.Executor):
     # -- lifetime ------------------------------------------------------------------
     def _outstanding(self) -> list[Future]:
         with self._lock:
-            return [f for j in list(self._jobs.values()) for f in list(j.futures.values())]
+            return ([f for j in list(self._jobs.values()) for f in list(j.futures.values())]
+                    + list(self._reduces))
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         """Stop accepting work; release the workers once the tasks submitted are done.
@@ -561,12 +573,20 @@ class Executor(cf.Executor):
             self._stopper.join()
 
     def _finish_shutdown(self) -> None:
+        self._wait_outstanding()
+        self._release(wait=True)
+
+    def _reduce_done(self, fut: cf.Future) -> None:
+        with self._lock:
+            self._reduces.discard(fut)
+
+    def _wait_outstanding(self) -> None:
+        """Return when every task submitted (and every pending reduce) is done."""
         while True:
             pending = self._outstanding()
             if not pending:
-                break
+                return
             cf.wait(pending)
-        self._release(wait=True)
 
     def _release(self, wait: bool) -> None:
         with self._lock:
@@ -616,37 +636,54 @@ def _track(ex: Executor) -> None:
         if _EXIT_HOOKED:
             return
         _EXIT_HOOKED = True
-    from .storage._owners import before_release
+    from .storage._owners import at_exit, before_release
 
     before_release(_finish_at_exit)  # whichever exit hook runs first waits; the other is a no-op
-    try:
-        threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]
-    except (AttributeError, RuntimeError):  # another Python; or already shutting down
-        atexit.register(_finish_at_exit)
+    at_exit(_finish_at_exit)
 
 
 def _finish_at_exit() -> None:
-    """Run every executor's submitted tasks to their end, then release its workers."""
-    for ex in list(_LIVE):
-        if ex._released or ex._pid != os.getpid():
-            continue
-        try:
-            with ex._lock:
-                ex._closed = True
-            ex._finish_shutdown()
-        except Exception:  # noqa: BLE001 - the backends' atexit handlers still stop the workers
-            log.exception("could not finish %r at exit", ex)
+    """Wait, at the program's end, for every task submitted; or, when the program ends
+    on an uncaught exception (Ctrl-C included) or a Ctrl-C comes during the wait, stop
+    them (:meth:`Executor.terminate`). The executors stay open: a non-daemon thread
+    may still use one (Python joins those after this hook); the backends' own exit
+    handlers stop the workers last."""
+    live = [ex for ex in list(_LIVE) if not ex._released and ex._pid == os.getpid()]
+    failed = getattr(sys, "last_exc", None) or getattr(sys, "last_value", None)
+    try:
+        for ex in live:
+            if failed is not None:
+                ex.terminate()
+                continue
+            pending = ex._outstanding()
+            if pending:
+                print(f"shardwren: waiting for {len(pending)} unfinished task(s) of {ex!r} before "
+                      "exiting (Ctrl-C stops them)", file=sys.stderr, flush=True)
+            ex._wait_outstanding()
+    except KeyboardInterrupt:
+        for ex in live:
+            ex.terminate()
+    except Exception:  # noqa: BLE001 - the backends' atexit handlers still stop the workers
+        log.exception("could not finish the executors' tasks at exit")
 
 
-def _release_dropped(backend: Backend, timers: Timers, joblog: JobLog) -> None:
+def _release_dropped(pid: int, backend: Backend, timers: Timers, joblog: JobLog) -> None:
     """An executor nobody holds any more (nor any of its unfinished futures): stop its
-    threads and workers, in a thread of their own (the collector may run in one of them)."""
+    threads and workers, in a thread of their own (the collector may run in one of them).
+    Only in the process that made it: a forked child must not stop its parent's workers."""
+    if os.getpid() != pid:
+        return
+
     def release() -> None:
         timers.close()
         backend.shutdown(wait=True)
         joblog.close()
 
     threading.Thread(target=release, name="shardwren-release", daemon=True).start()
+
+
+#: Set while a reduce submits its task: it was accepted before any shutdown.
+_SUBMITTED_EARLIER = threading.local()
 
 
 def _iterable(x: Any) -> bool:

@@ -28,6 +28,7 @@ from typing import Any, TypeVar, cast
 
 from . import serialize
 from .errors import ResultLostError, ResultUnpicklingError, TaskCancelledError
+from .policy import is_transient
 from .serialize import Buffer
 
 F = TypeVar("F", bound=cf.Future)
@@ -317,11 +318,15 @@ class Future(cf.Future):
                 raise
             raise self._cancelled_error() from None
         if exc is None and self._payload is not None:
+            if self._decode_error is not None:  # known: not unpickled again on every call
+                return self._decode_error
             try:  # a value that cannot be unpickled here is this future's failure too
                 self.result()
             except ResultUnpicklingError as err:
                 return err
         return exc
+
+    _decode_error: ResultUnpicklingError | None = None
 
     # -- PyWren's status methods -------------------------------------------------
     def succeeded(self) -> bool:
@@ -437,11 +442,15 @@ class Future(cf.Future):
             try:
                 self._result = serialize.loads(payload)
             except Exception as exc:
-                raise ResultUnpicklingError(
+                err = ResultUnpicklingError(
                     f"the result of task {self.index} of job {self.job_id} arrived but cannot be "
                     f"unpickled here ({type(exc).__name__}: {exc}); make the module that defines "
                     "its type importable in the driver too, or return plain data (numbers, "
-                    "strings, numpy arrays, dicts)") from exc
+                    "strings, numpy arrays, dicts)")
+                err.__cause__ = exc
+                self._decode_error = err  # result() tries again (the module may come)
+                raise err from exc
+            self._decode_error = None
             self._payload = None
             self.stats.setdefault("fetched", time.time())
             return self._result
@@ -477,10 +486,13 @@ class _ResultPoller:
 
     POLL_SECONDS = 0.2
     OWNER_CHECK_SECONDS = 2.0
+    #: How long the store may stay unreachable before a future gives up on it.
+    UNREACHABLE_SECONDS = 600.0
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.futures: list[Future] = []
+        self.unreachable: dict[int, float] = {}  # id(future) -> when its store stopped answering
         self.thread: threading.Thread | None = None
 
     def add(self, fut: Future) -> None:
@@ -506,7 +518,13 @@ class _ResultPoller:
             for f in todo:
                 try:
                     self._poll(f, check_owner)
+                    self.unreachable.pop(id(f), None)
                 except Exception as exc:  # noqa: BLE001 - reported on that future only
+                    if is_transient(exc):  # the store is unreachable for now: ask again
+                        since = self.unreachable.setdefault(id(f), time.monotonic())
+                        if time.monotonic() - since < self.UNREACHABLE_SECONDS:
+                            continue
+                    self.unreachable.pop(id(f), None)
                     f.set_failure(exc, final=True)
             time.sleep(self.POLL_SECONDS)
 

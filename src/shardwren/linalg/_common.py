@@ -361,10 +361,15 @@ def _differences(old: dict[str, Any], new: dict[str, Any]) -> str:
     return "; ".join(out) or "their fingerprint differs"
 
 
+def _part_id(key: str) -> str:
+    """A part's own name, whatever job key it sits under (``tile-0-1``)."""
+    return key.rsplit("/", 1)[-1]
+
+
 def _keep(store: Any, part: str, digest: str, fn, *args):
     """Run a task and keep its result (plain arrays, fingerprinted) for a resumed job."""
     result = fn(*args)
-    store.put(part, _encode_result(result, digest, part.rsplit("/", 1)[-1]))
+    store.put(part, _encode_result(result, digest, _part_id(part)))
     return result
 
 
@@ -436,7 +441,7 @@ def run_resumable(ex: Executor, fn, items: list[tuple], key: str | None, name: s
             missing.append(n)
             continue
         try:
-            got, value = _decode_result(store.get(p), p.rsplit("/", 1)[-1])
+            got, value = _decode_result(store.get(p), _part_id(p))
         except ValueError:
             missing.append(n)  # damaged, misplaced or old: never unpickled, recomputed
             continue

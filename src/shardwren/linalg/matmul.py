@@ -7,8 +7,10 @@ executor's ``memory_limit`` (proposing a block size that fits), then runs it.
 
 from __future__ import annotations
 
+import dis
 import functools
 import hashlib
+import json
 import math
 import types
 import uuid
@@ -470,7 +472,10 @@ def _value_id(value: Any, seen: set[int]) -> Any:
 
 
 def _names_read(code: Any) -> set[str]:
-    names = set(code.co_names)
+    """The global names ``code`` (and code nested in it) loads: not attribute names,
+    which share ``co_names`` with them (``a.real`` reads no global ``real``)."""
+    names = {ins.argval for ins in dis.get_instructions(code)
+             if ins.opname in ("LOAD_GLOBAL", "LOAD_NAME") and isinstance(ins.argval, str)}
     for c in code.co_consts:
         if hasattr(c, "co_code"):
             names |= _names_read(c)
@@ -486,12 +491,13 @@ def _globals_read(fn: Any, code: Any, seen: set[int]) -> dict[str, Any]:
     for name in sorted(_names_read(code)):
         if name not in namespace or isinstance(namespace[name], types.ModuleType):
             continue
-        value = _value_id(namespace[name], seen)
-        try:
-            describe(value, name)
+        try:  # described once, here: an array is hashed once, a long list kept as a digest
+            desc = describe(_value_id(namespace[name], seen), name)
         except TypeError:
             continue
-        out[name] = value
+        text = json.dumps(desc, sort_keys=True)
+        out[name] = desc if len(text) <= 256 else {
+            "sha256": hashlib.sha256(text.encode()).hexdigest()}
     return out
 
 

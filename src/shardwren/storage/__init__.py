@@ -530,10 +530,13 @@ class Store:
                         self.fs.rm_file(f)
                 else:
                     self.fs.rm(found)  # one bulk request per 1,000 keys on S3
-                left = [f for f in self.fs.find(path) if f.rstrip("/") != path]
+                # what it was asked to delete and still holds (not keys written meanwhile)
+                left = sorted(set(self.fs.find(path)) & set(found))
             if left:
-                raise PermissionError(errno.EACCES, f"the store kept {len(left)} of "
-                                                    f"{len(found)} keys under it, e.g. {left[0]!r}")
+                raise StoreWriteError(
+                    errno.EACCES, f"cannot delete {key!r} in {self.url}: the store kept "
+                    f"{len(left)} of {len(found)} keys under it (e.g. {left[0]!r}), refusing to "
+                    "delete them; check this user's delete permission")
         except (FileNotFoundError, NotADirectoryError):
             if not missing_ok:
                 raise KeyNotFoundError(
@@ -600,17 +603,18 @@ def _filesystem(scheme: str, options: dict[str, Any]):
         # Listings must be fresh: other processes add blocks and metadata all the time.
         kwargs.setdefault("use_listings_cache", False)
         # A frozen endpoint must fail, not block: botocore's defaults (60 s per read,
-        # 5 attempts) times s3fs's 5 retries held one read for 7 minutes. Now a read
-        # that gets no byte for 30 s is tried 2 x 2 times, about 2 minutes in all.
+        # 5 attempts) times s3fs's own 5 retries held one read for 7 minutes. Retries
+        # are botocore's alone now (standard mode: backoff, and throttling handled), so
+        # a read that gets no byte for 20 s is tried 5 times, about 2 minutes in all.
         config = dict(kwargs.get("config_kwargs") or {})
         config.setdefault("connect_timeout", 10)
-        config.setdefault("read_timeout", 30)
-        config.setdefault("retries", {"max_attempts": 2, "mode": "standard"})
+        config.setdefault("read_timeout", 20)
+        config.setdefault("retries", {"max_attempts": 5, "mode": "standard"})
         kwargs["config_kwargs"] = config
     try:
         fs = fsspec.filesystem(scheme, **kwargs)
         if scheme in ("s3", "s3a") and "retries" not in options:
-            fs.retries = 2  # s3fs's own retries around botocore's (a class default of 5)
+            fs.retries = 1  # s3fs's own loop around botocore's retries: one pass
         return fs
     except ImportError as exc:
         if scheme in _NEEDS:

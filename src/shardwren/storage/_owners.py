@@ -168,7 +168,7 @@ class _Leases:
                 self.thread = threading.Thread(target=self._run, name="shardwren-lease",
                                                daemon=True)
                 self.thread.start()
-                _at_exit(self.release_all)
+                at_exit(self.release_all)
         self._renew(store)  # before the caller creates anything the lease must cover
 
     def _renew(self, store: Store) -> None:
@@ -219,7 +219,7 @@ def before_release(fn: Callable[[], None]) -> None:
         _BEFORE_RELEASE.append(fn)
 
 
-def _at_exit(fn: Callable[[], None]) -> None:
+def at_exit(fn: Callable[[], None]) -> None:
     """Call ``fn`` as the program ends, while its threads still work: threading's exit
     hooks run before ``atexit``, where concurrent.futures has already refused new work,
     and with it the thread that resolves an S3 endpoint's name (the lease stayed)."""
