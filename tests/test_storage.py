@@ -298,8 +298,10 @@ def test_an_unreachable_object_store_is_named_not_taken_for_empty():
 
     from dask_cluster import free_port  # nothing listens there
 
+    # One try each (the default, five with backoff, takes about 14 s per call here)
     st = shardwren.open_store("s3://bucket/p", endpoint_url=f"http://127.0.0.1:{free_port()}",
-                              key="testing", secret="testing")
+                              key="testing", secret="testing",
+                              config_kwargs={"retries": {"max_attempts": 1}})
     for call in (lambda: st.exists("k"), lambda: st.get("k"), lambda: st.list()):
         with pytest.raises(StoreUnavailableError, match="cannot reach the store") as info:
             call()
