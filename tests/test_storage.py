@@ -324,3 +324,12 @@ def test_a_delete_the_object_store_ignores_is_an_error(s3_url, monkeypatch):
     monkeypatch.undo()
     st.delete("pre")
     assert st.list("pre") == []
+
+
+def test_a_missing_bucket_is_named_as_such(s3_endpoint):
+    """The hint said "free space, fix its permissions" for a bucket that does not exist."""
+    from shardwren.errors import StoreWriteError
+
+    st = shardwren.open_store("s3://no-such-bucket-here/p")
+    with pytest.raises(StoreWriteError, match="its bucket does not exist; create the bucket"):
+        st.put("k", b"x")

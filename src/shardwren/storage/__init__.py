@@ -586,8 +586,10 @@ def write_error(exc: OSError, url: str, key: str, verb: str = "write") -> OSErro
                errno.EPERM: "the store is read-only for this user (operation not permitted)",
                errno.ENOTDIR: "a prefix of the key is a value, not a folder"}
     reason = reasons.get(exc.errno or 0) or f"{type(exc).__name__}: {exc}"
-    err = StoreWriteError(exc.errno, f"cannot {verb} {key!r} in {url}: {reason}; free space, "
-                                     "fix its permissions, or use another store")
+    remedy = "free space, fix its permissions, or use another store"
+    if "NoSuchBucket" in repr(exc) or "bucket does not exist" in str(exc):
+        reason, remedy = "its bucket does not exist", "create the bucket, or use another store"
+    err = StoreWriteError(exc.errno, f"cannot {verb} {key!r} in {url}: {reason}; {remedy}")
     err.__cause__ = exc
     return err
 
