@@ -215,6 +215,20 @@ class ExecutorConformance:
             assert s["outcome"] == "ok" and s["bytes_read"] == 0 and s["host"]
             assert f.logs().strip() == f"hello from {i}"
 
+    def test_a_task_may_write_bytes_to_stdout(self, ex):
+        """sys.stdout.buffer did not exist inside a task: code writing bytes failed there."""
+        import sys
+
+        def raw(i):
+            sys.stdout.buffer.write(b"bytes from %d \xff\n" % i)
+            sys.stdout.buffer.flush()
+            return i
+
+        fs = ex.map(raw, range(2))
+        assert shardwren.get_all_results(fs) == [0, 1]
+        for i, f in enumerate(fs):
+            assert f.logs().strip() == f"bytes from {i} \\xff"
+
     def test_task_timeout(self, ex):
         from shardwren.errors import TaskTimeoutError
 

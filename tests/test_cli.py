@@ -216,3 +216,24 @@ def test_matmul_out_never_destroys_an_input(runner, tmp_path):
                              "--overwrite"])
     assert r.exit_code == 0, r.output
     np.testing.assert_allclose(ShardedMatrix("C", store=store).numpy(), A @ A[:, :20])
+
+
+def test_errors_end_in_one_line_not_a_traceback(runner, tmp_path, monkeypatch):
+    """ConfigError and other project errors escaped the commands as tracebacks; plan sizes
+    of 0 or below divided by zero or printed negative plans; mnist8m --rows 10**15 built a
+    list of 2.5e11 block numbers until the kernel killed it."""
+    monkeypatch.setenv("SHARDWREN_WORKERS", "abc")
+    out = runner.invoke(cli.main, ["plan", "calibrate"])
+    assert out.exit_code == 1 and "ConfigError: setting 'workers'" in out.output
+    assert not isinstance(out.exception, cli.ShardwrenError)  # handled, not raised
+    monkeypatch.delenv("SHARDWREN_WORKERS")
+    for args in (["plan", "knn", "--train-rows", "0", "--query-rows", "5"],
+                 ["plan", "knn", "--train-rows", "5", "--query-rows", "5", "--workers", "-3"],
+                 ["plan", "matmul", "--n", "-100"],
+                 ["plan", "matmul", "--n", "100", "--block-size", "0"]):
+        out = runner.invoke(cli.main, args)
+        assert out.exit_code == 2 and "is not in the range" in out.output, args
+    store = f"file://{tmp_path}/st"
+    out = runner.invoke(cli.main, ["datasets", "mnist8m", "--rows", str(10**15), "--store", store])
+    assert out.exit_code == 1 and "more than 10000000" in out.output
+    assert not (tmp_path / "st" / "mnist8m").exists()  # refused before anything was created

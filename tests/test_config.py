@@ -117,3 +117,32 @@ def test_local_backend_refuses_zero_workers():
 
     with pytest.raises(ConfigError, match="workers"):
         LocalBackend(workers=0)
+
+
+def test_values_that_were_silently_misread_are_refused(cfg_file, monkeypatch, tmp_path):
+    """speculation="auto" turned speculation off; `store = 5` in the file became a folder
+    named 5; a config file that is not UTF-8 raised a bare UnicodeDecodeError; a store= that
+    is not a string was dropped for the default store."""
+    import pathlib
+
+    import shardwren
+
+    monkeypatch.setenv("SHARDWREN_SPECULATION", "auto")
+    with pytest.raises(ConfigError, match="'speculation' from \\$SHARDWREN_SPECULATION"):
+        config.load()
+    monkeypatch.delenv("SHARDWREN_SPECULATION")
+    cfg_file.write_text("store = 5\n")
+    with pytest.raises(ConfigError, match="'store' from .*got 5"):
+        config.load()
+    cfg_file.write_bytes(b"\xff\xfeworkers = 2\n")
+    with pytest.raises(ConfigError, match="cannot parse config file"):
+        config.load()
+    cfg_file.write_text("")
+    with pytest.raises(ConfigError, match="store must be a URL"):
+        shardwren.default_executor(store=123)
+    ex = shardwren.default_executor(store=pathlib.Path(tmp_path / "st"), workers=1,
+                                    progress=False)
+    try:
+        assert ex.store.url == f"file://{tmp_path / 'st'}"
+    finally:
+        ex.shutdown()

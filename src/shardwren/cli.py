@@ -15,7 +15,18 @@ from shardwren._optional import require
 from shardwren.errors import MissingDependencyError, ShardwrenError
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """Every command's errors from shardwren's hierarchy end in a one-line message and
+    exit code 1, not a traceback (each names the problem and what to do)."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ShardwrenError as exc:
+            raise click.ClickException(f"{type(exc).__name__}: {exc}") from exc
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(shardwren.__version__, prog_name="shardwren")
 def main() -> None:
     """shardwren: parallel map and block-parallel matrix computations over an object store.
@@ -26,11 +37,12 @@ def main() -> None:
 
 
 def _executor_options(f):
-    f = click.option("--workers", type=int, default=None,
+    f = click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Local worker processes (default: CPU cores).")(f)
     f = click.option("--backend", default=None, help="Execution backend: local (default), dask or lithops.")(f)
     f = click.option("--store", default=None,
-                     help="Store URL for the sharded data (default: ~/.shardwren/store).")(f)
+                     help="Store URL for the sharded data (default: the store setting: "
+                          "$SHARDWREN_STORE, the config file, else ~/.shardwren/store).")(f)
     return f
 
 
@@ -112,7 +124,7 @@ def run_knn(ex: shardwren.Executor, data: tuple, k: int, block_size: int,
 @main.command()
 @click.option("--dataset", type=click.Choice(["mnist", "fashion-mnist"]), default="mnist",
               show_default=True)
-@click.option("--k", "k", type=int, default=1, show_default=True, help="Neighbours per query.")
+@click.option("--k", "k", type=click.IntRange(min=1), default=1, show_default=True, help="Neighbours per query.")
 @click.option("--block-size", type=click.IntRange(min=1), default=4000, show_default=True,
               help="Rows per block of the sharded matrices.")
 @click.option("--materialize-distances", is_flag=True,
@@ -573,11 +585,11 @@ def datasets_group() -> None:
 
 
 @datasets_group.command("mnist8m")
-@click.option("--rows", type=int, default=8_100_000, show_default=True,
+@click.option("--rows", type=click.IntRange(min=1), default=8_100_000, show_default=True,
               help="Rows to generate (a prefix of the 8.1 million).")
 @click.option("--key", default="mnist8m", show_default=True,
               help="Writes matrices KEY/x (uint8 images) and KEY/y (labels).")
-@click.option("--block-size", type=int, default=4000, show_default=True)
+@click.option("--block-size", type=click.IntRange(min=1), default=4000, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder holding MNIST's IDX files (or its parent).")
@@ -643,15 +655,15 @@ def plan_calibrate(workers, backend, store) -> None:
 
 
 @plan_group.command("knn")
-@click.option("--train-rows", type=int, required=True)
-@click.option("--query-rows", type=int, required=True)
-@click.option("--features", type=int, default=784, show_default=True)
-@click.option("--k", "k", type=int, default=1, show_default=True)
+@click.option("--train-rows", type=click.IntRange(min=1), required=True)
+@click.option("--query-rows", type=click.IntRange(min=1), required=True)
+@click.option("--features", type=click.IntRange(min=1), default=784, show_default=True)
+@click.option("--k", "k", type=click.IntRange(min=1), default=1, show_default=True)
 @click.option("--method", type=click.Choice(["brute", "pruned"]), default="pruned",
               show_default=True)
-@click.option("--workers", type=int, default=2, show_default=True)
-@click.option("--block-size", type=int, default=4000, show_default=True)
-@click.option("--itemsize", type=int, default=None,
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--block-size", type=click.IntRange(min=1), default=4000, show_default=True)
+@click.option("--itemsize", type=click.IntRange(min=1), default=None,
               help="Bytes per stored value (1 for uint8 pixels). Default: 4, or --dtype's.")
 @click.option("--dtype", default=None,
               help="The stored dtype (uint8, float16, float32, ...): sets --itemsize, and "
@@ -660,10 +672,10 @@ def plan_calibrate(workers, backend, store) -> None:
               help="The values are small integers (8- or 16-bit, or floats holding only such, "
                    "like pixels stored as float32): exact distances take the faster integer "
                    "path. Default: from --dtype, else when --itemsize is 1 or 2.")
-@click.option("--exact-per-query", type=float, default=None,
+@click.option("--exact-per-query", type=click.FloatRange(min=0), default=None,
               help="Exact distances per query, from a measured run's timings "
                    "(default: k per tile for brute force, 30 k for pruned).")
-@click.option("--m", "m", type=int, default=32, show_default=True,
+@click.option("--m", "m", type=click.IntRange(min=1), default=32, show_default=True,
               help="Pruned: the projection's dimension (a run's timings['m']; the fit picks "
                    "it from a sample).")
 @click.option("--profile", "profile_name", default="local", show_default=True,
@@ -693,11 +705,11 @@ def plan_knn(train_rows, query_rows, features, k, method, workers, block_size, i
 
 
 @plan_group.command("matmul")
-@click.option("--n", type=int, required=True, help="A is n x inner.")
-@click.option("--inner", type=int, default=None, help="Default: n.")
-@click.option("--m", "mcols", type=int, default=None, help="B is inner x m. Default: n.")
-@click.option("--workers", type=int, default=2, show_default=True)
-@click.option("--block-size", type=int, default=4096, show_default=True)
+@click.option("--n", type=click.IntRange(min=1), required=True, help="A is n x inner.")
+@click.option("--inner", type=click.IntRange(min=1), default=None, help="Default: n.")
+@click.option("--m", "mcols", type=click.IntRange(min=1), default=None, help="B is inner x m. Default: n.")
+@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
+@click.option("--block-size", type=click.IntRange(min=1), default=4096, show_default=True)
 @click.option("--profile", "profile_name", default="local", show_default=True)
 def plan_matmul(n, inner, mcols, workers, block_size, profile_name) -> None:
     """Predicted cost of a blocked matmul."""

@@ -32,6 +32,23 @@ def _bool(value: Any) -> bool | None:
     raise ValueError(f"expected true, false or auto, got {value!r}")
 
 
+def _text(value: Any) -> str:
+    """A string setting: a number or a list (from the config file, say) is refused, not
+    turned into the text of its repr."""
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _strict_bool(value: Any) -> bool | None:
+    """A yes/no setting: "auto" (or empty) means nothing here and is refused, not taken
+    for False."""
+    got = _bool(value)
+    if got is None and value is not None:
+        raise ValueError(f"expected true or false, got {value!r}")
+    return got
+
+
 _UNITS = {"KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40,
           "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "B": 1}
 
@@ -128,10 +145,10 @@ _SIZE = "a positive size: a number of bytes, or a number with a unit such as '51
 _SECONDS = "a positive number of seconds (leave it unset for no limit)"
 
 SETTINGS: tuple[Setting, ...] = (
-    Setting("backend", str, "local",
+    Setting("backend", _text, "local",
             "Execution backend: `local` (worker processes), `dask` or `lithops` (serverless).",
             "a backend name: 'local', 'dask' or 'lithops'"),
-    Setting("store", str, None,
+    Setting("store", _text, None,
             "Default store URL (`file://`, `memory://`, `s3://bucket/prefix`, any fsspec URL); "
             "default `file://~/.shardwren/store`.", "a store URL"),
     Setting("workers", _whole(1), None,
@@ -140,10 +157,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("blas_threads", _whole(1), None,
             "BLAS threads per worker (default: cores // workers, at least 1).",
             "a whole number of threads, at least 1"),
-    Setting("secret", str, None,
+    Setting("secret", _text, None,
             "Key for signing task payloads (HMAC-SHA256); default: random per local executor. "
             "Give the driver and every Dask worker the same value. Never printed.", "a string"),
-    Setting("speculation", _bool, True,
+    Setting("speculation", _strict_bool, True,
             "Back up stragglers: once 80% of a map is done, tasks running 3x the median get a "
             "second copy; the first result wins.", "true, false, yes, no, on, off, 1 or 0"),
     Setting("retries", _whole(0), 2,
@@ -156,11 +173,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("progress", _bool, None,
             "Progress bars on `wait`/`get_all_results`: `true`, `false`, or `auto` "
             "(on when stderr is a terminal or in Jupyter).", "true, false or auto"),
-    Setting("dask_address", str, None, "Dask backend: scheduler address, e.g. `tcp://10.0.0.1:8786`.",
+    Setting("dask_address", _text, None, "Dask backend: scheduler address, e.g. `tcp://10.0.0.1:8786`.",
             "a scheduler address such as 'tcp://10.0.0.1:8786'"),
     Setting("connect_timeout", _seconds, 10.0, "Dask backend: seconds to wait for the scheduler.",
             "a positive number of seconds"),
-    Setting("shared_filesystem", _bool, False,
+    Setting("shared_filesystem", _strict_bool, False,
             "Dask backend: allow a `file://` store because every worker mounts the same path.",
             "true or false"),
 )
@@ -181,8 +198,10 @@ def _file_values() -> dict[str, Any]:
     try:
         with path.open("rb") as fh:
             data = tomllib.load(fh)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"cannot parse config file {path}: {exc}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot parse config file {path} (TOML, UTF-8): {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from None
     unknown = sorted(set(data) - set(_BY_NAME))
     if unknown:
         raise ConfigError(

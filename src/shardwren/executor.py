@@ -753,6 +753,11 @@ def default_executor(backend: str | None = None, store: Store | str | None = Non
     ConfigError
         A setting has a value it cannot use (naming the setting and what it accepts).
     """
+    if isinstance(store, os.PathLike):
+        store = os.fspath(store)
+    if store is not None and not isinstance(store, (str, Store)):
+        raise ConfigError(f"store must be a URL (str), a path or a Store, got "
+                          f"{type(store).__name__} {store!r}")
     retry_on = options.pop("retry_on", None)
     backend_opts = {k: options.pop(k) for k in list(options) if k not in config.NAMES}
     settings = config.load(backend=backend, workers=workers,

@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import InvalidParameterError, KeyNotFoundError, NotAMatrixError
+
 #: infiMNIST's size: MNIST's 60,000 training images and 135 deformations of each.
 ROWS = 8_100_000
 SIDE = 28
@@ -85,6 +87,10 @@ def block_rows(base: np.ndarray, r0: int, r1: int, seed: int) -> np.ndarray:
     return out
 
 
+#: The most blocks one generation writes (one task each).
+MAX_BLOCKS = 10_000_000
+
+
 def generate(n_rows: int = ROWS, key: str = "mnist8m", store=None, executor=None,
              block: int = 4000, seed: int = 0, data_dir=None, progress: bool | None = None,
              resume: bool = True):
@@ -120,16 +126,25 @@ def generate(n_rows: int = ROWS, key: str = "mnist8m", store=None, executor=None
     from .sources import check_free_space
     from .storage import open_store
 
+    for name, value in (("n_rows", n_rows), ("block", block)):
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+            raise InvalidParameterError(f"{name} must be a whole number >= 1, got {value!r}")
+    if -(-n_rows // block) > MAX_BLOCKS:  # one task per block: the map itself must fit
+        raise InvalidParameterError(
+            f"{n_rows} rows in blocks of {block} is {-(-n_rows // block)} blocks, more than "
+            f"{MAX_BLOCKS}; use fewer rows or bigger blocks")
     X, y, _, _ = datasets.load_mnist(data_dir=data_dir)
     base = X.astype(np.uint8)
     labels = y.astype(np.uint8)
     with executor_for(executor) as ex:
         st = open_store(store) if store is not None else ex.store
+        # Checked before anything is created: the whole set, less what a resume keeps.
+        check_free_space(st, max(0, n_rows * (SIDE * SIDE + 1) - (_bytes_kept(st, key) if resume else 0)),
+                         f"generating {n_rows} MNIST-8M rows")
         Xm = _open_or_create(f"{key}/x", (n_rows, SIDE * SIDE), (block, SIDE * SIDE), st)
         Ym = _open_or_create(f"{key}/y", (n_rows, 1), (block, 1), st)
         have = set(Xm.block_idxs_exist) if resume else set()
         todo = [i for i in range(Xm.grid[0]) if (i, 0) not in have]
-        check_free_space(st, len(todo) * block * SIDE * SIDE, f"generating {n_rows} MNIST-8M rows")
         n0 = len(base)
 
         def write(i: int) -> int:
@@ -140,6 +155,17 @@ def generate(n_rows: int = ROWS, key: str = "mnist8m", store=None, executor=None
 
         get_all_results(ex.map(write, todo), progress=progress)
     return Xm, Ym
+
+
+def _bytes_kept(store, key: str) -> int:
+    """Bytes of blocks an interrupted run already wrote under ``key`` (0 if none)."""
+    from .matrix import ShardedMatrix
+
+    try:
+        m = ShardedMatrix(f"{key}/x", store=store)
+    except (KeyNotFoundError, NotAMatrixError):
+        return 0
+    return len(m.block_idxs_exist) * m.shard_sizes[0] * m.shard_sizes[1]
 
 
 def _open_or_create(key, shape, blocks, store):

@@ -120,6 +120,11 @@ class Router(io.TextIOBase):
 
     def __init__(self, original: TextIO):
         self.original = original
+        self.buffer = _BytesRouter(self)  # code that writes bytes: sys.stdout.buffer.write
+
+    @property
+    def encoding(self) -> str:  # type: ignore[override]
+        return getattr(self.original, "encoding", None) or "utf-8"
 
     def write(self, text: str) -> int:
         buf = getattr(_TASK, "buf", None)
@@ -134,6 +139,29 @@ class Router(io.TextIOBase):
 
     def isatty(self) -> bool:
         return False
+
+
+class _BytesRouter(io.RawIOBase):
+    """``Router.buffer``: bytes written by a task go to its log as text (undecodable
+    bytes kept as escapes); outside a task, to the original stream's own buffer."""
+
+    def __init__(self, router: Router):
+        self.router = router
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        raw = bytes(data)
+        if getattr(_TASK, "buf", None) is None:
+            original = getattr(self.router.original, "buffer", None)
+            if original is not None:
+                return original.write(raw)
+        self.router.write(raw.decode(self.router.encoding, errors="backslashreplace"))
+        return len(raw)
+
+    def flush(self) -> None:
+        self.router.flush()
 
 
 class TaskLogHandler(logging.Handler):
