@@ -95,3 +95,40 @@ def test_jobs_recorded_in_store_and_cli(tmp_path):
                                    "--plot", str(tmp_path / "j.png")])
     assert out.exit_code == 0, out.output
     assert "ValueError: 1" in out.output and (tmp_path / "j.png").stat().st_size > 1000
+
+
+def _mixed(x):
+    import os
+
+    if x == 1:
+        time.sleep(30)
+    if x == 2:
+        os._exit(7)
+    return x
+
+
+def test_crashed_timed_out_and_cancelled_tasks_are_counted(tmp_path):
+    """Crashed and timed-out tasks had no start or end, so timelines and summaries left
+    them out; cancelled ones were neither finished nor counted."""
+    from shardwren.jobs import records, summarize
+
+    with shardwren.default_executor(workers=2, retries=0, store=f"file://{tmp_path}",
+                                    progress=False) as ex:
+        fs = ex.map(_mixed, range(4), timeout=1)
+        shardwren.wait(fs)
+        recs = {r["index"]: r for r in records(fs)}
+        for i, failure in ((1, "TaskTimeoutError"), (2, "WorkerCrashedError")):
+            r = recs[i]
+            assert r["outcome"] == "failed" and r["failure"] == failure
+            assert r["started"] and r["finished"] and r["finished"] >= r["started"]
+        plot.timeline(fs, str(tmp_path / "t.png"))  # every task drawn, crash colours too
+        blocker = ex.map(time.sleep, [2, 2])
+        queued = ex.map(abs, range(6))
+        cancelled = sum(f.cancel() for f in queued)
+        shardwren.wait(blocker + queued)
+        s = summarize(records(queued))
+        assert cancelled >= 1  # both workers were busy for 2 s
+        assert s["cancelled"] == cancelled and s["finished"] == 6 - cancelled
+        from shardwren.jobs import format_summary
+
+        assert f"{cancelled} cancelled" in format_summary(s)

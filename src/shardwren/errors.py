@@ -219,7 +219,8 @@ class TaskCancelledError(ShardwrenError, _cf.CancelledError):
 
 
 class TaskExitError(ShardwrenError, RuntimeError):
-    """The task called ``sys.exit()`` (or ``os._exit``) with a non-zero status.
+    """The task called ``sys.exit()`` with a non-zero status (``os._exit`` ends its worker
+    process: that is a :class:`WorkerCrashedError`, and is retried).
 
     Attributes
     ----------

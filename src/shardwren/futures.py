@@ -230,6 +230,14 @@ class Future(cf.Future):
             self.stats.update(stats)
         self.stats["outcome"] = outcome
         self.stats["failure"] = failure
+        if outcome == "failed" and not self.stats.get("finished"):
+            # A crash or a timeout the driver noticed: the worker reported no times, so
+            # the record spans from when the task was seen running to now (driver's
+            # clock), and timelines and summaries show the time it held a worker.
+            if not self.stats.get("started") and self.stats.get("running_since"):
+                self.stats["started"] = self.stats["running_since"]
+            if self.stats.get("started"):
+                self.stats["finished"] = time.time()
 
     # -- user side ---------------------------------------------------------------
     def logs(self) -> str:
@@ -266,6 +274,7 @@ class Future(cf.Future):
                 if self._state == PENDING:
                     self._state = CANCELLED
                     self._withdraw = None
+                    self.stats["outcome"] = "cancelled"  # summaries and timelines count it
                     self._condition.notify_all()
                     now = True
         if retry:  # queued on a worker between our two looks: ask that worker

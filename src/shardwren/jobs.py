@@ -95,6 +95,7 @@ def summarize(recs: Sequence[dict[str, Any]], parallelism: int | None = None) ->
     workers = parallelism or len({(r.get("host"), r.get("worker")) for r in done}) or 1
     return {
         "tasks": len(recs), "finished": len(done),
+        "cancelled": sum(1 for r in recs if r.get("outcome") == "cancelled"),
         "failures": dict(Counter(r["failure"] for r in recs if r.get("outcome") == "failed")),
         "retries": sum(max(0, (r.get("attempt") or 1) - 1) for r in recs),
         "wall_s": wall, "task_s": busy,
@@ -109,7 +110,8 @@ def summarize(recs: Sequence[dict[str, Any]], parallelism: int | None = None) ->
 def format_summary(s: dict[str, Any]) -> str:
     fails = ", ".join(f"{k}: {v}" for k, v in s["failures"].items()) or "none"
     slow = "; ".join(f"#{i} {d:.3f} s on {w}" for i, d, w in s["slowest"]) or "-"
-    rows = [("tasks", f"{s['tasks']} ({s['finished']} finished)"), ("failures", fails),
+    cancelled = f", {s['cancelled']} cancelled" if s.get("cancelled") else ""
+    rows = [("tasks", f"{s['tasks']} ({s['finished']} finished{cancelled})"), ("failures", fails),
             ("retries", s["retries"]), ("wall time", f"{s['wall_s']:.3f} s"),
             ("total task time", f"{s['task_s']:.3f} s"),
             ("parallel efficiency", f"{s['efficiency'] * 100:.0f}%"),
