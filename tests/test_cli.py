@@ -233,6 +233,10 @@ def test_errors_end_in_one_line_not_a_traceback(runner, tmp_path, monkeypatch):
                  ["plan", "matmul", "--n", "100", "--block-size", "0"]):
         out = runner.invoke(cli.main, args)
         assert out.exit_code == 2 and "is not in the range" in out.output, args
+    out = runner.invoke(cli.main, ["knn", "--plot", str(tmp_path / "no" / "t.png")])
+    assert out.exit_code == 2 and "is not a folder" in out.output  # before the job, not after
+    out = runner.invoke(cli.main, ["datasets", "mnist8m", "--key", "../escape"])
+    assert out.exit_code == 1 and "invalid store key" in out.output
     store = f"file://{tmp_path}/st"
     out = runner.invoke(cli.main, ["datasets", "mnist8m", "--rows", str(10**15), "--store", store])
     assert out.exit_code == 1 and "more than 10000000" in out.output

@@ -36,6 +36,16 @@ def main() -> None:
     """
 
 
+def _folder_exists(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """A file to write later (after the job): its folder must exist now."""
+    if value is not None:
+        folder = os.path.dirname(os.path.abspath(value))
+        if not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+            raise click.BadParameter(f"cannot write {value}: {folder} is not a folder this user "
+                                     "can write to", ctx=ctx, param=param)
+    return value
+
+
 def _executor_options(f):
     f = click.option("--workers", type=click.IntRange(min=1), default=None,
                      help="Local worker processes (default: CPU cores).")(f)
@@ -140,6 +150,7 @@ def run_knn(ex: shardwren.Executor, data: tuple, k: int, block_size: int,
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None,
               help="Folder holding the dataset's IDX files (or its parent).")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
+              callback=_folder_exists,
               help="Write a timeline PNG of the job's main map (one bar per task).")
 @click.option("--train", "train_path", default=None, metavar="PATH_OR_URL",
               help="Your own training matrix instead of --dataset: a .npy file, an IDX file "
@@ -563,7 +574,7 @@ def jobs(ctx, store) -> None:
 @jobs.command("show")
 @click.argument("job_id")
 @click.option("--plot", "plot_path", type=click.Path(dir_okay=False), default=None,
-              help="Also write a timeline PNG.")
+              callback=_folder_exists, help="Also write a timeline PNG.")
 @click.pass_obj
 def jobs_show(store, job_id, plot_path) -> None:
     """Summarise one recorded job (JOB_ID may be a unique prefix)."""

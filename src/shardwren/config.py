@@ -171,7 +171,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("memory_limit", _positive_size, None,
             "Bytes a task may use (e.g. `4GB`); plans needing more per task are refused.", _SIZE),
     Setting("progress", _bool, None,
-            "Progress bars on `wait`/`get_all_results`: `true`, `false`, or `auto` "
+            "Progress bars on the executor's `ex.wait`/`ex.get_all_results` (the module's "
+            "`shardwren.wait(fs, progress=)` takes its own): `true`, `false`, or `auto` "
             "(on when stderr is a terminal or in Jupyter).", "true, false or auto"),
     Setting("dask_address", _text, None, "Dask backend: scheduler address, e.g. `tcp://10.0.0.1:8786`.",
             "a scheduler address such as 'tcp://10.0.0.1:8786'"),

@@ -36,6 +36,7 @@ from .. import _iostats, config
 from .._optional import missing
 from ..errors import (
     BackendNotInstalledError,
+    InvalidParameterError,
     KeyIsPrefixError,
     KeyNotFoundError,
     ShardwrenError,
@@ -113,7 +114,8 @@ def _split(url: str) -> tuple[str, str]:
 def _check_key(key: str) -> str:
     key = key.strip("/")
     if not key or any(part in ("", ".", "..") for part in key.split("/")):
-        raise ValueError(f"invalid store key {key!r}: use a relative path like 'matrices/x'")
+        raise InvalidParameterError(
+            f"invalid store key {key!r}: use a relative path like 'matrices/x'")
     return key
 
 
