@@ -88,6 +88,10 @@ def test_cli_store_gc(tmp_path):
     assert shardwren.open_store(url).list(theirs) == []
     again = runner.invoke(main, ["store", "gc", "--store", url])
     assert "nothing to remove" in again.output
+    nowhere = tmp_path / "no" / "store"  # a mistyped path: reported, and not created
+    out = runner.invoke(main, ["store", "gc", "--dry-run", "--store", f"file://{nowhere}"])
+    assert out.exit_code == 0 and "no store there" in out.output
+    assert not (tmp_path / "no").exists()
 
 
 def _foreign_tag(pid: int = 4242) -> str:

@@ -533,8 +533,15 @@ def store_gc(store, dry_run, results_older_than) -> None:
     .partial temporaries and leases of owners that are dead. A live job's are kept.
     Outcomes stored for pickled futures go only by age (--results-older-than).
     """
-    from .storage import collect_garbage, open_store
+    from pathlib import Path
 
+    from .storage import collect_garbage, default_store_url, open_store
+
+    url = store or default_store_url()
+    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
+    if scheme in ("", "file", "local") and not Path(rest).expanduser().exists():
+        click.echo(f"{url}: no store there, nothing to remove")  # and none is created
+        return
     max_age = None if results_older_than is None else results_older_than * 86400
     try:
         s = open_store(store)
