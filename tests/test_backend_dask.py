@@ -423,3 +423,29 @@ def test_a_run_again_after_its_worker_died_has_a_deadline_from_its_own_start(das
     marker = tmp_path / "pid"
     f = dask_ex.map(_pid_then_sleep, [str(marker)], extra_args=[9.0], timeout=10, retries=0)[0]
     _kill_first_run_and_finish(dask_cluster, f, marker, after=6.5)
+
+
+def test_the_test_cluster_starts_again_when_its_port_was_taken(tmp_path, monkeypatch):
+    """tools/dask_cluster.py picked a free port, and another process took it before the
+    scheduler bound it ("Address already in use"): the chaos test failed 30 s later."""
+    import socket
+
+    import dask_cluster
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    ports = iter([taken.getsockname()[1]])
+    real = dask_cluster.free_port
+    monkeypatch.setattr(dask_cluster, "free_port", lambda: next(ports, None) or real())
+    try:
+        cluster = dask_cluster.Cluster(1, tmp_path)
+        try:
+            assert cluster.address != f"tcp://127.0.0.1:{taken.getsockname()[1]}"
+            client = cluster.client()
+            assert client.submit(abs, -3).result(timeout=60) == 3
+            client.close()
+        finally:
+            cluster.close()
+    finally:
+        taken.close()

@@ -36,11 +36,7 @@ class Cluster:
                                                   self.env.get("PYTHONPATH", "")])
         bindir = Path(sys.executable).parent
         self.dask = str(bindir / "dask") if (bindir / "dask").exists() else "dask"
-        port = free_port()
-        self.address = f"tcp://127.0.0.1:{port}"
-        self.procs: list[subprocess.Popen] = [subprocess.Popen(
-            [self.dask, "scheduler", "--host", "127.0.0.1", "--port", str(port), "--no-dashboard"],
-            env=self.env, stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
+        self.procs: list[subprocess.Popen] = [self._start_scheduler()]
         self.names = itertools.count()
         try:
             for _ in range(workers):
@@ -49,6 +45,32 @@ class Cluster:
         except BaseException:
             self.close()
             raise
+
+    def _start_scheduler(self, attempts: int = 3) -> subprocess.Popen:
+        """Start ``dask scheduler`` on a free port. Another process may take the port
+        between free_port() and the scheduler's bind ("Address already in use": it
+        exits at once): then it starts again on another port."""
+        for _ in range(attempts):
+            port = free_port()
+            self.address = f"tcp://127.0.0.1:{port}"
+            proc = subprocess.Popen(
+                [self.dask, "scheduler", "--host", "127.0.0.1", "--port", str(port),
+                 "--no-dashboard"],
+                env=self.env, stdout=open(self.logs / "scheduler.log", "a"),
+                stderr=subprocess.STDOUT)
+            # Listening is not proof: the process that took the port listens too. The
+            # scheduler's own log line is.
+            started = f"Scheduler at:     {self.address}"
+            log = self.logs / "scheduler.log"
+            deadline = time.time() + 60
+            while time.time() < deadline and proc.poll() is None:
+                if started in log.read_text(errors="replace"):
+                    return proc
+                time.sleep(0.1)
+            if proc.poll() is None:
+                return proc  # slow to start: wait_for() reports it
+        raise RuntimeError(f"dask scheduler failed to start {attempts} times; see "
+                           f"{self.logs / 'scheduler.log'}")
 
     def add_worker(self) -> None:
         """Start one more worker process (its own name and log)."""
