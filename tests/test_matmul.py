@@ -245,6 +245,11 @@ def test_map_blocks_never_truncates_into_the_output_dtype(executor):
     F = ShardedMatrix.from_numpy(X.astype(np.float32), "trunc/F", (1, 2), store=executor.store)
     assert scale(F, 0.5, executor=executor).dtype == np.float32  # numpy keeps float32 here
     np.testing.assert_array_equal(map_blocks(np.negative, A, executor=executor).numpy(), -X)
+    # the same kind, narrower: only values the output holds (400 wrapped to 144 in uint8)
+    with pytest.raises(DTypeMismatchError, match="cannot hold it"):
+        map_blocks(lambda a: a.astype(np.uint16) * 2, A, executor=executor)
+    np.testing.assert_array_equal(
+        map_blocks(lambda a: a.astype(np.uint16) // 2, A, executor=executor).numpy(), X // 2)
 
 
 def test_map_blocks_refuses_array_operands(executor):

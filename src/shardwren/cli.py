@@ -256,7 +256,7 @@ def _labels(path: str, n: int, what: str) -> np.ndarray:
 
 
 def _local_path(path: str) -> str | None:
-    """The real local path (symlinks resolved) of a plain path or ``file://`` URL; None
+    """The real local path (symlinks resolved) of a plain path or ``file://`` (``local://``) URL; None
     for other URLs."""
     from .storage import location_of
 
@@ -533,13 +533,11 @@ def store_gc(store, dry_run, results_older_than) -> None:
     .partial temporaries and leases of owners that are dead. A live job's are kept.
     Outcomes stored for pickled futures go only by age (--results-older-than).
     """
-    from pathlib import Path
-
     from .storage import collect_garbage, default_store_url, open_store
 
     url = store or default_store_url()
-    scheme, rest = url.split("://", 1) if "://" in url else ("", url)
-    if scheme in ("", "file", "local") and not Path(rest).expanduser().exists():
+    local = _local_path(os.path.expanduser(url))
+    if local is not None and not os.path.exists(local):
         click.echo(f"{url}: no store there, nothing to remove")  # and none is created
         return
     max_age = None if results_older_than is None else results_older_than * 86400

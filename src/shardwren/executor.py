@@ -80,7 +80,9 @@ class _Job:
         with self.lock:
             self.futures.pop(fut.index, None)
             self.payloads.pop(fut.index, None)
-            if s.get("finished") and s.get("started"):
+            if s.get("outcome") == "ok" and s.get("finished") and s.get("started"):
+                # how long a task takes to succeed: a crash or timeout (timed on the
+                # driver's clock) says nothing of that, and would hold back backups
                 self.durations.append(s["finished"] - s["started"])
             last = not self.futures
         if last:

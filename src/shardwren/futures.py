@@ -456,7 +456,6 @@ class Future(cf.Future):
                     f"unpickled here ({type(exc).__name__}: {exc}); make the module that defines "
                     "its type importable in the driver too, or return plain data (numbers, "
                     "strings, numpy arrays, dicts)")
-                err.__cause__ = exc
                 self._decode_error = err  # result() tries again (the module may come)
                 raise err from exc
             self._decode_error = None

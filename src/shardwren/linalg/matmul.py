@@ -359,13 +359,25 @@ def _apply(fn: Callable, out: ShardedMatrix, i: int, j: int, *ms: Any) -> int:
         raise ShapeMismatchError(
             f"map_blocks: fn changed block ({i}, {j})'s shape from {out.block_shape(i, j)} to "
             f"{block.shape}; it must work elementwise")
-    if out.dtype is not None and not np.can_cast(block.dtype, out.dtype, "same_kind"):
-        # e.g. floats into an integer output: astype would truncate or wrap them silently
+    if out.dtype is not None and not _fits(block, out.dtype):
+        # e.g. floats into an integer output, or 300 into uint8: astype would truncate or
+        # wrap them silently
         raise DTypeMismatchError(
             f"map_blocks: fn returned {block.dtype} for block ({i}, {j}) and the output is "
             f"{out.dtype}, which cannot hold it; pass out_dtype={str(block.dtype)!r}")
     out.put_block(i, j, block.astype(out.dtype, copy=False) if out.dtype is not None else block)
     return 0
+
+
+def _fits(block: np.ndarray, dtype: np.dtype) -> bool:
+    """Whether ``block`` goes into ``dtype`` without a wrong value: a cast numpy calls
+    safe or of the same kind, and for narrower integers only values in their range."""
+    if not np.can_cast(block.dtype, dtype, "same_kind"):
+        return False
+    if np.can_cast(block.dtype, dtype, "safe") or dtype.kind not in "iu" or block.size == 0:
+        return True
+    info = np.iinfo(dtype)
+    return bool(info.min <= block.min() and block.max() <= info.max)
 
 
 def plan_map_blocks(A: ShardedMatrix, *others: Any, out_dtype: Any = None) -> Plan:

@@ -79,10 +79,10 @@ _MEMORY_LOCK = threading.Lock()
 
 
 def location_of(url_or_path: str) -> str:
-    """:meth:`Store.location` of any URL or local path (plain paths and ``file://``
+    """:meth:`Store.location` of any URL or local path (plain paths, ``file://`` and ``local://``
     URLs come back as ``file://`` URLs of their real path)."""
-    if url_or_path.startswith("file://"):
-        url_or_path = url_or_path[len("file://"):]
+    if url_or_path.startswith(("file://", "local://")):
+        url_or_path = url_or_path.split("://", 1)[1]
         if url_or_path.startswith("localhost/"):
             url_or_path = url_or_path[len("localhost"):]
     elif "://" in url_or_path:
